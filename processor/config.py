@@ -1,0 +1,143 @@
+"""Configuration: defaults < YAML file < environment (AUDIT_GUARD_*, nested with `__`).
+
+Validated once at start. A bad value stops start-up with the key and the reason, e.g.
+`exporter.timeout_s: Input should be greater than 0 (got -1)`; unknown keys in the file are
+errors too (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["ConfigError", "ExporterConfig", "ServerConfig", "Settings", "load_settings"]
+
+_HOSTPORT = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """Raised with a message meant for the operator: which key, what is wrong, how to set it."""
+
+
+def _check_hostport(value: str) -> str:
+    m = _HOSTPORT.fullmatch(value)
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:4327")
+    return value
+
+
+class ServerConfig(BaseModel):
+    """The OTLP/gRPC receiver the collector sends logs and metrics to."""
+
+    model_config = ConfigDict(extra="forbid")
+    listen: str = "127.0.0.1:4327"
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    # Export calls processed at once; more wait briefly, then get UNAVAILABLE (the collector
+    # retries from its persistent queue). Bounds memory under overload.
+    max_inflight_requests: int = Field(8, ge=1, le=256)
+    shutdown_grace_s: Seconds = 20.0
+
+    _listen = field_validator("listen")(_check_hostport)
+
+
+class ExporterConfig(BaseModel):
+    """Where spans go: an OTLP/gRPC endpoint (the collector's egress receiver, Tempo, Jaeger)."""
+
+    model_config = ConfigDict(extra="forbid")
+    endpoint: str = "127.0.0.1:4417"
+    insecure: bool = True
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: Seconds = 10.0  # one attempt
+    retry_initial_backoff_s: Seconds = 0.5
+    retry_max_backoff_s: Seconds = 5.0
+    # How long one incoming Export waits for downstream (all retries) before answering
+    # UNAVAILABLE, which makes the collector keep the data and retry later.
+    max_wait_s: Seconds = 30.0
+
+    _endpoint = field_validator("endpoint")(_check_hostport)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AUDIT_GUARD_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    exporter: ExporterConfig = Field(default_factory=ExporterConfig)
+    # Paths whose requests must carry an identity (user_id, app_id); regular expressions,
+    # matched from the start of the path. Defaults: Dify's service API, console and web app.
+    audited_paths: list[str] = Field(
+        default_factory=lambda: [r"/v1/", r"/console/api/", r"/api/"]
+    )
+    # Extra route templates (`/v1/things/{thing_id}`) on top of the built-in Dify routes.
+    routes: list[str] = Field(default_factory=list)
+    nginx_service_name: str = Field("nginx", min_length=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("audited_paths")
+    @classmethod
+    def _compile_paths(cls, value: list[str]) -> list[str]:
+        for i, pattern in enumerate(value):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"item {i} {pattern!r} is not a valid regex: {exc}") from None
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _check_routes(cls, value: list[str]) -> list[str]:
+        for template in value:
+            if not template.startswith("/"):
+                raise ValueError(f"route template {template!r} must start with '/'")
+        return value
+
+    def audited_path_regex(self) -> re.Pattern[str]:
+        return re.compile("|".join(f"(?:{p})" for p in self.audited_paths) or r"(?!)")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Load and validate; raise ConfigError naming every bad key."""
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist or is not a file")
+
+        class _FromFile(Settings):
+            model_config = SettingsConfigDict(yaml_file=config_file)
+
+        cls = _FromFile
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            env = "AUDIT_GUARD_" + "__".join(str(p) for p in err["loc"]).upper()
+            got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+            lines.append(f"  {key}: {err['msg']}{got}  [file key {key} or env {env}]")
+        where = f" in {config_file}" if config_file else ""
+        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
+    except (OSError, ValueError) as exc:  # unreadable or non-YAML file
+        raise ConfigError(f"cannot read config file {config_file}: {exc}") from None

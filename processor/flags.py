@@ -1,0 +1,54 @@
+"""The flag vocabulary: the one place that names what can be wrong with an audit record.
+
+Flags are a public contract. They appear in `audit-guard replay` output (`"flags": [...]`) and on
+every span as the string-array attribute `audit.flags`. Add new flags here, document them in
+README.md ("Flag vocabulary"), and never change the meaning of an existing one.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DELAYED",
+    "DUPLICATE",
+    "MALFORMED",
+    "MISSING_RECORD",
+    "TRUNCATION_REASONS",
+    "invalid_field",
+    "missing_field",
+    "rule",
+    "truncated",
+]
+
+# Why a record is known or suspected to be cut short.
+JSON_CUT = "json_cut"  # the record's JSON ends mid-value; the intact prefix was salvaged
+PARTIAL_LINE = "partial_line"  # a container log line split at 16 KiB was never completed
+RESPONSE_SHORT = "response_short"  # fewer body bytes sent than Content-Length / upstream length
+REQUEST_INCOMPLETE = "request_incomplete"  # nginx's $request_completion was empty
+SIZE_LIMIT = "size_limit"  # the line hit a known size cap (collector max_log_size, 2048 B, …)
+UPSTREAM_CLOSED = "upstream_closed"  # nginx's error log says the upstream closed early
+TRUNCATION_REASONS = frozenset(
+    {JSON_CUT, PARTIAL_LINE, RESPONSE_SHORT, REQUEST_INCOMPLETE, SIZE_LIMIT, UPSTREAM_CLOSED}
+)
+
+DELAYED = "delayed"  # ingest lag above the configured threshold
+DUPLICATE = "duplicate"  # the same source reported the same request twice
+MISSING_RECORD = "missing_record"  # an expected record never arrived (synthetic span)
+MALFORMED = "malformed"  # not a record of its format at all (e.g. not JSON); kept and exported
+
+
+def truncated(reason: str) -> str:
+    if reason not in TRUNCATION_REASONS:
+        raise ValueError(f"unknown truncation reason {reason!r}")
+    return f"truncated:{reason}"
+
+
+def missing_field(name: str) -> str:
+    return f"missing_field:{name}"
+
+
+def invalid_field(name: str) -> str:
+    return f"invalid_field:{name}"
+
+
+def rule(name: str) -> str:
+    return f"rule:{name}"

@@ -1,0 +1,188 @@
+"""OTLP/gRPC receiver: LogsService, MetricsService and TraceService `Export`, plus gRPC health.
+
+Ack rule: a logs Export answers OK only after the spans it produced were accepted downstream
+(or permanently rejected and counted as dropped). When downstream is unavailable it answers
+UNAVAILABLE with RetryInfo, so the collector's persistent queue keeps the data. Work in flight
+is bounded by a semaphore; an Export that cannot get a slot soon gets UNAVAILABLE too
+(backpressure, not memory growth). SIGTERM: stop taking new calls, finish those in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from ..config import ServerConfig
+from ..pipeline import Pipeline
+from ..telemetry import Telemetry
+from .exporter import DownstreamUnavailable, SpanExporter
+
+__all__ = ["OtlpServer"]
+
+log = logging.getLogger(__name__)
+
+_SERVICES = (
+    "opentelemetry.proto.collector.logs.v1.LogsService",
+    "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "opentelemetry.proto.collector.trace.v1.TraceService",
+)
+_SLOT_WAIT_S = 1.0  # how long an Export waits for a free slot before answering UNAVAILABLE
+_RETRY_AFTER_S = 1  # RetryInfo delay suggested to the collector
+
+
+def _unavailable(context: grpc.ServicerContext, message: str) -> None:
+    detail = any_pb2.Any()
+    delay = duration_pb2.Duration(seconds=_RETRY_AFTER_S)
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    context.abort_with_status(
+        rpc_status.to_status(
+            status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[detail])
+        )
+    )
+
+
+class _Slots:
+    """Bounded work in flight."""
+
+    def __init__(self, size: int) -> None:
+        self._sem = threading.BoundedSemaphore(size)
+
+    def acquire(self) -> bool:
+        return self._sem.acquire(timeout=_SLOT_WAIT_S)
+
+    def release(self) -> None:
+        self._sem.release()
+
+
+class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, server: OtlpServer) -> None:
+        self._s = server
+
+    def Export(self, request, context):  # noqa: N802 - gRPC method name
+        s = self._s
+        if not s.slots.acquire():
+            s.telemetry.inc("audit_export_backpressure_total")
+            _unavailable(context, "audit-guard is at its in-flight limit; retry later")
+        try:
+            traces, count = s.pipeline.process_logs(request, time.time_ns())
+            s.telemetry.inc("audit_records_total", count)
+            if count:
+                try:
+                    outcome = s.exporter.export(traces, count)
+                except DownstreamUnavailable as exc:
+                    s.telemetry.inc("audit_export_unavailable_total")
+                    _unavailable(context, f"spans not handed on, keep and retry: {exc}")
+                s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
+                if outcome.rejected:
+                    s.telemetry.inc("audit_spans_dropped_total", outcome.rejected)
+            return logs_service_pb2.ExportLogsServiceResponse()
+        finally:
+            s.slots.release()
+
+
+class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """Accepts the collector's scraped Nginx metrics (used by reconciliation, a later stage)."""
+
+    def __init__(self, server: OtlpServer) -> None:
+        self._s = server
+
+    def Export(self, request, context):  # noqa: N802
+        points = sum(
+            1
+            for rm in request.resource_metrics
+            for sm in rm.scope_metrics
+            for _ in sm.metrics
+        )
+        self._s.telemetry.inc("audit_metrics_received_total", points)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
+    """Relays spans sent to audit-guard (e.g. by an instrumented app) downstream, same ack rule."""
+
+    def __init__(self, server: OtlpServer) -> None:
+        self._s = server
+
+    def Export(self, request, context):  # noqa: N802
+        s = self._s
+        if not s.slots.acquire():
+            _unavailable(context, "audit-guard is at its in-flight limit; retry later")
+        try:
+            count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            try:
+                outcome = s.exporter.export(request, count)
+            except DownstreamUnavailable as exc:
+                _unavailable(context, f"spans not handed on, keep and retry: {exc}")
+            s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
+            if outcome.rejected:
+                s.telemetry.inc("audit_spans_dropped_total", outcome.rejected)
+            return trace_service_pb2.ExportTraceServiceResponse()
+        finally:
+            s.slots.release()
+
+
+class OtlpServer:
+    def __init__(
+        self,
+        config: ServerConfig,
+        pipeline: Pipeline,
+        exporter: SpanExporter,
+        telemetry: Telemetry,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.exporter = exporter
+        self.telemetry = telemetry
+        self.slots = _Slots(config.max_inflight_requests)
+        # Threads beyond the in-flight limit only answer UNAVAILABLE quickly; the hard cap on
+        # concurrent RPCs keeps grpc's own queue bounded too.
+        workers = config.max_inflight_requests + 4
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp"),
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=workers * 4,
+        )
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), self._grpc)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            _MetricsServicer(self), self._grpc
+        )
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceServicer(self), self._grpc)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        port = self._grpc.add_insecure_port(self.config.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on server.listen={self.config.listen}")
+        self._grpc.start()
+        for name in ("", *_SERVICES):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("OTLP/gRPC receiver listening on %s", self.config.listen)
+        return port
+
+    def stop(self) -> None:
+        """Stop taking calls, let those in flight finish (bounded by shutdown_grace_s)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._health.enter_graceful_shutdown()
+        self._grpc.stop(self.config.shutdown_grace_s).wait()
+        self.exporter.shutdown()
+
+    def wait(self) -> None:
+        self._grpc.wait_for_termination()

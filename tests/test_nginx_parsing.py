@@ -1,0 +1,102 @@
+"""Parsing nginx JSON access records, the key spellings operators use, and cut lines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from processor.sources.jsonline import decode_json_object
+from processor.sources.nginx_access import parse_line, parse_mapping
+
+FULL = {
+    "time_iso8601": "2026-11-26T14:00:00+00:00",
+    "msec": "1764165600.123",
+    "request_id": "0123456789abcdef0123456789abcdef",
+    "remote_addr": "10.0.0.7",
+    "request_method": "POST",
+    "request_uri": "/v1/chat-messages?conversation=1",
+    "uri": "/v1/chat-messages",
+    "status": "200",
+    "body_bytes_sent": "1234",
+    "request_time": "0.250",
+    "request_completion": "OK",
+    "http_user_agent": "curl/8.0",
+    "host": "api.example.com",
+    "user_id": "u1",
+    "app_id": "a1",
+}
+
+
+def test_nginx_variable_names_with_string_numbers() -> None:
+    rec = parse_line(orjson.dumps(FULL))
+    assert (rec.method, rec.path, rec.status) == ("POST", "/v1/chat-messages", 200)
+    assert (rec.user_id, rec.app_id) == ("u1", "a1")
+    assert rec.time_unix_nano == 1764165600_123_000_000  # exact: no float rounding
+    assert rec.duration_ns == 250_000_000
+    assert rec.client_address == "10.0.0.7"
+    assert rec.server_address == "api.example.com"
+    assert rec.user_agent == "curl/8.0"
+    assert rec.body_bytes_sent == 1234
+    assert rec.flags == []
+
+
+def test_short_names_and_real_numbers() -> None:
+    line = (
+        '{"time":"2026-11-26T14:00:00Z","method":"get","path":"/v1/datasets","status":403,'
+        '"ip":"127.0.0.1","user_id":"u2","app_id":"a2","request_time":0.5,"msec":1764165600.5}'
+    )
+    rec = parse_line(line)
+    assert (rec.method, rec.path, rec.status, rec.client_address) == (
+        "GET", "/v1/datasets", 403, "127.0.0.1",
+    )
+    assert rec.time_unix_nano == 1764165600_500_000_000
+    assert rec.duration_ns == 500_000_000
+
+
+def test_iso_time_used_when_no_msec() -> None:
+    rec = parse_mapping({"time_iso8601": "2026-11-26T14:00:00+01:00", "uri": "/"})
+    expected = datetime(2026, 11, 26, 13, 0, tzinfo=UTC).timestamp()
+    assert rec.time_unix_nano == int(expected) * 1_000_000_000
+
+
+def test_http_x_user_id_and_upstream_header_spellings() -> None:
+    rec = parse_mapping({"http_x_user_id": "u9", "upstream_http_x_audit_app_id": "app9"})
+    assert (rec.user_id, rec.app_id) == ("u9", "app9")
+
+
+def test_empty_and_dash_mean_absent() -> None:
+    rec = parse_mapping({"user_id": "", "app_id": "-", "status": "200"})
+    assert rec.user_id is None and rec.app_id is None
+
+
+def test_cut_json_is_salvaged_and_flagged() -> None:
+    line = orjson.dumps(FULL).decode()
+    cut = line[: line.index('"status"') + len('"status":"2')]
+    rec = parse_line(cut)
+    assert rec.truncation_reasons == ["json_cut"]
+    # every complete member before the cut survives
+    assert rec.method == "POST" and rec.path == "/v1/chat-messages"
+    assert rec.request_id == FULL["request_id"]
+    assert rec.status is None
+
+
+def test_salvage_handles_escaped_quotes_and_commas() -> None:
+    result = decode_json_object('{"a":"x\\",\\"b\\":1","c":2,"d":"cu')
+    assert result.cut and result.obj == {"a": 'x","b":1', "c": 2}
+
+
+@pytest.mark.parametrize("line", ["GET / HTTP/1.1 200", '{"a":1,}', "[1,2]", ""])
+def test_not_json_is_malformed_not_dropped(line: str) -> None:
+    rec = parse_line(line)
+    assert "malformed" in rec.flags
+    assert rec.truncation_reasons == []
+
+
+def test_upstream_lists_use_last_attempt(pipeline) -> None:
+    rec = parse_mapping(
+        {**FULL, "body_bytes_sent": "30", "upstream_response_length": "10, 20 : 30"}
+    )
+    pipeline.check(rec)
+    assert not rec.truncation_reasons

@@ -1,0 +1,224 @@
+"""The OTLP service: ack rule, backpressure, health, config errors, SIGTERM.
+
+The downstream is a real gRPC TraceService server on loopback (a recording test double for
+Jaeger/the collector, named as such); the end-to-end tests use the real programs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import orjson
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from processor.config import load_settings
+from processor.demo.procs import free_port, port_open, wait_until
+from processor.otlp.exporter import SpanExporter
+from processor.otlp.server import OtlpServer
+from processor.pipeline import Pipeline
+from processor.telemetry import Telemetry
+
+LINE = orjson.dumps(
+    {"msec": "1764165600.5", "request_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+     "request_method": "GET", "uri": "/v1/parameters", "status": "200",
+     "user_id": "u1", "app_id": "a1"}
+).decode()
+
+
+class RecordingDownstream(trace_service_pb2_grpc.TraceServiceServicer):
+    """Test double for the span backend: records requests, can fail on demand."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.fail_with: grpc.StatusCode | None = None
+        self.reject = 0
+        self.delay = 0.0
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+
+    def Export(self, request, context):  # noqa: N802
+        time.sleep(self.delay)
+        if self.fail_with is not None:
+            context.abort(self.fail_with, "test double failing on purpose")
+        self.requests.append(request)
+        resp = trace_service_pb2.ExportTraceServiceResponse()
+        if self.reject:
+            resp.partial_success.rejected_spans = self.reject
+            resp.partial_success.error_message = "test double rejects"
+        return resp
+
+    def spans(self) -> list:
+        return [s for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans
+                for s in ss.spans]
+
+
+def logs_request(*bodies: str) -> logs_service_pb2.ExportLogsServiceRequest:
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    scope = req.resource_logs.add().scope_logs.add()
+    for body in bodies:
+        scope.log_records.add().body.string_value = body
+    return req
+
+
+@pytest.fixture
+def downstream():
+    d = RecordingDownstream()
+    d.server.start()
+    yield d
+    d.server.stop(0)
+
+
+@pytest.fixture
+def service(downstream):
+    port = free_port()
+    settings = load_settings(
+        server={"listen": f"127.0.0.1:{port}", "max_inflight_requests": 1},
+        exporter={"endpoint": f"127.0.0.1:{downstream.port}", "max_wait_s": 1.5,
+                  "retry_initial_backoff_s": 0.1},
+    )
+    server = OtlpServer(settings.server, Pipeline(settings), SpanExporter(settings.exporter),
+                        Telemetry())
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield server, logs_service_pb2_grpc.LogsServiceStub(channel), channel
+    channel.close()
+    server.stop()
+
+
+def test_ok_only_after_downstream_accepted(service, downstream) -> None:
+    server, stub, _ = service
+    stub.Export(logs_request(LINE, "garbage"), timeout=10)
+    spans = downstream.spans()
+    assert len(spans) == 2  # the malformed line is exported flagged, not dropped
+    assert spans[0].trace_id.hex() == "4bf92f3577b34da6a3ce929d0e0e4736"
+    counters = server.telemetry.snapshot()
+    assert counters["audit_records_total"] == 2
+    assert counters["audit_spans_exported_total"] == 2
+
+
+def test_unavailable_downstream_gives_unavailable(service, downstream) -> None:
+    server, stub, _ = service
+    downstream.fail_with = grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Export(logs_request(LINE), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.telemetry.snapshot()["audit_spans_exported_total"] == 0
+    # the collector retries; once downstream is back the same data goes through
+    downstream.fail_with = None
+    stub.Export(logs_request(LINE), timeout=10)
+    assert len(downstream.spans()) == 1
+
+
+def test_permanent_rejection_is_counted_as_dropped(service, downstream) -> None:
+    server, stub, _ = service
+    downstream.fail_with = grpc.StatusCode.INVALID_ARGUMENT
+    stub.Export(logs_request(LINE, LINE), timeout=10)  # acked: retrying cannot help
+    assert server.telemetry.snapshot()["audit_spans_dropped_total"] == 2
+
+
+def test_partial_success_counts_rejected_spans(service, downstream) -> None:
+    server, stub, _ = service
+    downstream.reject = 1
+    stub.Export(logs_request(LINE, LINE, LINE), timeout=10)
+    snap = server.telemetry.snapshot()
+    assert (snap["audit_spans_exported_total"], snap["audit_spans_dropped_total"]) == (2, 1)
+
+
+def test_inflight_limit_answers_unavailable(service, downstream) -> None:
+    server, stub, _ = service
+    downstream.delay = 2.5  # the first call holds the only slot while downstream is slow
+
+    def hold_slot() -> None:
+        with contextlib.suppress(grpc.RpcError):  # it times out downstream: not the point here
+            stub.Export(logs_request(LINE), timeout=10)
+
+    first = threading.Thread(target=hold_slot)
+    first.start()
+    time.sleep(0.2)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Export(logs_request(LINE), timeout=10)
+    first.join()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.telemetry.snapshot()["audit_export_backpressure_total"] == 1
+
+
+def test_health_service(service) -> None:
+    _, _, channel = service
+    health = health_pb2_grpc.HealthStub(channel)
+    resp = health.Check(health_pb2.HealthCheckRequest(
+        service="opentelemetry.proto.collector.logs.v1.LogsService"), timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_large_messages_accepted(service, downstream) -> None:
+    _, stub, _ = service
+    big = orjson.dumps({"uri": "/x", "pad": "x" * (8 * 1024 * 1024)}).decode()
+    stub.Export(logs_request(big), timeout=20)  # above grpc's 4 MiB default
+    assert len(downstream.spans()) == 1
+
+
+def _serve(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "processor.cli", "serve", *args],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_bad_config_fails_fast_with_key_and_reason(tmp_path) -> None:
+    proc = _serve({"AUDIT_GUARD_EXPORTER__TIMEOUT_S": "-3"})
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "exporter.timeout_s" in err and "greater than 0" in err
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  listen: 127.0.0.1:4327\n  max_inflight: 3\n")
+    proc = _serve({}, "--config", str(cfg))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "server.max_inflight" in err and "not permitted" in err
+
+
+def test_sigterm_finishes_in_flight_then_exits(downstream) -> None:
+    port = free_port()
+    proc = _serve({"AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{port}",
+                   "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}"})
+    try:
+        wait_until(lambda: port_open(port), 30, "audit-guard serve to listen")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = logs_service_pb2_grpc.LogsServiceStub(channel)
+        downstream.fail_with = grpc.StatusCode.UNAVAILABLE  # keep one Export in flight
+        result: dict[str, object] = {}
+
+        def call() -> None:
+            try:
+                stub.Export(logs_request(LINE), timeout=20)
+                result["ok"] = True
+            except grpc.RpcError as exc:
+                result["code"] = exc.code()
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        downstream.fail_with = None  # downstream recovers during the grace period
+        t.join(30)
+        assert result == {"ok": True}  # the in-flight batch was finished, not abandoned
+        assert proc.wait(30) == 0
+        assert len(downstream.spans()) == 1
+        channel.close()
+    finally:
+        proc.kill()
+        proc.wait()

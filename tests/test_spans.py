@@ -1,0 +1,123 @@
+"""Span building: semantic conventions, audit attributes, deterministic ids."""
+
+from __future__ import annotations
+
+import orjson
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from processor.pipeline import Pipeline
+
+RID = "4bf92f3577b34da6a3ce929d0e0e4736"
+LINE = {
+    "msec": "1764165600.500",
+    "request_time": "0.250",
+    "request_id": RID,
+    "remote_addr": "10.1.2.3",
+    "host": "api.local",
+    "http_user_agent": "ua/1",
+    "request_method": "GET",
+    "request_uri": "/v1/datasets/ds1/documents?page=2",
+    "status": "200",
+    "user_id": "u1",
+    "app_id": "a1",
+    "body_bytes_sent": "30000",
+    "sent_http_content_length": "100000",
+    "request_completion": "OK",
+}
+
+
+def attrs(span: Span) -> dict:
+    out = {}
+    for kv in span.attributes:
+        kind = kv.value.WhichOneof("value")
+        out[kv.key] = (
+            [v.string_value for v in kv.value.array_value.values]
+            if kind == "array_value"
+            else getattr(kv.value, kind)
+        )
+    return out
+
+
+def export(pipeline: Pipeline, *bodies: str) -> list[Span]:
+    req = ExportLogsServiceRequest()
+    scope = req.resource_logs.add().scope_logs.add()
+    for body in bodies:
+        scope.log_records.add().body.string_value = body
+    traces, count = pipeline.process_logs(req, now_ns=42)
+    assert count == len(bodies)
+    rs = traces.resource_spans[0]
+    assert rs.resource.attributes[0].key == "service.name"
+    assert rs.resource.attributes[0].value.string_value == "nginx"
+    return list(rs.scope_spans[0].spans)
+
+
+def test_server_span_semantic_conventions(pipeline) -> None:
+    (span,) = export(pipeline, orjson.dumps(LINE).decode())
+    assert span.trace_id.hex() == RID and span.span_id.hex() == RID[:16]
+    assert span.kind == Span.SpanKind.SPAN_KIND_SERVER
+    assert span.name == "GET /v1/datasets/{dataset_id}/documents"
+    assert span.end_time_unix_nano == 1764165600_500_000_000
+    assert span.end_time_unix_nano - span.start_time_unix_nano == 250_000_000
+    a = attrs(span)
+    assert a["http.request.method"] == "GET"
+    assert a["url.path"] == "/v1/datasets/ds1/documents"
+    assert a["http.route"] == "/v1/datasets/{dataset_id}/documents"
+    assert a["http.response.status_code"] == 200
+    assert a["client.address"] == "10.1.2.3"
+    assert a["server.address"] == "api.local"
+    assert a["user_agent.original"] == "ua/1"
+    assert (a["user.id"], a["app.id"]) == ("u1", "a1")
+    assert a["audit.truncated"] is True
+    assert a["audit.truncation.reason"] == "response_short"
+    assert a["audit.flags"] == ["truncated:response_short"]
+    assert a["audit.valid"] is True
+    assert "error.type" not in a
+    assert span.status.code == Status.StatusCode.STATUS_CODE_UNSET
+
+
+def test_5xx_is_error_4xx_is_not(pipeline) -> None:
+    s500, s404 = export(
+        pipeline,
+        orjson.dumps({**LINE, "status": "502", "body_bytes_sent": "100000"}).decode(),
+        orjson.dumps({**LINE, "status": 404, "body_bytes_sent": "100000"}).decode(),
+    )
+    assert s500.status.code == Status.StatusCode.STATUS_CODE_ERROR
+    assert attrs(s500)["error.type"] == "502"
+    assert s404.status.code == Status.StatusCode.STATUS_CODE_UNSET
+    assert "error.type" not in attrs(s404)
+
+
+def test_invalid_and_unparseable_records_are_exported_flagged(pipeline) -> None:
+    anon, garbage = export(
+        pipeline,
+        orjson.dumps({**LINE, "user_id": "", "body_bytes_sent": "100000"}).decode(),
+        "this is not json",
+    )
+    assert attrs(anon)["audit.valid"] is False
+    assert attrs(anon)["audit.violations"] == ["missing_field:user_id"]
+    g = attrs(garbage)
+    assert "malformed" in g["audit.flags"] and g["audit.trace_id.generated"] is True
+    assert garbage.end_time_unix_nano == 42  # no time in the record: receive time
+
+
+def test_replaying_gives_identical_spans(pipeline) -> None:
+    body = orjson.dumps({**LINE, "request_id": "not-hex"}).decode()
+    first = export(pipeline, body)[0].SerializeToString()
+    again = export(Pipeline(pipeline._settings), body)[0].SerializeToString()
+    assert first == again
+
+
+def test_records_from_collector_attributes(pipeline) -> None:
+    """The collector may have parsed the JSON into attributes and left the body empty."""
+    req = ExportLogsServiceRequest()
+    lr = req.resource_logs.add().scope_logs.add().log_records.add()
+    for key, value in LINE.items():
+        kv = lr.attributes.add()
+        kv.key = key
+        kv.value.string_value = value
+    kv = lr.attributes.add()
+    kv.key, kv.value.string_value = "log.file.name", "access.log"
+    (rec,) = pipeline.records_from_logs(req)
+    assert (rec.method, rec.status, rec.user_id) == ("GET", 200, "u1")
+    assert "log.file.name" not in rec.fields
