@@ -54,7 +54,8 @@ def test_invalid_fields(pipeline) -> None:
 
 
 def test_missing_status_and_time(pipeline) -> None:
-    rec = pipeline.check(parse_mapping({k: v for k, v in BASE.items() if k not in ("status", "msec")}))
+    record = {k: v for k, v in BASE.items() if k not in ("status", "msec")}
+    rec = pipeline.check(parse_mapping(record))
     assert {"missing_field:status", "missing_field:time"} <= set(rec.violations)
 
 
@@ -65,7 +66,8 @@ def test_request_incomplete(pipeline) -> None:
 
 
 def test_no_request_completion_key_proves_nothing(pipeline) -> None:
-    rec = pipeline.check(parse_mapping({k: v for k, v in BASE.items() if k != "request_completion"}))
+    record = {k: v for k, v in BASE.items() if k != "request_completion"}
+    rec = pipeline.check(parse_mapping(record))
     assert rec.truncation_reasons == []
 
 
@@ -107,7 +109,8 @@ def test_trace_id_from_traceparent_when_request_id_is_not_hex() -> None:
 
 
 def test_trace_id_hash_of_request_id_is_stable() -> None:
-    a, b = parse_mapping({**BASE, "request_id": "req-42"}), parse_mapping({**BASE, "request_id": "req-42"})
+    a = parse_mapping({**BASE, "request_id": "req-42"})
+    b = parse_mapping({**BASE, "request_id": "req-42"})
     assign_ids(a)
     assign_ids(b)
     assert a.trace_id == b.trace_id and len(a.trace_id) == 16 and not a.trace_id_generated

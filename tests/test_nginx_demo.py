@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,13 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from processor.demo.nginx import NginxPaths, nginx_argv, nginx_binary, render_nginx_conf
+from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
 from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
 from processor.demo.upstream import CUT_PROMISED, CUT_SENT, DemoServer, serve
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which(nginx_binary()) is None, reason="nginx is not installed"),
     pytest.mark.timeout(120),
 ]
 
@@ -36,12 +34,12 @@ NUMBER_KEYS = {
     "msec",
     "connection",
     "connection_requests",
-    "status",
     "body_bytes_sent",
     "bytes_sent",
     "request_time",
 }
 STRING_KEYS = {
+    "status",  # quoted: nginx prints %03d, "000" would not be a valid JSON number
     "time_iso8601",
     "request_id",
     "remote_addr",
@@ -209,7 +207,7 @@ def test_audit_log_through_real_nginx(stack: Stack) -> None:
         assert app["message"].endswith(f" {rid}")
 
     first = by_uri["/v1/chat-messages"]
-    assert first["status"] == 200
+    assert first["status"] == "200"
     assert (first["user_id"], first["app_id"]) == ("u1", "a1")
     assert first["request_completion"] == "OK"
     # The client's own traceparent is logged, but what reached the app is ours.
@@ -218,20 +216,20 @@ def test_audit_log_through_real_nginx(stack: Stack) -> None:
     assert first["sent_http_content_length"] == str(first["body_bytes_sent"])
 
     anon = by_uri["/v1/parameters?anonymous=1&user=u2"]
-    assert anon["status"] == 200
+    assert anon["status"] == "200"
     assert anon["user_id"] == ""  # empty, not "-", under escape=json
     # The app still knew who it was: the access log is what lost the attribution.
     assert app_by_trace[anon["request_id"]]["identity"]["user_id"] == "u2"
 
     denied = by_uri["/v1/datasets/x/documents/d1?status=403"]
-    assert denied["status"] == 403
+    assert denied["status"] == "403"
     assert denied["upstream_status"] == "403"
     assert denied["request_method"] == "DELETE"
 
     # What nginx logs for a response the upstream cut short (observed with nginx 1.22.1,
     # proxy_buffering off): the upstream's 200, "OK", and only the byte counts show the cut.
     cut = by_uri["/v1/datasets?cut=1"]
-    assert cut["status"] == 200
+    assert cut["status"] == "200"
     assert cut["upstream_status"] == "200"
     assert cut["request_completion"] == "OK"
     assert cut["sent_http_content_length"] == str(CUT_PROMISED)

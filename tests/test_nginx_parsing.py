@@ -100,3 +100,16 @@ def test_upstream_lists_use_last_attempt(pipeline) -> None:
     )
     pipeline.check(rec)
     assert not rec.truncation_reasons
+
+
+def test_zero_padded_status_keeps_the_rest_of_the_line(pipeline) -> None:
+    """nginx prints $status with %03d: a request that never got a status logs `000`."""
+    rec = pipeline.check(parse_line('{"status":000,"uri":"/v1/x","user_id":"u1","msec":"1.0"}'))
+    assert "malformed" in rec.flags
+    assert rec.path == "/v1/x" and rec.user_id == "u1"
+    assert "invalid_field:status" in rec.violations
+
+
+def test_invalid_utf8_is_salvaged() -> None:
+    rec = parse_line(b'{"uri":"/v1/\xff","status":"200"}')
+    assert rec.status == 200 and rec.path is not None and "malformed" in rec.flags

@@ -52,9 +52,15 @@ def _salvage(line: bytes | str) -> DecodeResult:
         if m is None:
             break
         try:
-            obj[orjson.loads(m.group(1))] = orjson.loads(m.group(2))
+            key = orjson.loads(m.group(1))
         except orjson.JSONDecodeError:
             break
+        try:
+            obj[key] = orjson.loads(m.group(2))
+        except orjson.JSONDecodeError:
+            # Not valid JSON but still a scalar token, e.g. nginx printing `"status":000`
+            # (%03d) for a request that never got a status: keep its text, go on.
+            obj[key] = m.group(2)
         pos = m.end()
         if m.group(3) != ",":
             break

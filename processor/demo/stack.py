@@ -1,0 +1,109 @@
+"""The whole demo stack on loopback: demo upstream ← nginx → access log → collector →
+audit-guard processor → collector egress → Jaeger. Used by `audit-guard demo` and the
+end-to-end tests; every process is stopped by `close()`, whatever happened.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends import JaegerClient, JaegerPorts, start_collector, start_jaeger
+from .nginx import NginxPaths, nginx_argv, render_nginx_conf
+from .procs import ManagedProcess, free_port, http_ok, port_open
+
+__all__ = ["Stack"]
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    processor_env: dict[str, str] = field(default_factory=dict)
+    procs: list[ManagedProcess] = field(default_factory=list)
+    jaeger_ports: JaegerPorts | None = None
+    nginx_port: int = 0
+    upstream_port: int = 0
+    status_port: int = 0
+    processor_port: int = 0
+    nginx_paths: NginxPaths | None = None
+    app_log: Path | None = None
+
+    def start(self) -> Stack:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        wd = self.workdir
+        wd.mkdir(parents=True, exist_ok=True)
+        jaeger, self.jaeger_ports = start_jaeger(wd)
+        self.procs.append(jaeger)
+
+        self.nginx_port, self.upstream_port = free_port(), free_port()
+        self.status_port, self.processor_port = free_port(), free_port()
+        self.nginx_paths = render_nginx_conf(
+            wd / "nginx", self.nginx_port, self.upstream_port, self.status_port
+        )
+        # The collector retries its sends to the processor until the processor is up.
+        collector, endpoints = start_collector(
+            wd,
+            access_log=self.nginx_paths.access_log,
+            processor_endpoint=f"127.0.0.1:{self.processor_port}",
+            traces_endpoint=self.jaeger_ports.otlp_endpoint,
+            vts_target=f"127.0.0.1:{self.status_port}",
+        )
+        self.procs.append(collector)
+
+        processor = ManagedProcess(
+            "processor",
+            [sys.executable, "-m", "processor.cli", "serve"],
+            log_dir=wd,
+            env={
+                "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{self.processor_port}",
+                "AUDIT_GUARD_EXPORTER__ENDPOINT": endpoints.egress,
+                **self.processor_env,
+            },
+        ).start()
+        self.procs.append(processor)
+        processor.wait_ready(lambda: port_open(self.processor_port), timeout=60)
+
+        self.app_log = wd / "app.log"
+        upstream = ManagedProcess(
+            "upstream",
+            [sys.executable, "-m", "processor.demo.upstream", "--port", str(self.upstream_port),
+             "--log", str(self.app_log)],
+            log_dir=wd,
+        ).start()
+        self.procs.append(upstream)
+        upstream.wait_ready(lambda: port_open(self.upstream_port), timeout=30)
+
+        nginx = ManagedProcess("nginx", nginx_argv(self.nginx_paths.conf), log_dir=wd).start()
+        self.procs.append(nginx)
+        nginx.wait_ready(
+            lambda: http_ok(f"http://127.0.0.1:{self.status_port}/stub_status"), timeout=30
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.nginx_port}"
+
+    @property
+    def jaeger(self) -> JaegerClient:
+        assert self.jaeger_ports is not None
+        return JaegerClient(self.jaeger_ports.query_url)
+
+    def close(self) -> None:
+        # Front to back, so nothing is still sending to a backend that is gone.
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
