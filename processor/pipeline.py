@@ -11,17 +11,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from .checks.truncation import check_nginx_truncation
+from .checks.truncation import check_truncation
 from .checks.validate import AuditFieldValidator
 from .config import Settings
 from .correlate.traces import assign_ids
 from .record import AuditRecord
 from .routes import DIFY_ROUTES, RouteTable
 from .sources import nginx_access
-from .spans import SpanBuilder, new_resource_spans
+from .spans import SpanBatch, SpanBuilder
 
 __all__ = ["Pipeline", "any_value_to_python"]
 
@@ -72,7 +71,7 @@ class Pipeline:
 
     # check + correlate -------------------------------------------------------------------
     def check(self, rec: AuditRecord) -> AuditRecord:
-        check_nginx_truncation(rec)
+        check_truncation(rec)
         self._validate(rec)
         if rec.path is not None:
             rec.route = self._routes.route(rec.path)
@@ -89,20 +88,13 @@ class Pipeline:
         return records
 
     # spans -------------------------------------------------------------------------------
-    def to_traces(self, records: list[AuditRecord], now_ns: int) -> ExportTraceServiceRequest:
-        out = ExportTraceServiceRequest()
-        if not records:
-            return out
-        rs = out.resource_spans.add()
-        rs.CopyFrom(new_resource_spans(self._settings.nginx_service_name))
-        scope = rs.scope_spans[0]
-        add = self._spans.add_server_span
-        for rec in records:
-            add(scope, rec, now_ns)
-        return out
+    def to_traces(self, records: list[AuditRecord], now_ns: int) -> bytes:
+        """The records' spans as a serialized ExportTraceServiceRequest (b"" when none)."""
+        batch = SpanBatch(self._settings.nginx_service_name)
+        span = self._spans.server_span
+        batch.spans = [span(rec, now_ns) for rec in records]
+        return batch.request_bytes()
 
-    def process_logs(
-        self, request: ExportLogsServiceRequest, now_ns: int
-    ) -> tuple[ExportTraceServiceRequest, int]:
+    def process_logs(self, request: ExportLogsServiceRequest, now_ns: int) -> tuple[bytes, int]:
         records = self.records_from_logs(request)
         return self.to_traces(records, now_ns), len(records)

@@ -30,7 +30,14 @@ class AuditRecord:
     server_address: str | None = None
     user_agent: str | None = None
     body_bytes_sent: int | None = None
-    # Every field the record held, under its canonical name where known (salvaged ones too).
+    # Response completeness evidence (proxies log these; None = not in the record).
+    completed: bool | None = None  # nginx $request_completion: "OK" → True, "" → False
+    content_length: int | None = None  # the Content-Length sent to the client
+    upstream_length: int | None = None  # body bytes the upstream delivered (last attempt)
+    compressed: bool = False  # the proxy compressed the body (smaller than upstream's is fine)
+    # Names of fields present in the record but not parseable (→ invalid_field:<name>).
+    unparsed: tuple[str, ...] = ()
+    # Every field the record held, as written (salvaged ones too).
     fields: dict[str, Any] = field(default_factory=dict)
     # Findings, in the vocabulary of processor.flags.
     flags: list[str] = field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from processor.pipeline import Pipeline
@@ -44,8 +45,9 @@ def export(pipeline: Pipeline, *bodies: str) -> list[Span]:
     scope = req.resource_logs.add().scope_logs.add()
     for body in bodies:
         scope.log_records.add().body.string_value = body
-    traces, count = pipeline.process_logs(req, now_ns=42)
+    payload, count = pipeline.process_logs(req, now_ns=42)
     assert count == len(bodies)
+    traces = ExportTraceServiceRequest.FromString(payload)  # the official schema decodes it
     rs = traces.resource_spans[0]
     assert rs.resource.attributes[0].key == "service.name"
     assert rs.resource.attributes[0].value.string_value == "nginx"
@@ -106,6 +108,27 @@ def test_replaying_gives_identical_spans(pipeline) -> None:
     first = export(pipeline, body)[0].SerializeToString()
     again = export(Pipeline(pipeline._settings), body)[0].SerializeToString()
     assert first == again
+
+
+def test_span_bytes_equal_what_the_stubs_would_write(pipeline) -> None:
+    """The hand-assembled bytes re-serialize identically through the official stubs."""
+    bodies = [orjson.dumps({**LINE, "status": str(s)}).decode() for s in (200, 503)]
+    req = ExportLogsServiceRequest()
+    scope = req.resource_logs.add().scope_logs.add()
+    for body in bodies + ["garbage", '{"uri":"/v1/x","request_id":"abc","http_traceparent":'
+                          '"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}']:
+        scope.log_records.add().body.string_value = body
+    payload, _ = pipeline.process_logs(req, now_ns=42)
+    decoded = ExportTraceServiceRequest.FromString(payload)
+    assert decoded.SerializeToString() == payload
+    spans = decoded.resource_spans[0].scope_spans[0].spans
+    assert len(spans) == 4
+    assert spans[3].parent_span_id.hex() == "b7ad6b7169203331"
+    assert decoded.resource_spans[0].scope_spans[0].scope.name == "audit-guard"
+
+
+def test_no_records_no_request(pipeline) -> None:
+    assert pipeline.process_logs(ExportLogsServiceRequest(), now_ns=1) == (b"", 0)
 
 
 def test_records_from_collector_attributes(pipeline) -> None:

@@ -1,4 +1,4 @@
-"""Truncation detection for nginx access records.
+"""Truncation detection for proxied HTTP responses (nginx access records).
 
 Nginx logs status 200 for many cut responses (see shared/reference.md): the evidence is an empty
 `$request_completion`, or fewer body bytes sent than the response promised (Content-Length) or
@@ -9,32 +9,29 @@ from __future__ import annotations
 
 from .. import flags
 from ..record import AuditRecord
-from ..sources.nginx_access import sent_content_length, text_field, upstream_response_length
 
-__all__ = ["check_nginx_truncation"]
+__all__ = ["check_truncation"]
 
 # No body is expected for these, whatever Content-Length says.
 _BODYLESS_STATUS = frozenset({204, 304})
 
 
-def check_nginx_truncation(rec: AuditRecord) -> None:
+def check_truncation(rec: AuditRecord) -> None:
     reasons = rec.truncation_reasons
-    f = rec.fields
-    # Only when the format logs it: a format without $request_completion proves nothing.
-    if "request_completion" in f and text_field(rec, "request_completion") is None:
+    if rec.completed is False:
         reasons.append(flags.REQUEST_INCOMPLETE)
     sent = rec.body_bytes_sent
-    if (
-        sent is not None
-        and rec.method != "HEAD"
-        and rec.status not in _BODYLESS_STATUS
-        and not (rec.status is not None and rec.status < 200)
-    ):
-        promised = sent_content_length(rec)
-        # nginx compressing the body makes it legitimately smaller than the upstream's bytes.
-        compressed = text_field(rec, "sent_content_encoding") or text_field(rec, "gzip_ratio")
-        upstream = None if compressed else upstream_response_length(rec)
-        if (promised is not None and sent < promised) or (upstream is not None and sent < upstream):
-            reasons.append(flags.RESPONSE_SHORT)
-    for reason in reasons:
-        rec.add_flag(flags.truncated(reason))
+    if sent is not None and rec.method != "HEAD":
+        status = rec.status
+        if status is None or (status >= 200 and status not in _BODYLESS_STATUS):
+            promised = rec.content_length
+            # A proxy compressing the body makes it legitimately smaller than the upstream's.
+            upstream = None if rec.compressed else rec.upstream_length
+            if (promised is not None and sent < promised) or (
+                upstream is not None and sent < upstream
+            ):
+                reasons.append(flags.RESPONSE_SHORT)
+    if reasons:
+        add = rec.add_flag
+        for reason in reasons:
+            add(flags.truncated(reason))

@@ -14,7 +14,6 @@ __all__ = ["AuditFieldValidator"]
 
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")  # an RFC 9110 token, as nginx upper-cases it
 _IDENTITY = re.compile(r"[^\x00-\x1f\x7f]{1,256}")  # printable, bounded: an id, not a payload
-_EMPTY = (None, "", "-")
 
 
 class AuditFieldValidator:
@@ -27,7 +26,7 @@ class AuditFieldValidator:
 
     def __call__(self, rec: AuditRecord) -> None:
         v = rec.violations
-        f = rec.fields
+        unparsed = rec.unparsed
         if rec.method is None:
             v.append(flags.missing_field("method"))
         elif _METHOD.fullmatch(rec.method) is None:
@@ -38,15 +37,16 @@ class AuditFieldValidator:
             v.append(flags.invalid_field("path"))
         if rec.status is None:
             v.append(
-                flags.missing_field("status")
-                if f.get("status") in _EMPTY
-                else flags.invalid_field("status")
+                flags.invalid_field("status")
+                if "status" in unparsed
+                else flags.missing_field("status")
             )
         elif not 100 <= rec.status <= 599:
             v.append(flags.invalid_field("status"))
         if rec.time_unix_nano is None:
-            has_time = f.get("msec") not in _EMPTY or f.get("time") not in _EMPTY
-            v.append(flags.invalid_field("time") if has_time else flags.missing_field("time"))
+            v.append(
+                flags.invalid_field("time") if "time" in unparsed else flags.missing_field("time")
+            )
         if rec.path is not None and self._audited.match(rec.path):
             for name, value in (("user_id", rec.user_id), ("app_id", rec.app_id)):
                 if value is None:

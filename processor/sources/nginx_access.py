@@ -55,13 +55,16 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "connection_requests": ("connection_requests",),
 }
 _RANK = {key: (canon, rank) for canon, keys in ALIASES.items() for rank, key in enumerate(keys)}
+_CANON = tuple(ALIASES)
 
-# Key layout → [(canonical, source key)]; bounded because layouts are few (one per log_format).
-_PLANS: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+# Key layout → the source key of each canonical field, in _CANON order (None: not logged).
+# Lines of one log_format share a layout, so this is worked out once per format, and the
+# per-record extraction is one C-level `map(obj.get, plan)`.
+_PLANS: dict[tuple[str, ...], tuple[str | None, ...]] = {}
 _MAX_PLANS = 256
 
 
-def _plan(keys: tuple[str, ...]) -> list[tuple[str, str]]:
+def _plan(keys: tuple[str, ...]) -> tuple[str | None, ...]:
     best: dict[str, tuple[int, str]] = {}
     for key in keys:
         hit = _RANK.get(key) or _RANK.get(key.lower())
@@ -69,20 +72,25 @@ def _plan(keys: tuple[str, ...]) -> list[tuple[str, str]]:
             canon, rank = hit
             if canon not in best or rank < best[canon][0]:
                 best[canon] = (rank, key)
-    plan = [(canon, key) for canon, (_, key) in best.items()]
+    plan = tuple(best[c][1] if c in best else None for c in _CANON)
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     _PLANS[keys] = plan
     return plan
 
 
+def canonical_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The record's fields under their canonical names (for replay output and debugging)."""
+    keys = tuple(obj)
+    plan = _PLANS.get(keys) or _plan(keys)
+    return {c: obj[k] for c, k in zip(_CANON, plan, strict=True) if k is not None}
+
+
 def _text(value: Any) -> str | None:
     """nginx logs a variable without value as "" (escape=json) or "-" (default escaping)."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        return str(value)
-    return None if value == "" or value == "-" else value
+    if value.__class__ is str:
+        return None if value == "" or value == "-" else value
+    return None if value is None else str(value)
 
 
 def _int(value: Any) -> int | None:
@@ -107,20 +115,19 @@ def _last_int(value: Any) -> int | None:
 
 
 def _seconds_to_ns(value: Any) -> int | None:
-    """"1764165600.123" → ns, exactly (no float rounding: $msec and $request_time are decimal)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value * 1_000_000_000
-    if isinstance(value, float):  # a number in the JSON: microsecond precision survives
+    """$msec / $request_time ("1764165600.123", seconds with ms) → ns.
+
+    Via float, rounded to the microsecond: exact for these millisecond values (a float64
+    holds 15+ significant digits), and much cheaper than decimal parsing on the hot path.
+    """
+    if value.__class__ is str:
+        try:
+            return round(float(value) * 1_000_000) * 1000
+        except ValueError:
+            return None
+    if value.__class__ is int or value.__class__ is float:
         return round(value * 1_000_000) * 1000
-    text = _text(value)
-    if text is None:
-        return None
-    whole, _, frac = text.partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
-        return None
-    return int(whole) * 1_000_000_000 + (int(frac[:9].ljust(9, "0")) if frac else 0)
+    return None
 
 
 def _iso_to_ns(value: Any) -> int | None:
@@ -155,40 +162,48 @@ def parse_mapping(obj: dict[str, Any]) -> AuditRecord:
     """A decoded access-log object (or the collector's parsed attributes) → AuditRecord."""
     keys = tuple(obj)
     plan = _PLANS.get(keys) or _plan(keys)
-    f: dict[str, Any] = {canon: obj[key] for canon, key in plan}
-    rec = AuditRecord(source=SOURCE, fields=f)
+    (
+        method, request_uri, path, status, msec, time_text, request_time, client, user_id,
+        app_id, request_id, traceparent, server, user_agent, completion, body_bytes_sent,
+        _bytes_sent, content_length, content_encoding, gzip_ratio, _upstream_status,
+        upstream_length, _upstream_received, _connection, _connection_requests,
+    ) = map(obj.get, plan)
 
-    method = _text(f.get("method"))
-    rec.method = method.upper() if method is not None else None
-    path = _text(f.get("request_uri")) or _text(f.get("path"))
-    if path is not None:
-        rec.path = path.split("?", 1)[0]
-    rec.status = _int(f.get("status")) if "status" in f else None
-    rec.user_id = _text(f.get("user_id"))
-    rec.app_id = _text(f.get("app_id"))
-    rec.request_id = _text(f.get("request_id"))
-    rec.traceparent = _text(f.get("traceparent"))
-    rec.client_address = _text(f.get("client_address"))
-    rec.server_address = _text(f.get("server_address"))
-    rec.user_agent = _text(f.get("user_agent"))
-    rec.body_bytes_sent = _int(f.get("body_bytes_sent"))
+    unparsed: list[str] = []
+    method = _text(method)
+    target = _text(request_uri) or _text(path)
+    status_code = _int(status)
+    if status_code is None and _text(status) is not None:
+        unparsed.append("status")
+    end = _seconds_to_ns(msec)
+    if end is None and time_text is not None:
+        end = _iso_to_ns(time_text)
+    if end is None and (_text(msec) is not None or _text(time_text) is not None):
+        unparsed.append("time")
+    duration = _seconds_to_ns(request_time)
+    return AuditRecord(
+        source=SOURCE,
+        time_unix_nano=end,
+        duration_ns=duration if duration is not None and duration > 0 else 0,
+        method=method.upper() if method is not None else None,
+        path=target.split("?", 1)[0] if target is not None else None,
+        status=status_code,
+        user_id=_text(user_id),
+        app_id=_text(app_id),
+        request_id=_text(request_id),
+        traceparent=_text(traceparent),
+        client_address=_text(client),
+        server_address=_text(server),
+        user_agent=_text(user_agent),
+        body_bytes_sent=_int(body_bytes_sent),
+        # Only when the format logs it: a format without $request_completion proves nothing.
+        completed=None if plan[_COMPLETION] is None else _text(completion) is not None,
+        content_length=_int(content_length),
+        upstream_length=_last_int(upstream_length),
+        compressed=_text(content_encoding) is not None or _text(gzip_ratio) is not None,
+        unparsed=tuple(unparsed),
+        fields=obj,
+    )
 
-    end = _seconds_to_ns(f["msec"]) if "msec" in f else None
-    if end is None and "time" in f:
-        end = _iso_to_ns(f["time"])
-    rec.time_unix_nano = end
-    duration = _seconds_to_ns(f.get("request_time"))
-    rec.duration_ns = duration if duration is not None and duration > 0 else 0
-    return rec
 
-
-def upstream_response_length(rec: AuditRecord) -> int | None:
-    return _last_int(rec.fields.get("upstream_response_length"))
-
-
-def sent_content_length(rec: AuditRecord) -> int | None:
-    return _int(rec.fields.get("sent_content_length"))
-
-
-def text_field(rec: AuditRecord, name: str) -> str | None:
-    return _text(rec.fields.get(name))
+_COMPLETION = _CANON.index("request_completion")

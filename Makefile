@@ -1,0 +1,31 @@
+# audit-guard — the two commands a newcomer needs:
+#   make demo   start the local demo stack (nginx → collector → processor → Jaeger), drive traffic,
+#               print what audit-guard found; Ctrl-C stops it (make demo ARGS=--once: exit after)
+#   make test   install everything needed (apt, venv, collector and Jaeger builds), run all tests
+SHELL := /bin/bash
+PY := .venv/bin/python
+ARGS ?=
+
+.PHONY: setup demo test unit lint bench clean
+
+setup:
+	@scripts/bootstrap
+
+demo: setup
+	$(PY) -m processor.cli demo $(ARGS)
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -ra $(ARGS)
+
+unit: setup
+	$(PY) -m pytest -ra -m "not e2e" $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf .cache/demo .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+# audit-guard processor image (also runs the demo upstream in compose.yaml).
+#
+#   docker build -f processor.Dockerfile -t audit-guard-processor .
+#   docker run --rm -e AUDIT_GUARD_SERVER__LISTEN=0.0.0.0:4327 audit-guard-processor
+#
+# Configuration is by environment (AUDIT_GUARD_*, nested with `__`) or a YAML file named by
+# AUDIT_GUARD_CONFIG / `serve --config`; see processor/config.py.
+FROM python:3.11.14-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what the wheel is built from. README.md* is optional (a glob matching nothing is allowed):
+# pyproject names it as the long description, and setuptools only warns when it is missing.
+WORKDIR /src
+COPY pyproject.toml README.md* ./
+COPY processor ./processor
+RUN pip install . && rm -rf /src
+
+# Non-root, fixed uid so volume ownership is predictable. /var/log/app exists in the image owned by
+# that user, so a named volume mounted there (the demo upstream's app log) starts out writable.
+RUN groupadd --system --gid 10002 audit-guard \
+    && useradd --system --uid 10002 --gid audit-guard --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin audit-guard \
+    && mkdir -p /var/log/app \
+    && chown audit-guard:audit-guard /var/log/app
+USER 10002:10002
+WORKDIR /
+
+# OTLP/gRPC in (logs and metrics from the collector); gRPC health is served on the same port.
+EXPOSE 4327
+CMD ["audit-guard", "serve"]

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Processor throughput benchmark (make bench) — not a test.
+
+Nginx access records go from a serialized OTLP ExportLogsServiceRequest, over real gRPC on
+loopback, through `audit-guard serve` (pinned to one core), out as serialized spans to a sink
+on the other core. The figure is records per CPU-second of the processor process
+(utime+stime from /proc), i.e. per core. Side by side, the same records are decoded bare
+(protobuf parse + orjson per body) in this process, so the pipeline's cost is also given as a
+ratio to the unavoidable decode work.
+
+The last line is `records_per_second_per_core=<N>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import orjson
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from processor.demo.procs import free_port, port_open, wait_until  # noqa: E402
+
+LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+USERS = [f"user-{i}" for i in range(200)]
+APPS = [f"app-{i}" for i in range(20)]
+PATHS = [
+    ("POST", "/v1/chat-messages"),
+    ("GET", "/v1/datasets/{}/documents"),
+    ("PUT", "/v1/model-configs"),
+    ("GET", "/v1/parameters"),
+    ("POST", "/v1/completion-messages"),
+]
+
+
+def make_line(i: int) -> bytes:
+    method, path = PATHS[i % len(PATHS)]
+    status = 200 if i % 10 else (403 if i % 20 else 502)
+    sent = 2048 if i % 50 else 512  # every 50th response is cut short
+    return orjson.dumps({
+        "time_iso8601": "2026-11-26T14:00:00+00:00",
+        "msec": f"{1764165600 + i // 1000}.{i % 1000:03d}",
+        "request_id": f"{i:032x}",
+        "connection": i // 3,
+        "connection_requests": i % 3 + 1,
+        "remote_addr": f"10.0.{i % 7}.{i % 250}",
+        "request_method": method,
+        "request_uri": path.format(f"ds-{i % 300}"),
+        "uri": path.format(f"ds-{i % 300}"),
+        "host": "api.example.com",
+        "status": str(status),
+        "request_completion": "OK",
+        "body_bytes_sent": sent,
+        "bytes_sent": sent + 200,
+        "sent_http_content_length": "2048",
+        "upstream_status": str(status),
+        "upstream_response_length": "2048",
+        "request_time": "0.042",
+        "http_user_agent": "Mozilla/5.0 (bench)",
+        "user_id": "" if i % 97 == 0 else USERS[i % len(USERS)],
+        "app_id": APPS[i % len(APPS)],
+    })
+
+
+def make_batches(records: int, batch: int) -> list[bytes]:
+    out = []
+    for start in range(0, records, batch):
+        req = ExportLogsServiceRequest()
+        scope = req.resource_logs.add().scope_logs.add()
+        for i in range(start, min(start + batch, records)):
+            scope.log_records.add().body.string_value = make_line(i).decode()
+        out.append(req.SerializeToString())
+    return out
+
+
+def run_sink(port: int) -> None:
+    """The downstream: accepts span requests without decoding them (costs the bench nothing)."""
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: b"", request_deserializer=None, response_serializer=None)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(4),
+                         options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_decode_rate(batches: list[bytes]) -> float:
+    start = time.process_time()
+    n = 0
+    for payload in batches:
+        req = ExportLogsServiceRequest.FromString(payload)
+        for rl in req.resource_logs:
+            for sl in rl.scope_logs:
+                for lr in sl.log_records:
+                    orjson.loads(lr.body.string_value)
+                    n += 1
+    return n / (time.process_time() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--batch", type=int, default=2000, help="records per Export call")
+    parser.add_argument("--concurrency", type=int, default=2, help="Export calls in flight")
+    args = parser.parse_args()
+
+    print(f"building {args.records} records in batches of {args.batch} ...", flush=True)
+    batches = make_batches(args.records, args.batch)
+    warmup = make_batches(args.batch * 5, args.batch)
+
+    cpus = sorted(os.sched_getaffinity(0))
+    proc_cpu, other_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+    sink_port, proc_port = free_port(), free_port()
+    sink = subprocess.Popen([sys.executable, "-c",
+                             f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r});"
+                             f"import bench; bench.run_sink({sink_port})"])
+    env = {**os.environ, "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{proc_port}",
+           "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{sink_port}",
+           "AUDIT_GUARD_SERVER__MAX_INFLIGHT_REQUESTS": str(max(args.concurrency, 1)),
+           "AUDIT_GUARD_LOG_LEVEL": "warning"}
+    server = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve"], env=env, cwd=ROOT)
+    try:
+        os.sched_setaffinity(server.pid, proc_cpu)
+        os.sched_setaffinity(sink.pid, other_cpus)
+        os.sched_setaffinity(0, other_cpus)
+        wait_until(lambda: port_open(proc_port) and port_open(sink_port), 60, "processor + sink")
+        channel = grpc.insecure_channel(f"127.0.0.1:{proc_port}", options=[
+            ("grpc.max_send_message_length", 256 * 1024 * 1024)])
+        export = channel.unary_unary(LOGS_EXPORT, request_serializer=None,
+                                     response_deserializer=None)
+        with futures.ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(lambda b: export(b, timeout=120), warmup))
+            cpu0, wall0 = cpu_seconds(server.pid), time.perf_counter()
+            list(pool.map(lambda b: export(b, timeout=120), batches))
+            wall = time.perf_counter() - wall0
+            cpu = cpu_seconds(server.pid) - cpu0
+        channel.close()
+    finally:
+        server.terminate()
+        sink.terminate()
+        server.wait(30)
+        sink.wait(30)
+
+    os.sched_setaffinity(0, set(cpus))
+    bare = bare_decode_rate(batches)
+    per_core = args.records / cpu
+    print(f"records                         {args.records}")
+    print(f"processor CPU seconds           {cpu:.2f}  (pinned to CPU {min(proc_cpu)})")
+    print(f"wall seconds                    {wall:.2f}  ({args.records / wall:,.0f} records/s)")
+    print(f"bare decode (protobuf+orjson)   {bare:,.0f} records/s per core")
+    print(f"pipeline cost / bare decode     {bare / per_core:.1f}x")
+    print(f"records_per_second_per_core={per_core:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
