@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import repeat
+from typing import Any
 
 __all__ = ["DIFY_ROUTES", "RouteTable"]
 
@@ -46,6 +48,7 @@ DIFY_ROUTES: tuple[str, ...] = (
     "/console/api/apps/{app_id}/model-config",
 )
 
+_MISS: Any = object()
 _PARAM = re.compile(r"\\\{[a-z_]+\\\}")
 
 
@@ -58,6 +61,17 @@ class RouteTable:
         self._regex = re.compile("|".join(parts)) if parts else None
         self._cache: dict[str, str | None] = {}
         self._cache_size = cache_size
+
+    def routes(self, paths: list[str | None]) -> list[str | None]:
+        """route() for a column of paths (None stays None); cache hits are one C-level map."""
+        cache = self._cache
+        out = list(map(cache.get, paths, repeat(_MISS)))
+        if _MISS in out:
+            for i, route in enumerate(out):
+                if route is _MISS:
+                    path = paths[i]
+                    out[i] = None if path is None else self.route(path)
+        return out
 
     def route(self, path: str) -> str | None:
         try:

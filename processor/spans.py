@@ -13,6 +13,8 @@ Tests decode every result with the official stubs.
 
 from __future__ import annotations
 
+from itertools import chain, repeat
+from operator import sub
 from struct import Struct
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -26,13 +28,12 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from . import __version__
-from .record import AuditRecord
+from .record import RecordBatch
 
 __all__ = ["SpanBatch", "SpanBuilder", "encode_attribute", "varint"]
 
 SCOPE_NAME = "audit-guard"
 AttrValue = str | int | bool | tuple[str, ...]
-_fixed64 = Struct("<Q").pack
 
 
 def varint(n: int) -> bytes:
@@ -45,6 +46,9 @@ def varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_VARINTS = {n: varint(n) for n in range(1 << 14)}  # every 1- and 2-byte length
 
 
 def _tag(message: object, **field: object) -> bytes:
@@ -61,6 +65,9 @@ _PARENT_SPAN_ID = _tag(Span, parent_span_id=b"\x01" * 8)
 _START = _tag(Span, start_time_unix_nano=1 << 62)  # fixed64 tag
 _END = _tag(Span, end_time_unix_nano=1 << 62)
 _KIND_SERVER = Span(kind=Span.SpanKind.SPAN_KIND_SERVER).SerializeToString()
+# trace_id + span_id, and kind + start + end, each packed by one C call per span.
+_IDS = Struct(f"<{len(_TRACE_ID)}s16s{len(_SPAN_ID)}s8s").pack
+_KIND_TIMES = Struct(f"<{len(_KIND_SERVER)}s{len(_START)}sQ{len(_END)}sQ").pack
 _STATUS_ERROR = Span(status=Status(code=Status.StatusCode.STATUS_CODE_ERROR)).SerializeToString()
 _SPANS_TAG = ScopeSpans(spans=[Span()]).SerializeToString()[:-1]  # tag of ScopeSpans.spans
 _SCOPE_SPANS_TAG = ResourceSpans(scope_spans=[ScopeSpans()]).SerializeToString()[:-1]
@@ -85,21 +92,30 @@ def encode_attribute(key: str, value: AttrValue) -> bytes:
 
 
 class _KeyCache:
-    """value → encoded attribute, for one attribute key; bounded (cleared when full)."""
+    """value → encoded attribute, for one attribute key; None (absent) → b"". Bounded."""
 
     __slots__ = ("key", "values", "max")
 
     def __init__(self, key: str, max_entries: int = 50_000) -> None:
         self.key = key
-        self.values: dict[AttrValue, bytes] = {}
+        self.values: dict[AttrValue | None, bytes] = {None: b""}
         self.max = max_entries
 
-    def miss(self, value: AttrValue) -> bytes:
-        blob = encode_attribute(self.key, value)
-        if len(self.values) >= self.max:
-            self.values.clear()
-        self.values[value] = blob
-        return blob
+    def column(self, values: list[AttrValue | None]) -> list[bytes]:
+        """Encoded attributes for a column of values (cache lookups are one C-level map)."""
+        out = list(map(self.values.get, values))
+        if None in out:  # values not seen before
+            if len(self.values) >= self.max:
+                self.values.clear()
+                self.values[None] = b""
+            for i, blob in enumerate(out):
+                if blob is None:
+                    value = values[i]
+                    blob = self.values.get(value)
+                    if blob is None:
+                        blob = self.values[value] = encode_attribute(self.key, value)
+                    out[i] = blob
+        return out
 
 
 class SpanBatch:
@@ -121,10 +137,12 @@ class SpanBatch:
         """The serialized ExportTraceServiceRequest (empty request when there are no spans)."""
         if not self.spans:
             return b""
-        parts = [self._scope]
-        for span in self.spans:
-            parts += (_SPANS_TAG, varint(len(span)), span)
-        scope_spans = b"".join(parts)
+        sizes = map(_VARINTS.get, map(len, self.spans), repeat(None))
+        lengths = [v if v is not None else varint(len(s)) for v, s in zip(sizes, self.spans,
+                                                                          strict=True)]
+        scope_spans = b"".join(
+            (self._scope, *chain.from_iterable(zip(repeat(_SPANS_TAG), lengths, self.spans)))
+        )
         resource_spans = b"".join(
             (self._resource, _SCOPE_SPANS_TAG, varint(len(scope_spans)), scope_spans)
         )
@@ -132,80 +150,104 @@ class SpanBatch:
 
 
 class SpanBuilder:
-    """One SERVER span per audited request."""
+    """One SERVER span per audited request, built column by column for a whole batch."""
 
     def __init__(self) -> None:
-        keys = (
-            "audit.source", "http.request.method", "url.path", "http.route",
-            "http.response.status_code", "error.type", "client.address", "server.address",
-            "user_agent.original", "user.id", "app.id", "http.response.body.size",
-            "audit.violations", "audit.truncation.reason", "audit.flags",
-        )
-        self._c = {key: _KeyCache(key) for key in keys}
-        self._names: dict[str, bytes] = {}
+        self._c: dict[str, _KeyCache] = {}
+        self._names: dict[tuple[str, str | None], bytes] = {}
         self._valid = {v: encode_attribute("audit.valid", v) for v in (True, False)}
         self._truncated = encode_attribute("audit.truncated", True)
         self._generated = encode_attribute("audit.trace_id.generated", True)
 
-    def _name(self, name: str) -> bytes:
-        blob = self._names.get(name)
-        if blob is None:
-            blob = Span(name=name).SerializeToString()
-            if len(self._names) >= 50_000:
-                self._names.clear()
-            self._names[name] = blob
-        return blob
+    def _cache(self, key: str) -> _KeyCache:
+        cache = self._c.get(key)
+        if cache is None:
+            cache = self._c[key] = _KeyCache(key)
+        return cache
 
-    def server_span(self, rec: AuditRecord, now_ns: int) -> bytes:
-        c = self._c
-        method = rec.method or "HTTP"
-        end = rec.time_unix_nano or now_ns
+    def _name_column(self, methods: list[str], routes: list[str | None]) -> list[bytes]:
+        names = self._names
+        out = list(map(names.get, zip(methods, routes, strict=True)))
+        if None in out:
+            if len(names) >= 50_000:
+                names.clear()
+            for i, blob in enumerate(out):
+                if blob is None:
+                    m, r = methods[i], routes[i]
+                    blob = names.get((m, r))
+                    if blob is None:
+                        blob = names[(m, r)] = Span(name=f"{m} {r}" if r else m).SerializeToString()
+                    out[i] = blob
+        return out
+
+    def spans(self, batch: RecordBatch, now_ns: int) -> list[bytes]:
+        n = len(batch)
+        if n == 0:
+            return []
+        methods = [m or "HTTP" for m in batch.method]
+        ends = batch.time_unix_nano
+        if None in ends:
+            ends = [now_ns if e is None else e for e in ends]
+        starts = list(map(max, map(sub, ends, batch.duration_ns), repeat(0)))
+        parents = batch.parent_span_id
         # Fields in field-number order, as the stubs write them (any order would decode).
-        parts = [_TRACE_ID, rec.trace_id, _SPAN_ID, rec.span_id]
-        if rec.parent_span_id:
-            parts += (_PARENT_SPAN_ID, rec.parent_span_id)
-        parts += (
-            self._name(f"{method} {rec.route}" if rec.route else method),
-            _KIND_SERVER,
-            _START, _fixed64(end - rec.duration_ns), _END, _fixed64(end),
-        )
-        for key, value in (
-            ("audit.source", rec.source),
-            ("http.request.method", method),
-            ("url.path", rec.path),
-            ("http.route", rec.route),
-            ("http.response.status_code", rec.status),
-            ("client.address", rec.client_address),
-            ("server.address", rec.server_address),
-            ("user_agent.original", rec.user_agent),
-            ("user.id", rec.user_id),
-            ("app.id", rec.app_id),
-            ("http.response.body.size", rec.body_bytes_sent),
-        ):
-            if value is not None:
-                cache = c[key]
-                parts.append(cache.values.get(value) or cache.miss(value))
-        status = rec.status
-        error = status is not None and 500 <= status <= 599
-        if error:
-            cache, error_type = c["error.type"], str(status)
-            parts.append(cache.values.get(error_type) or cache.miss(error_type))
-        parts.append(self._valid[not rec.violations])
-        if rec.violations:
-            value = tuple(rec.violations)
-            cache = c["audit.violations"]
-            parts.append(cache.values.get(value) or cache.miss(value))
-        if rec.truncation_reasons:
-            parts.append(self._truncated)
-            value = ",".join(rec.truncation_reasons)
-            cache = c["audit.truncation.reason"]
-            parts.append(cache.values.get(value) or cache.miss(value))
-        if rec.flags:
-            value = tuple(rec.flags)
-            cache = c["audit.flags"]
-            parts.append(cache.values.get(value) or cache.miss(value))
-        if rec.trace_id_generated:
-            parts.append(self._generated)
-        if error:
-            parts.append(_STATUS_ERROR)
-        return b"".join(parts)
+        columns: list[object] = [
+            map(_IDS, repeat(_TRACE_ID), batch.trace_id, repeat(_SPAN_ID), batch.span_id),
+        ]
+        if any(parents):
+            columns.append([_PARENT_SPAN_ID + p if p else b"" for p in parents])
+        columns += [
+            self._name_column(methods, batch.route),
+            map(_KIND_TIMES, repeat(_KIND_SERVER), repeat(_START), starts, repeat(_END), ends),
+            repeat(self._cache("audit.source").column([batch.source])[0]),
+            self._cache("http.request.method").column(methods),
+            self._cache("url.path").column(batch.path),
+            self._cache("http.route").column(batch.route),
+            self._cache("http.response.status_code").column(batch.status),
+            self._cache("client.address").column(batch.client_address),
+            self._cache("server.address").column(batch.server_address),
+            self._cache("user_agent.original").column(batch.user_agent),
+            self._cache("user.id").column(batch.user_id),
+            self._cache("app.id").column(batch.app_id),
+            self._cache("http.response.body.size").column(batch.body_bytes_sent),
+        ]
+        # 5xx: error.type and status Error (the HTTP conventions: 4xx is not a server error).
+        errors = [i for i, code in enumerate(batch.status) if code is not None and code >= 500
+                  and code <= 599]
+        if errors:
+            error_type = [None] * n
+            for i in errors:
+                error_type[i] = str(batch.status[i])
+            columns.append(self._cache("error.type").column(error_type))
+        valid = [self._valid[True]] * n
+        sparse: list[list[bytes]] = []
+        if batch.violations:
+            violations = [b""] * n
+            cache = self._cache("audit.violations")
+            for i, found in batch.violations.items():
+                valid[i] = self._valid[False]
+                violations[i] = cache.column([tuple(found)])[0]
+            sparse.append(violations)
+        columns.append(valid)
+        columns += sparse
+        if batch.truncation_reasons:
+            truncated = [b""] * n
+            cache = self._cache("audit.truncation.reason")
+            for i, reasons in batch.truncation_reasons.items():
+                truncated[i] = self._truncated + cache.column([",".join(reasons)])[0]
+            columns.append(truncated)
+        if batch.flags:
+            flagged = [b""] * n
+            cache = self._cache("audit.flags")
+            for i, found in batch.flags.items():
+                flagged[i] = cache.column([tuple(found)])[0]
+            columns.append(flagged)
+        if True in batch.trace_id_generated:
+            columns.append([self._generated if g else b"" for g in batch.trace_id_generated])
+        if errors:
+            status = [b""] * n
+            for i in errors:
+                status[i] = _STATUS_ERROR
+            columns.append(status)
+        # repeat() columns are endless; every other column has exactly n rows.
+        return list(map(b"".join, zip(*columns, strict=False)))  # type: ignore[call-overload]

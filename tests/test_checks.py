@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from processor.correlate.traces import assign_ids, parse_traceparent
+from processor.record import AuditRecord, RecordBatch
 from processor.sources.nginx_access import parse_line, parse_mapping
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -23,8 +24,14 @@ BASE = {
 }
 
 
+def with_ids(rec: AuditRecord) -> AuditRecord:
+    batch = RecordBatch.from_records(rec.source, [rec])
+    assign_ids(batch)
+    return batch.row(0)
+
+
 def checked(pipeline, **changes):
-    return pipeline.check(parse_mapping({**BASE, **changes}))
+    return pipeline.check_one(parse_mapping({**BASE, **changes}))
 
 
 def test_clean_record_has_no_flags(pipeline) -> None:
@@ -55,7 +62,7 @@ def test_invalid_fields(pipeline) -> None:
 
 def test_missing_status_and_time(pipeline) -> None:
     record = {k: v for k, v in BASE.items() if k not in ("status", "msec")}
-    rec = pipeline.check(parse_mapping(record))
+    rec = pipeline.check_one(parse_mapping(record))
     assert {"missing_field:status", "missing_field:time"} <= set(rec.violations)
 
 
@@ -67,7 +74,7 @@ def test_request_incomplete(pipeline) -> None:
 
 def test_no_request_completion_key_proves_nothing(pipeline) -> None:
     record = {k: v for k, v in BASE.items() if k != "request_completion"}
-    rec = pipeline.check(parse_mapping(record))
+    rec = pipeline.check_one(parse_mapping(record))
     assert rec.truncation_reasons == []
 
 
@@ -92,7 +99,7 @@ def test_compressed_and_bodyless_responses_are_not_short(pipeline) -> None:
 
 def test_trace_id_is_request_id_and_span_id_matches_nginx_snippet() -> None:
     rec = parse_mapping(BASE)
-    assign_ids(rec)
+    rec = with_ids(rec)
     assert rec.trace_id.hex() == RID
     # otel/nginx/audit_location.conf sends traceparent 00-$request_id-<first 16 hex>-01
     assert rec.span_id.hex() == RID[:16]
@@ -102,7 +109,7 @@ def test_trace_id_is_request_id_and_span_id_matches_nginx_snippet() -> None:
 def test_trace_id_from_traceparent_when_request_id_is_not_hex() -> None:
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     rec = parse_mapping({**BASE, "request_id": "req-42", "http_traceparent": tp})
-    assign_ids(rec)
+    rec = with_ids(rec)
     assert rec.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
     assert rec.parent_span_id.hex() == "b7ad6b7169203331"
     assert len(rec.span_id) == 8 and rec.span_id.hex() != "b7ad6b7169203331"
@@ -111,8 +118,8 @@ def test_trace_id_from_traceparent_when_request_id_is_not_hex() -> None:
 def test_trace_id_hash_of_request_id_is_stable() -> None:
     a = parse_mapping({**BASE, "request_id": "req-42"})
     b = parse_mapping({**BASE, "request_id": "req-42"})
-    assign_ids(a)
-    assign_ids(b)
+    a = with_ids(a)
+    b = with_ids(b)
     assert a.trace_id == b.trace_id and len(a.trace_id) == 16 and not a.trace_id_generated
     assert a.span_id == b.span_id
 
@@ -120,8 +127,8 @@ def test_trace_id_hash_of_request_id_is_stable() -> None:
 def test_generated_trace_id_is_flagged_and_deterministic() -> None:
     line = orjson.dumps({k: v for k, v in BASE.items() if k != "request_id"})
     a, b = parse_line(line), parse_line(line)
-    assign_ids(a)
-    assign_ids(b)
+    a = with_ids(a)
+    b = with_ids(b)
     assert a.trace_id_generated and a.trace_id == b.trace_id and a.span_id == b.span_id
 
 

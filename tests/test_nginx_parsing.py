@@ -98,13 +98,13 @@ def test_upstream_lists_use_last_attempt(pipeline) -> None:
     rec = parse_mapping(
         {**FULL, "body_bytes_sent": "30", "upstream_response_length": "10, 20 : 30"}
     )
-    pipeline.check(rec)
+    pipeline.check_one(rec)
     assert not rec.truncation_reasons
 
 
 def test_zero_padded_status_keeps_the_rest_of_the_line(pipeline) -> None:
     """nginx prints $status with %03d: a request that never got a status logs `000`."""
-    rec = pipeline.check(parse_line('{"status":000,"uri":"/v1/x","user_id":"u1","msec":"1.0"}'))
+    rec = pipeline.check_one(parse_line('{"status":000,"uri":"/v1/x","user_id":"u1","msec":"1.0"}'))
     assert "malformed" in rec.flags
     assert rec.path == "/v1/x" and rec.user_id == "u1"
     assert "invalid_field:status" in rec.violations

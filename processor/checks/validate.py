@@ -1,19 +1,27 @@
 """Audit field validation: who (user_id), in which app (app_id), did what (method, path), with
 what result (status), when (time). Each problem becomes a `missing_field:<name>` or
-`invalid_field:<name>` flag, also listed in `record.violations` (span: `audit.violations`).
+`invalid_field:<name>` flag, also listed in the record's violations (span: `audit.violations`).
 """
 
 from __future__ import annotations
 
 import re
+from itertools import compress
 
 from .. import flags
-from ..record import AuditRecord
+from ..record import RecordBatch
 
 __all__ = ["AuditFieldValidator"]
 
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")  # an RFC 9110 token, as nginx upper-cases it
-_IDENTITY = re.compile(r"[^\x00-\x1f\x7f]{1,256}")  # printable, bounded: an id, not a payload
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+_MAX_IDENTITY = 256  # an id, not a payload
+
+
+def _identity_ok(value: str) -> bool:
+    return len(value) <= _MAX_IDENTITY and value.isprintable()
 
 
 class AuditFieldValidator:
@@ -22,36 +30,54 @@ class AuditFieldValidator:
     """
 
     def __init__(self, audited_paths: re.Pattern[str]) -> None:
-        self._audited = audited_paths
+        self._audited = audited_paths.match
 
-    def __call__(self, rec: AuditRecord) -> None:
-        v = rec.violations
-        unparsed = rec.unparsed
-        if rec.method is None:
-            v.append(flags.missing_field("method"))
-        elif _METHOD.fullmatch(rec.method) is None:
-            v.append(flags.invalid_field("method"))
-        if rec.path is None:
-            v.append(flags.missing_field("path"))
-        elif not rec.path.startswith("/") and rec.path != "*":
-            v.append(flags.invalid_field("path"))
-        if rec.status is None:
-            v.append(
-                flags.invalid_field("status")
-                if "status" in unparsed
-                else flags.missing_field("status")
-            )
-        elif not 100 <= rec.status <= 599:
-            v.append(flags.invalid_field("status"))
-        if rec.time_unix_nano is None:
-            v.append(
-                flags.invalid_field("time") if "time" in unparsed else flags.missing_field("time")
-            )
-        if rec.path is not None and self._audited.match(rec.path):
-            for name, value in (("user_id", rec.user_id), ("app_id", rec.app_id)):
-                if value is None:
-                    v.append(flags.missing_field(name))
-                elif _IDENTITY.fullmatch(value) is None:
-                    v.append(flags.invalid_field(name))
-        if v:
-            rec.flags.extend(v)
+    def __call__(self, batch: RecordBatch) -> None:
+        # Values repeat across a batch (a few methods, statuses, users), so each check looks at
+        # the distinct values first and visits rows only when some value is bad.
+        found: dict[int, list[str]] = {}
+
+        def add(row: int, flag: str) -> None:
+            found.setdefault(row, []).append(flag)
+
+        methods = batch.method
+        if not set(methods) <= _KNOWN_METHODS:
+            for i, m in enumerate(methods):
+                if m is None:
+                    add(i, flags.missing_field("method"))
+                elif m not in _KNOWN_METHODS and _METHOD.fullmatch(m) is None:
+                    add(i, flags.invalid_field("method"))
+        paths = batch.path
+        distinct_paths = set(paths)
+        bad_paths = {p for p in distinct_paths if p is None or (p[:1] != "/" and p != "*")}
+        audited_paths = {p for p in distinct_paths - bad_paths if self._audited(p)}
+        audited = list(compress(range(len(paths)), map(audited_paths.__contains__, paths)))
+        if bad_paths:
+            for i, p in enumerate(paths):
+                if p in bad_paths:
+                    flag = flags.missing_field if p is None else flags.invalid_field
+                    add(i, flag("path"))
+        statuses = batch.status
+        if any(c is None or not 100 <= c <= 599 for c in set(statuses)):
+            for i, code in enumerate(statuses):
+                if code is None or not 100 <= code <= 599:
+                    bad = code is not None or "status" in batch.unparsed[i]
+                    add(i, flags.invalid_field("status") if bad else flags.missing_field("status"))
+        if None in batch.time_unix_nano:
+            for i, t in enumerate(batch.time_unix_nano):
+                if t is None:
+                    bad = "time" in batch.unparsed[i]
+                    add(i, flags.invalid_field("time") if bad else flags.missing_field("time"))
+        if audited:
+            for name, column in (("user_id", batch.user_id), ("app_id", batch.app_id)):
+                values = list(map(column.__getitem__, audited))
+                bad_values = {v for v in set(values) if v is None or not _identity_ok(v)}
+                if bad_values:
+                    for i, v in zip(audited, values, strict=True):
+                        if v in bad_values:
+                            add(i, flags.missing_field(name) if v is None
+                                else flags.invalid_field(name))
+        for i in sorted(found):
+            batch.violations.setdefault(i, []).extend(found[i])
+            for flag in found[i]:
+                batch.add_flag(i, flag)

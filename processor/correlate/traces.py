@@ -20,7 +20,7 @@ from hashlib import blake2b
 
 import orjson
 
-from ..record import AuditRecord
+from ..record import RecordBatch
 
 __all__ = ["assign_ids", "parse_traceparent"]
 
@@ -50,23 +50,44 @@ def _hash(data: bytes, size: int) -> bytes:
     return digest if digest != b"\x00" * size else b"\x01" * size
 
 
-def assign_ids(rec: AuditRecord) -> None:
-    rid = rec.request_id
+def assign_ids(batch: RecordBatch) -> None:
+    rids = batch.request_id
+    # Fast path: every request id is 32 hex chars (nginx's $request_id) — C-level passes.
+    if None not in rids and set(map(len, rids)) == {32}:
+        try:
+            trace_ids = list(map(bytes.fromhex, rids))
+        except ValueError:
+            trace_ids = None
+        if trace_ids is not None and set(map(len, trace_ids)) == {16}:
+            span_ids = [t[:8] for t in trace_ids]
+            if _ZERO_TRACE not in trace_ids and _ZERO_SPAN not in span_ids:
+                batch.trace_id = trace_ids
+                batch.span_id = span_ids
+                return
+    for i in range(len(batch)):
+        _assign_row(batch, i)
+
+
+def _assign_row(batch: RecordBatch, i: int) -> None:
+    rid = batch.request_id[i]
     if rid is not None and len(rid) == 32 and _HEX32.fullmatch(rid):
         trace_id = bytes.fromhex(rid)
         if trace_id != _ZERO_TRACE:
-            rec.trace_id = trace_id
-            rec.span_id = trace_id[:8] if trace_id[:8] != _ZERO_SPAN else _hash(trace_id, 8)
+            batch.trace_id[i] = trace_id
+            batch.span_id[i] = trace_id[:8] if trace_id[:8] != _ZERO_SPAN else _hash(trace_id, 8)
             return
-    parent = parse_traceparent(rec.traceparent) if rec.traceparent else None
+    traceparent = batch.traceparent[i]
+    parent = parse_traceparent(traceparent) if traceparent else None
     if parent is not None:
-        rec.trace_id, rec.parent_span_id = parent
+        trace_id, batch.parent_span_id[i] = parent
     elif rid is not None:
-        rec.trace_id = _hash(b"request_id:" + rid.encode(), 16)
+        trace_id = _hash(b"request_id:" + rid.encode(), 16)
     else:
-        raw = rec.raw if isinstance(rec.raw, bytes) else None
-        if raw is None:
-            raw = rec.raw.encode() if isinstance(rec.raw, str) else _canonical(rec.fields)
-        rec.trace_id = _hash(b"record:" + rec.source.encode() + b"\x00" + raw, 16)
-        rec.trace_id_generated = True
-    rec.span_id = _hash(rec.trace_id + rec.source.encode() + (rid or "").encode(), 8)
+        raw = batch.raw[i]
+        data = raw if isinstance(raw, bytes) else None
+        if data is None:
+            data = raw.encode() if isinstance(raw, str) else _canonical(batch.fields[i])
+        trace_id = _hash(b"record:" + batch.source.encode() + b"\x00" + data, 16)
+        batch.trace_id_generated[i] = True
+    batch.trace_id[i] = trace_id
+    batch.span_id[i] = _hash(trace_id + batch.source.encode() + (rid or "").encode(), 8)

@@ -75,7 +75,10 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
             s.telemetry.inc("audit_export_backpressure_total")
             _unavailable(context, "audit-guard is at its in-flight limit; retry later")
         try:
-            traces, count = s.pipeline.process_logs(request, time.time_ns())
+            # One Export at a time runs the CPU-bound pipeline: under the GIL a second one gains
+            # nothing and thrashes the CPU cache; exports downstream still overlap.
+            with s.pipeline_lock:
+                traces, count = s.pipeline.process_logs(request, time.time_ns())
             s.telemetry.inc("audit_records_total", count)
             if count:
                 try:
@@ -145,6 +148,7 @@ class OtlpServer:
         self.exporter = exporter
         self.telemetry = telemetry
         self.slots = _Slots(config.max_inflight_requests)
+        self.pipeline_lock = threading.Lock()
         # Threads beyond the in-flight limit only answer UNAVAILABLE quickly; the hard cap on
         # concurrent RPCs keeps grpc's own queue bounded too.
         workers = config.max_inflight_requests + 4
