@@ -17,7 +17,7 @@ Per-request switches (query parameters, so one test can mix normal and faulty re
   size=N       pad the JSON body to N bytes (when N exceeds the natural size)
   noaudit=1    write no app-log line (simulates a dropped audit line)
 
-Run: python -m processor.demo.upstream --port N [--log FILE]
+Run: python -m processor.demo.upstream --port N [--host ADDR] [--log FILE]
 """
 
 from __future__ import annotations
@@ -119,9 +119,9 @@ class DemoServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, port: int, app_log: AppLog) -> None:
+    def __init__(self, port: int, app_log: AppLog, host: str = "127.0.0.1") -> None:
         self.app_log = app_log
-        super().__init__(("127.0.0.1", port), DemoHandler)
+        super().__init__((host, port), DemoHandler)
 
     def server_close(self) -> None:
         super().server_close()
@@ -438,10 +438,12 @@ def serve(port: int, log_path: Path | None = None) -> DemoServer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (0.0.0.0 inside a container network)")
     parser.add_argument("--log", type=Path, default=None, help="app log file (JSON lines)")
     args = parser.parse_args(argv)
-    server = DemoServer(args.port, AppLog(args.log))
-    print(f"upstream listening on 127.0.0.1:{server.server_address[1]}", flush=True)
+    server = DemoServer(args.port, AppLog(args.log), host=args.host)
+    print(f"upstream listening on {args.host}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
