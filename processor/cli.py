@@ -70,6 +70,36 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from .config import ConfigError, ExporterConfig, load_settings
+    from .otlp.exporter import DownstreamUnavailable, SpanExporter
+    from .replay import ReplayError, replay
+
+    try:
+        settings = load_settings(args.config)
+        exporter = None
+        if args.export:
+            exporter = SpanExporter(ExporterConfig(endpoint=args.export))
+    except (ConfigError, ValueError) as exc:
+        print(f"audit-guard replay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return replay(args.files, source=args.source, settings=settings,
+                      out=sys.stdout.buffer, err=sys.stderr, exporter=exporter)
+    except ReplayError as exc:
+        print(f"audit-guard replay: {exc}", file=sys.stderr)
+        return 2
+    except DownstreamUnavailable as exc:
+        print(f"audit-guard replay: --export {args.export}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error
+        sys.stderr.close()
+        return 0
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
@@ -89,6 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, help="YAML config file (default: $AUDIT_GUARD_CONFIG, if set)"
     )
     serve.set_defaults(func=_serve)
+
+    replay = sub.add_parser(
+        "replay",
+        help="run the pipeline over log files; JSON Lines to stdout, a summary to stderr",
+        description="Exit 0: nothing flagged; 1: something flagged; 2: usage or input error.",
+    )
+    replay.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="log files (.gz is read too)")
+    replay.add_argument("--source", default="auto",
+                        choices=["auto", "nginx", "app", "docker", "cri", "pgaudit"],
+                        help="format of the files (default: detected per file)")
+    replay.add_argument("--export", metavar="HOST:PORT",
+                        help="also send the spans to this OTLP/gRPC endpoint")
+    replay.add_argument("--config", type=Path, help="YAML config file (audited_paths, routes…)")
+    replay.set_defaults(func=_replay)
 
     demo = sub.add_parser(
         "demo", help="run the local demo stack: nginx → collector → processor → Jaeger"

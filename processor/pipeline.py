@@ -51,7 +51,7 @@ class Pipeline:
         self._settings = settings
         self._validate = AuditFieldValidator(settings.audited_path_regex())
         self._routes = RouteTable([*DIFY_ROUTES, *settings.routes])
-        self._spans = SpanBuilder()
+        self.span_builder = SpanBuilder()
 
     # decode + parse ------------------------------------------------------------------------
     def log_bodies(
@@ -126,7 +126,7 @@ class Pipeline:
     def to_traces(self, batch: RecordBatch, now_ns: int) -> bytes:
         """The batch's spans as a serialized ExportTraceServiceRequest (b"" when none)."""
         spans = SpanBatch(self._settings.nginx_service_name)
-        spans.spans = self._spans.spans(batch, now_ns)
+        spans.spans = self.span_builder.spans(batch, now_ns)
         return spans.request_bytes()
 
     def process_logs(self, request: ExportLogsServiceRequest, now_ns: int) -> tuple[bytes, int]:
@@ -141,5 +141,5 @@ class Pipeline:
             end = start + CHUNK_ROWS
             chunk_mapped = {i - start: m for i, m in mapped.items() if start <= i < end}
             batch = self.check(self.parse_bodies(bodies[start:end], chunk_mapped))
-            spans.spans += self._spans.spans(batch, now_ns)
+            spans.spans += self.span_builder.spans(batch, now_ns)
         return spans.request_bytes(), len(bodies)

@@ -129,3 +129,19 @@ def test_demo_once_smoke() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "result             OK" in proc.stdout
     assert "spans in Jaeger    18" in proc.stdout
+
+
+def test_replay_of_the_real_access_log_matches_jaeger(stack, traced) -> None:
+    """`audit-guard replay access.log` finds offline what the service put on the spans."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "processor.cli", "replay", str(stack.nginx_paths.access_log)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr  # the cut and the anonymous requests are flagged
+    by_trace = {o["trace_id"]: o for o in map(orjson.loads, proc.stdout.splitlines())}
+    for name, (line, spans) in traced.items():
+        replayed = by_trace[line["request_id"]]
+        tags = span_tags(spans[0])
+        span_flags = orjson.loads(tags["audit.flags"]) if "audit.flags" in tags else []
+        assert replayed["flags"] == span_flags, name
+        assert replayed["span_id"] == spans[0]["spanID"], name
