@@ -13,7 +13,6 @@ or unreadable-input error (and when --export cannot hand the spans on).
 from __future__ import annotations
 
 import gzip
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
