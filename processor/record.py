@@ -44,6 +44,14 @@ class AuditRecord:
     compressed: bool = False  # the proxy compressed the body (smaller than upstream's is fine)
     # Names of fields present in the record but not parseable (→ invalid_field:<name>).
     unparsed: tuple[str, ...] = ()
+    # When the record was read on its way in (Docker's/CRI's `time`, the collector's observed
+    # time): observed − time_unix_nano is the ingest lag.
+    observed_time_unix_nano: int | None = None
+    # Span name when it is not `{method} {route}` (e.g. "SELECT public.users" for a statement).
+    name: str | None = None
+    # Source-specific span attributes, OpenTelemetry semantic conventions where they exist
+    # (e.g. {"db.system.name": "postgresql", "db.operation.name": "SELECT"}); None when none.
+    attributes: dict[str, str | int | float | bool] | None = None
     # Every field the record held, as written (salvaged ones too).
     fields: dict[str, Any] = field(default_factory=dict)
     # Findings, in the vocabulary of processor.flags.
