@@ -84,7 +84,7 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"audit-guard replay: {exc}", file=sys.stderr)
         return 2
     try:
-        return replay(args.files, source=args.source, settings=settings,
+        return replay(args.files, source=args.source, settings=settings, window_s=args.window,
                       out=sys.stdout.buffer, err=sys.stderr, exporter=exporter)
     except ReplayError as exc:
         print(f"audit-guard replay: {exc}", file=sys.stderr)
@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--source", default="auto",
                         choices=["auto", "nginx", "app", "docker", "cri", "pgaudit"],
                         help="format of the files (default: detected per file)")
+    replay.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
+                        help="how long after an Nginx request its app audit record may come "
+                             "before it counts as missing (default 30)")
     replay.add_argument("--export", metavar="HOST:PORT",
                         help="also send the spans to this OTLP/gRPC endpoint")
     replay.add_argument("--config", type=Path, help="YAML config file (audited_paths, routes…)")

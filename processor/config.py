@@ -81,7 +81,19 @@ class Settings(BaseSettings):
     )
     # Extra route templates (`/v1/things/{thing_id}`) on top of the built-in Dify routes.
     routes: list[str] = Field(default_factory=list)
+    # service.name of the spans of each source.
     nginx_service_name: str = Field("nginx", min_length=1)
+    app_service_name: str = Field("app", min_length=1)
+    pgaudit_service_name: str = Field("postgresql", min_length=1)
+    # Generic app audit lines: canonical field → JMESPath expression over the JSON record,
+    # e.g. {"user_id": "actor.id", "time": "\"@timestamp\""}; compiled once at start.
+    app_field_map: dict[str, str] = Field(default_factory=dict)
+    # PostgreSQL stderr logs: the server's log_line_prefix, when not one of the common ones.
+    pgaudit_log_line_prefix: str | None = None
+    # An app record read more than this long after it was written is flagged `delayed`.
+    lag_threshold_s: Seconds = 5.0
+    # How many recent records per source are remembered to spot duplicates.
+    dedup_max_records: int = Field(200_000, ge=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("audited_paths")

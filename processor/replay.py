@@ -6,6 +6,17 @@ stages, in the same batches), and writes JSON Lines to stdout, one object per in
     {"file": str, "line": int, "source": str, "trace_id": hex32, "span_id": hex16,
      "flags": [str], "fields": {...normalized audit fields present in the record...}}
 
+plus, when both Nginx and app records are given, one synthetic object per Nginx request to an
+audited path with no app audit record within the window:
+
+    {"file": null, "line": null, "source": "app", "trace_id": <the request's>, "span_id": ...,
+     "flags": ["missing_record"], "fields": {...the Nginx request's fields...}}
+
+Formats are detected per file: Nginx JSON access logs, app logs (Dify JSON or text, generic JSON
+audit lines), PostgreSQL logs with pgaudit lines (stderr, csvlog, jsonlog), and any of these
+inside Docker json-file or CRI container logs (recombined first; a line split by the runtime and
+never completed is flagged `truncated:partial_line`).
+
 A human summary goes to stderr. Exit 0 when nothing is flagged, 1 when anything is, 2 on a usage
 or unreadable-input error (and when --export cannot hand the spans on).
 """
@@ -18,22 +29,26 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import blake2b
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from . import flags
 from .config import Settings
 from .pipeline import CHUNK_ROWS, Pipeline
 from .record import RecordBatch
+from .sources import app, container, pgaudit
 from .spans import SpanBatch
 
 __all__ = ["ReplayError", "detect_source", "record_fields", "replay"]
 
 SOURCES = ("auto", "nginx", "app", "docker", "cri", "pgaudit")
-SUPPORTED = ("nginx",)
+CONTAINER_FORMATS = (container.DOCKER, container.CRI)
 _NGINX_HINTS = (b'"request_method"', b'"request_uri"', b'"request_id"', b'"remote_addr"',
                 b'"status"', b'"uri"', b'"msec"', b'"body_bytes_sent"')
+_SAMPLE = 20
 
 
 class ReplayError(Exception):
@@ -59,23 +74,44 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             raise ReplayError(f"cannot read {path}: {exc}") from None
 
 
-def detect_source(path: Path) -> str:
-    """The format of a log file, from its first non-empty lines."""
+def _sample(path: Path) -> list[bytes]:
     sample = []
     for _, line in _lines(path):
         sample.append(line)
-        if len(sample) >= 20:
+        if len(sample) >= _SAMPLE:
             break
-    if not sample:
-        return "nginx"  # an empty file has no records; any parser will do
+    return sample
+
+
+def _content_source(sample: list[bytes]) -> str:
+    """nginx or app, for lines that are not container or PostgreSQL logs."""
     hits = sum(1 for line in sample if line.lstrip().startswith(b"{")
                and sum(h in line for h in _NGINX_HINTS) >= 2)
-    if hits * 2 >= len(sample):
-        return "nginx"
-    raise ReplayError(
-        f"{path}: format not recognized from its first lines; this version reads Nginx JSON "
-        "access logs (give --source nginx to force it)"
-    )
+    return "nginx" if sample and hits * 2 >= len(sample) else "app"
+
+
+def detect_source(path: Path) -> str:
+    """The format of a log file from its first lines: nginx, app, pgaudit, docker or cri."""
+    sample = _sample(path)
+    if not sample:
+        return "nginx"  # an empty file has no records; any parser will do
+    wrapper = container.detect_format(sample)
+    if wrapper is not None:
+        return wrapper
+    if pgaudit.detect_format(sample) is not None:
+        return "pgaudit"
+    source = _content_source(sample)
+    if source == "app":
+        batch = app.parse_lines(list(sample))
+        if sum(1 for i in range(len(batch)) if "malformed" in batch.flags.get(i, ())) * 2 > len(
+            sample
+        ):
+            raise ReplayError(
+                f"{path}: format not recognized from its first lines (expected an Nginx JSON "
+                "access log, an app log, a PostgreSQL log or a Docker/CRI container log); "
+                "give --source to force one"
+            )
+    return source
 
 
 def _iso(ns: int | None) -> str | None:
@@ -83,6 +119,11 @@ def _iso(ns: int | None) -> str | None:
         return None
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+def _lag_ms(batch: RecordBatch, i: int) -> int | None:
+    seen, logged = batch.observed_time_unix_nano[i], batch.time_unix_nano[i]
+    return None if seen is None or logged is None else (seen - logged) // 1_000_000
 
 
 def record_fields(batch: RecordBatch, i: int) -> dict[str, Any]:
@@ -105,6 +146,9 @@ def record_fields(batch: RecordBatch, i: int) -> dict[str, Any]:
         "content_length": batch.content_length[i],
         "upstream_length": batch.upstream_length[i],
         "completed": batch.completed[i],
+        "name": batch.name[i],
+        "ingest_lag_ms": _lag_ms(batch, i),
+        **(batch.attributes[i] or {}),
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -114,6 +158,35 @@ class _Stats:
     records: Counter[str] = field(default_factory=Counter)  # per file
     flagged: Counter[str] = field(default_factory=Counter)
     flags: Counter[str] = field(default_factory=Counter)
+    missing: int = 0
+
+
+@dataclass
+class _Expectations:
+    """Nginx requests to audited paths, and the app records seen, for missing_record."""
+
+    requests: dict[bytes, tuple[int | None, dict[str, Any]]] = field(default_factory=dict)
+    app_times: dict[bytes, list[int | None]] = field(default_factory=dict)
+    sources: set[str] = field(default_factory=set)
+
+    def note(self, batch: RecordBatch, audited: Any) -> None:
+        self.sources.add(batch.source)
+        if batch.source == "nginx":
+            for i, path in enumerate(batch.path):
+                if path is not None and audited(path):
+                    self.requests.setdefault(
+                        batch.trace_id[i], (batch.time_unix_nano[i], record_fields(batch, i)))
+        elif batch.source == "app":
+            for i, trace_id in enumerate(batch.trace_id):
+                self.app_times.setdefault(trace_id, []).append(batch.time_unix_nano[i])
+
+    def missing(self, window_ns: int) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        if not {"nginx", "app"} <= self.sources:
+            return
+        for trace_id, (when, fields) in self.requests.items():
+            times = self.app_times.get(trace_id, ())
+            if not any(t is None or when is None or abs(t - when) <= window_ns for t in times):
+                yield trace_id, fields
 
 
 def _chunks(path: Path) -> Iterator[tuple[list[int], list[bytes]]]:
@@ -129,6 +202,41 @@ def _chunks(path: Path) -> Iterator[tuple[list[int], list[bytes]]]:
         yield numbers, lines
 
 
+def _batches(path: Path, source: str, pipeline: Pipeline) -> Iterator[RecordBatch]:
+    """Parsed (not yet checked) batches of one file."""
+    if source == "pgaudit":
+        # Multi-line entries (TAB continuations, quoted newlines): the whole file at once.
+        yield pipeline.parse("pgaudit", *_unzip(_lines(path)))
+        return
+    if source not in CONTAINER_FORMATS:
+        for numbers, lines in _chunks(path):
+            yield pipeline.parse(source, list(lines), numbers=numbers)
+        return
+    if source == container.DOCKER:
+        entries = container.recombine_docker(_lines(path))
+    else:
+        entries = container.recombine_cri(_lines(path))
+    inner = _content_source([e.content.encode() for e in entries[:_SAMPLE]])
+    for start in range(0, len(entries), CHUNK_ROWS):
+        chunk = entries[start:start + CHUNK_ROWS]
+        batch = pipeline.parse(inner, [e.content for e in chunk], numbers=[e.line for e in chunk])
+        batch.observed_time_unix_nano = [e.observed_time_unix_nano for e in chunk]
+        for i, entry in enumerate(chunk):
+            if entry.partial:
+                batch.truncation_reasons.setdefault(i, []).append(flags.PARTIAL_LINE)
+            if entry.malformed:
+                batch.add_flag(i, flags.MALFORMED)
+        yield batch
+
+
+def _unzip(pairs: Iterator[tuple[int, bytes]]) -> tuple[list[bytes], None, list[int]]:
+    numbers, lines = [], []
+    for number, line in pairs:
+        numbers.append(number)
+        lines.append(line)
+    return lines, None, numbers
+
+
 def replay(
     files: list[Path],
     *,
@@ -136,39 +244,51 @@ def replay(
     settings: Settings,
     out: IO[bytes],
     err: IO[str],
+    window_s: float = 30.0,
     exporter: Any | None = None,
 ) -> int:
     if source not in SOURCES:
         raise ReplayError(f"--source must be one of {', '.join(SOURCES)} (got {source!r})")
-    if source not in ("auto", *SUPPORTED):
-        raise ReplayError(f"--source {source}: not supported by this version yet "
-                          f"(supported: {', '.join(SUPPORTED)})")
+    if window_s <= 0:
+        raise ReplayError(f"--window must be > 0 seconds (got {window_s})")
     for path in files:
         if not path.is_file():
             raise ReplayError(f"cannot read {path}: no such file")
     sources = {path: source if source != "auto" else detect_source(path) for path in files}
     pipeline = Pipeline(settings)
+    audited = settings.audited_path_regex().match
     stats = _Stats()
+    expectations = _Expectations()
     progress = _Progress(err, sum(p.stat().st_size for p in files))
     for path in files:
         name = str(path)
-        for numbers, lines in _chunks(path):
-            batch = pipeline.check(pipeline.parse_bodies(list(lines)))
+        for parsed in _batches(path, sources[path], pipeline):
+            batch = pipeline.check(parsed)
             batch.file = [name] * len(batch)
-            batch.line = numbers
             _write(batch, out, stats, name)
+            expectations.note(batch, audited)
             if exporter is not None:
-                spans = SpanBatch(settings.nginx_service_name)
+                spans = SpanBatch(pipeline.service_names.get(batch.source, batch.source))
                 # A record without a time gets the replay's time (as the service's receive time).
                 spans.spans = pipeline.span_builder.spans(batch, now_ns=time.time_ns())
                 exporter.export(spans.request_bytes(), len(batch))
-            progress.advance(sum(map(len, lines)) + len(lines))
+            progress.advance(sum(len(r) if isinstance(r, bytes | str) else 0 for r in batch.raw))
     progress.done()
+    for trace_id, fields in expectations.missing(int(window_s * 1_000_000_000)):
+        stats.missing += 1
+        stats.flags[flags.MISSING_RECORD] += 1
+        out.write(orjson.dumps({
+            "file": None, "line": None, "source": "app", "trace_id": trace_id.hex(),
+            "span_id": blake2b(trace_id + b"missing:app", digest_size=8).hexdigest(),
+            "flags": [flags.MISSING_RECORD], "fields": fields,
+        }) + b"\n")
     _summary(err, files, sources, stats)
-    return 1 if sum(stats.flagged.values()) else 0
+    return 1 if sum(stats.flagged.values()) or stats.missing else 0
 
 
 def _write(batch: RecordBatch, out: IO[bytes], stats: _Stats, name: str) -> None:
+    if not len(batch):
+        return
     chunk = []
     for i in range(len(batch)):
         found = batch.flags.get(i, [])
@@ -218,6 +338,13 @@ def _summary(err: IO[str], files: list[Path], sources: dict[Path, str], stats: _
         name = str(path)
         err.write(f"  {name:<{width}}  {sources[path]:<8}{stats.records[name]:>9}"
                   f"{stats.flagged[name]:>9}\n")
+    for path in files:
+        if not stats.records[str(path)] and path.stat().st_size:
+            hint = ("no pgaudit AUDIT line: is pgaudit loaded and pgaudit.log set?"
+                    if sources[path] == "pgaudit" else "is --source right?")
+            err.write(f"  warning: {path} has lines but no {sources[path]} record; {hint}\n")
+    if stats.missing:
+        err.write(f"  {stats.missing} audited request(s) with no app audit record in the window\n")
     if stats.flags:
         err.write("  flags:\n")
         for flag, count in stats.flags.most_common():

@@ -65,9 +65,14 @@ _PARENT_SPAN_ID = _tag(Span, parent_span_id=b"\x01" * 8)
 _START = _tag(Span, start_time_unix_nano=1 << 62)  # fixed64 tag
 _END = _tag(Span, end_time_unix_nano=1 << 62)
 _KIND_SERVER = Span(kind=Span.SpanKind.SPAN_KIND_SERVER).SerializeToString()
+_KIND_INTERNAL = Span(kind=Span.SpanKind.SPAN_KIND_INTERNAL).SerializeToString()
+_KIND_CLIENT = Span(kind=Span.SpanKind.SPAN_KIND_CLIENT).SerializeToString()
+# Sources whose records are database statements: CLIENT spans (the app calling the database).
+_CLIENT_SOURCES = frozenset({"pgaudit"})
 # trace_id + span_id, and kind + start + end, each packed by one C call per span.
 _IDS = Struct(f"<{len(_TRACE_ID)}s16s{len(_SPAN_ID)}s8s").pack
 _KIND_TIMES = Struct(f"<{len(_KIND_SERVER)}s{len(_START)}sQ{len(_END)}sQ").pack
+assert len(_KIND_SERVER) == len(_KIND_INTERNAL) == len(_KIND_CLIENT)
 _STATUS_ERROR = Span(status=Status(code=Status.StatusCode.STATUS_CODE_ERROR)).SerializeToString()
 _SPANS_TAG = ScopeSpans(spans=[Span()]).SerializeToString()[:-1]  # tag of ScopeSpans.spans
 _SCOPE_SPANS_TAG = ResourceSpans(scope_spans=[ScopeSpans()]).SerializeToString()[:-1]
@@ -150,7 +155,11 @@ class SpanBatch:
 
 
 class SpanBuilder:
-    """One SERVER span per audited request, built column by column for a whole batch."""
+    """One span per audit record, built column by column for a whole batch.
+
+    Kinds: an HTTP request (nginx, or an app record that names its method) is a SERVER span; a
+    database statement (pgaudit) a CLIENT span; any other app audit event an INTERNAL span.
+    """
 
     def __init__(self) -> None:
         self._c: dict[str, _KeyCache] = {}
@@ -180,11 +189,47 @@ class SpanBuilder:
                     out[i] = blob
         return out
 
+    def _kinds(self, batch: RecordBatch) -> object:
+        if batch.source == "nginx":
+            return repeat(_KIND_SERVER)
+        if batch.source in _CLIENT_SOURCES:
+            return repeat(_KIND_CLIENT)
+        return [_KIND_SERVER if m else _KIND_INTERNAL for m in batch.method]
+
+    def _names_of(self, batch: RecordBatch) -> list[bytes]:
+        if batch.source == "nginx":
+            methods = [m or "HTTP" for m in batch.method]
+        else:
+            methods = [m or f"{batch.source} record" for m in batch.method]
+        out = self._name_column(methods, batch.route)
+        if any(batch.name):
+            for i, name in enumerate(batch.name):
+                if name:
+                    out[i] = self._name_column([name], [None])[0]
+        return out
+
+    def _extra_attributes(self, batch: RecordBatch) -> list[bytes] | None:
+        """Source attributes and the ingest lag, for the rows that have them."""
+        observed, ends = batch.observed_time_unix_nano, batch.time_unix_nano
+        has_lag = any(observed)
+        if not has_lag and not any(batch.attributes):
+            return None
+        out = [b""] * len(batch)
+        for i, attrs in enumerate(batch.attributes):
+            parts = []
+            if attrs:
+                for key, value in attrs.items():
+                    parts.append(self._cache(key).column([value])[0])
+            if has_lag and observed[i] is not None and ends[i] is not None:
+                lag_ms = (observed[i] - ends[i]) // 1_000_000
+                parts.append(self._cache("audit.ingest_lag_ms").column([lag_ms])[0])
+            out[i] = b"".join(parts)
+        return out
+
     def spans(self, batch: RecordBatch, now_ns: int) -> list[bytes]:
         n = len(batch)
         if n == 0:
             return []
-        methods = [m or "HTTP" for m in batch.method]
         ends = batch.time_unix_nano
         if None in ends:
             ends = [now_ns if e is None else e for e in ends]
@@ -197,10 +242,12 @@ class SpanBuilder:
         if any(parents):
             columns.append([_PARENT_SPAN_ID + p if p else b"" for p in parents])
         columns += [
-            self._name_column(methods, batch.route),
-            map(_KIND_TIMES, repeat(_KIND_SERVER), repeat(_START), starts, repeat(_END), ends),
+            self._names_of(batch),
+            map(_KIND_TIMES, self._kinds(batch), repeat(_START), starts, repeat(_END), ends),
             repeat(self._cache("audit.source").column([batch.source])[0]),
-            self._cache("http.request.method").column(methods),
+            self._cache("http.request.method").column(
+                batch.method if batch.source != "nginx" else [m or "HTTP" for m in batch.method]
+            ),
             self._cache("url.path").column(batch.path),
             self._cache("http.route").column(batch.route),
             self._cache("http.response.status_code").column(batch.status),
@@ -211,6 +258,9 @@ class SpanBuilder:
             self._cache("app.id").column(batch.app_id),
             self._cache("http.response.body.size").column(batch.body_bytes_sent),
         ]
+        extra = self._extra_attributes(batch)
+        if extra is not None:
+            columns.append(extra)
         # 5xx: error.type and status Error (the HTTP conventions: 4xx is not a server error).
         errors = [i for i, code in enumerate(batch.status) if code is not None and code >= 500
                   and code <= 599]

@@ -120,6 +120,7 @@ class FakeProcessor(
     def __init__(self, port: int) -> None:
         self.port = port
         self.records: list[logs_pb2.LogRecord] = []
+        self.resources: list[dict[str, Any]] = []  # the resource attributes of each record
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(self, self._server)
@@ -133,8 +134,10 @@ class FakeProcessor(
         if isinstance(request, logs_service_pb2.ExportLogsServiceRequest):
             with self._lock:
                 for rl in request.resource_logs:
+                    resource = {a.key: _any_value(a.value) for a in rl.resource.attributes}
                     for sl in rl.scope_logs:
                         self.records.extend(sl.log_records)
+                        self.resources.extend([resource] * len(sl.log_records))
             return logs_service_pb2.ExportLogsServiceResponse()
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
@@ -377,9 +380,10 @@ def test_access_log_lines_reach_the_processor_raw(tmp_path: Path, access_log: Pa
                 f.write(lines[1] + "\n")
             wait_until(lambda: len(fake.bodies()) >= 2, 30, "two records at the fake processor")
             assert fake.bodies() == lines
-            for record in fake.records:
+            for record, resource in zip(fake.records, fake.resources, strict=True):
                 attrs = {a.key: _any_value(a.value) for a in record.attributes}
-                assert attrs["audit.source"] == "nginx_access"
+                # on the resource: the processor reads it once per batch, not once per line
+                assert resource["audit.source"] == "nginx_access"
                 assert attrs["log.file.path"] == str(access_log)
                 assert attrs["log.file.name"] == access_log.name
         finally:

@@ -50,28 +50,47 @@ def traced(stack):
     for name, req in REQUESTS.items():
         line = by_uri[req.path]
         rid = line["request_id"]
-        spans = stack.jaeger.wait_for_spans(lambda s: True, timeout=60, trace_id=rid)
+        # the nginx span and the app's audit record (the demo upstream logs every request)
+        spans = stack.jaeger.wait_for_spans(lambda s: True, timeout=60, trace_id=rid, min_count=2)
         out[name] = (line, spans)
     return out
 
 
+def _service_spans(traced, name: str, service: str) -> list[dict]:
+    return [s for s in traced[name][1] if s["process"]["serviceName"] == service]
+
+
 def _only_span(traced, name: str) -> dict:
-    line, spans = traced[name]
-    assert len(spans) == 1, f"{name}: expected one span per request, got {len(spans)}"
+    spans = _service_spans(traced, name, "nginx")
+    assert len(spans) == 1, f"{name}: expected one nginx span per request, got {len(spans)}"
     return spans[0]
 
 
 def test_every_request_is_one_span_whose_trace_id_is_nginx_request_id(stack, traced) -> None:
-    for name, (line, spans) in traced.items():
-        assert len(spans) == 1, name
-        span = spans[0]
+    for name, (line, _) in traced.items():
+        span = _only_span(traced, name)
         assert span["traceID"] == line["request_id"], name
         # the nginx snippet's traceparent names this span as the app's parent
         assert span["spanID"] == line["request_id"][:16], name
-        assert span["process"]["serviceName"] == "nginx"
-    # nothing else arrived: no duplicates, no strays
-    total = stack.jaeger.find_traces("nginx", limit=1000)
-    assert sum(len(t["spans"]) for t in total) == len(REQUESTS)
+        assert not span.get("references"), name  # the root of the request's trace
+    # nothing else arrived: one nginx and one app span per request, no duplicates, no strays
+    total = [s for t in stack.jaeger.find_traces("nginx", limit=1000)
+             for s in stack.jaeger.spans_of(t)]
+    services = [s["process"]["serviceName"] for s in total]
+    assert services.count("nginx") == services.count("app") == len(REQUESTS)
+
+
+def test_app_record_is_the_child_of_the_nginx_span(traced) -> None:
+    for name, (line, _) in traced.items():
+        (app_span,) = _service_spans(traced, name, "app")
+        assert app_span["traceID"] == line["request_id"], name
+        assert [(r["refType"], r["spanID"]) for r in app_span["references"]] == [
+            ("CHILD_OF", line["request_id"][:16])], name
+        tags = span_tags(app_span)
+        assert tags["audit.source"] == "app"
+    clean = span_tags(_service_spans(traced, "clean", "app")[0])
+    assert (clean["user.id"], clean["app.id"]) == ("u1", "a1")
+    assert clean["http.request.method"] == "POST" and clean["url.path"] == "/v1/chat-messages"
 
 
 def test_span_attributes_follow_http_conventions(traced) -> None:
@@ -139,9 +158,10 @@ def test_replay_of_the_real_access_log_matches_jaeger(stack, traced) -> None:
     )
     assert proc.returncode == 1, proc.stderr  # the cut and the anonymous requests are flagged
     by_trace = {o["trace_id"]: o for o in map(orjson.loads, proc.stdout.splitlines())}
-    for name, (line, spans) in traced.items():
+    for name, (line, _) in traced.items():
+        span = _only_span(traced, name)
         replayed = by_trace[line["request_id"]]
-        tags = span_tags(spans[0])
+        tags = span_tags(span)
         span_flags = orjson.loads(tags["audit.flags"]) if "audit.flags" in tags else []
         assert replayed["flags"] == span_flags, name
-        assert replayed["span_id"] == spans[0]["spanID"], name
+        assert replayed["span_id"] == span["spanID"], name

@@ -112,7 +112,10 @@ def test_exit_codes(tmp_path) -> None:
     other = write(tmp_path / "app.txt", "2026-11-26 12:00:00.000 INFO [main] hello")
     result = run(other)
     assert result.returncode == 2 and "format not recognized" in result.stderr
-    assert run("--source", "pgaudit", clean).returncode == 2
+    forced = run("--source", "pgaudit", clean)  # an Nginx log read as PostgreSQL: no record
+    assert forced.returncode == 0 and forced.stdout == ""
+    assert "no pgaudit AUDIT line" in forced.stderr
+    assert run("--window", "0", clean).returncode == 2
     assert run("--source", "bogus", clean).returncode == 2
     assert run("--export", "not-an-endpoint", clean).returncode == 2
 

@@ -141,6 +141,6 @@ def test_records_from_collector_attributes(pipeline) -> None:
         kv.value.string_value = value
     kv = lr.attributes.add()
     kv.key, kv.value.string_value = "log.file.name", "access.log"
-    (rec,) = pipeline.records_from_logs(req).rows()
+    ((rec,),) = [b.rows() for b in pipeline.records_from_logs(req)]
     assert (rec.method, rec.status, rec.user_id) == ("GET", 200, "u1")
     assert "log.file.name" not in rec.fields

@@ -33,6 +33,9 @@ class AuditFieldValidator:
         self._audited = audited_paths.match
 
     def __call__(self, batch: RecordBatch) -> None:
+        if batch.source != "nginx":
+            self._other_source(batch)
+            return
         # Values repeat across a batch (a few methods, statuses, users), so each check looks at
         # the distinct values first and visits rows only when some value is bad.
         found: dict[int, list[str]] = {}
@@ -81,3 +84,41 @@ class AuditFieldValidator:
             batch.violations.setdefault(i, []).extend(found[i])
             for flag in found[i]:
                 batch.add_flag(i, flag)
+
+    def _other_source(self, batch: RecordBatch) -> None:
+        """App and database records: an app record that describes a request (has a method,
+        path or status) is checked like an access record; every record needs a valid time; a
+        database statement needs its role (user_id)."""
+        for i in range(len(batch)):
+            found: list[str] = []
+            method, path, status = batch.method[i], batch.path[i], batch.status[i]
+            if method is not None or path is not None or status is not None:
+                if method is None:
+                    found.append(flags.missing_field("method"))
+                elif method not in _KNOWN_METHODS and _METHOD.fullmatch(method) is None:
+                    found.append(flags.invalid_field("method"))
+                if path is None:
+                    found.append(flags.missing_field("path"))
+                elif path[:1] != "/" and path != "*":
+                    found.append(flags.invalid_field("path"))
+                if status is None or not 100 <= status <= 599:
+                    bad = status is not None or "status" in batch.unparsed[i]
+                    found.append(flags.invalid_field("status") if bad
+                                 else flags.missing_field("status"))
+            if batch.time_unix_nano[i] is None:
+                bad = "time" in batch.unparsed[i]
+                found.append(flags.invalid_field("time") if bad else flags.missing_field("time"))
+            identity = []
+            if path is not None and path[:1] == "/" and self._audited(path):
+                identity = [("user_id", batch.user_id[i]), ("app_id", batch.app_id[i])]
+            elif batch.source == "pgaudit":
+                identity = [("user_id", batch.user_id[i])]
+            for name, value in identity:
+                if value is None:
+                    found.append(flags.missing_field(name))
+                elif not _identity_ok(value):
+                    found.append(flags.invalid_field(name))
+            if found:
+                batch.violations.setdefault(i, []).extend(found)
+                for flag in found:
+                    batch.add_flag(i, flag)

@@ -52,8 +52,8 @@ def _hash(data: bytes, size: int) -> bytes:
 
 def assign_ids(batch: RecordBatch) -> None:
     rids = batch.request_id
-    # Fast path: every request id is 32 hex chars (nginx's $request_id) — C-level passes.
-    if None not in rids and set(map(len, rids)) == {32}:
+    # Fast path (nginx): every request id is 32 hex chars — C-level passes.
+    if batch.source == "nginx" and None not in rids and set(map(len, rids)) == {32}:
         try:
             trace_ids = list(map(bytes.fromhex, rids))
         except ValueError:
@@ -68,26 +68,42 @@ def assign_ids(batch: RecordBatch) -> None:
         _assign_row(batch, i)
 
 
+def _record_bytes(batch: RecordBatch, i: int) -> bytes:
+    raw = batch.raw[i]
+    if isinstance(raw, bytes):
+        return raw
+    return raw.encode() if isinstance(raw, str) else _canonical(batch.fields[i])
+
+
 def _assign_row(batch: RecordBatch, i: int) -> None:
+    source = batch.source
     rid = batch.request_id[i]
+    trace_id = b""
     if rid is not None and len(rid) == 32 and _HEX32.fullmatch(rid):
         trace_id = bytes.fromhex(rid)
-        if trace_id != _ZERO_TRACE:
-            batch.trace_id[i] = trace_id
-            batch.span_id[i] = trace_id[:8] if trace_id[:8] != _ZERO_SPAN else _hash(trace_id, 8)
-            return
-    traceparent = batch.traceparent[i]
-    parent = parse_traceparent(traceparent) if traceparent else None
-    if parent is not None:
-        trace_id, batch.parent_span_id[i] = parent
-    elif rid is not None:
-        trace_id = _hash(b"request_id:" + rid.encode(), 16)
+        if trace_id == _ZERO_TRACE:
+            trace_id = b""
+    if trace_id and source == "nginx":
+        batch.trace_id[i] = trace_id
+        batch.span_id[i] = trace_id[:8] if trace_id[:8] != _ZERO_SPAN else _hash(trace_id, 8)
+        return
+    if trace_id:
+        # An app record carrying nginx's request id: nginx's SERVER span is its parent (the
+        # shipped nginx snippet sends traceparent 00-$request_id-<first 16 hex>-01).
+        batch.parent_span_id[i] = trace_id[:8] if trace_id[:8] != _ZERO_SPAN else b""
     else:
-        raw = batch.raw[i]
-        data = raw if isinstance(raw, bytes) else None
-        if data is None:
-            data = raw.encode() if isinstance(raw, str) else _canonical(batch.fields[i])
-        trace_id = _hash(b"record:" + batch.source.encode() + b"\x00" + data, 16)
-        batch.trace_id_generated[i] = True
+        traceparent = batch.traceparent[i]
+        parent = parse_traceparent(traceparent) if traceparent else None
+        if parent is not None:
+            trace_id, batch.parent_span_id[i] = parent
+        elif rid is not None:
+            trace_id = _hash(b"request_id:" + rid.encode(), 16)
+        else:
+            trace_id = _hash(b"record:" + source.encode() + b"\x00" + _record_bytes(batch, i), 16)
+            batch.trace_id_generated[i] = True
     batch.trace_id[i] = trace_id
-    batch.span_id[i] = _hash(trace_id + batch.source.encode() + (rid or "").encode(), 8)
+    # A request id names one request (a second record with it is a duplicate); otherwise —
+    # other sources log several records per request, and several requests can share a client's
+    # trace — the span id depends on the record itself (its text).
+    identity = rid.encode() if source == "nginx" and rid else _record_bytes(batch, i)
+    batch.span_id[i] = _hash(trace_id + source.encode() + b"\x00" + identity, 8)

@@ -145,6 +145,10 @@ class CollectorEndpoints:
     processor_endpoint: str
     traces_endpoint: str
     vts_target: str
+    # The app audit log and the container-log glob; None → a path under storage_dir that
+    # matches nothing, so a test or demo never reads this machine's real /var/log files.
+    app_log: Path | None = None
+    container_logs: str | None = None
 
     @property
     def egress(self) -> str:
@@ -163,6 +167,9 @@ class CollectorEndpoints:
         """The env vars `collector-config/audit-guard.yaml` reads."""
         return {
             "NGINX_ACCESS_LOG": str(self.access_log),
+            "APP_AUDIT_LOG": str(self.app_log or self.storage_dir / "no-app-audit.json.log"),
+            "CONTAINER_LOGS": self.container_logs
+            or str(self.storage_dir / "no-containers" / "*" / "*-json.log"),
             "NGINX_VTS_TARGET": self.vts_target,
             "AUDIT_GUARD_PROCESSOR_ENDPOINT": self.processor_endpoint,
             "AUDIT_GUARD_EGRESS_ENDPOINT": self.egress,
@@ -183,6 +190,8 @@ def start_collector(
     vts_target: str,
     config: Path | None = None,
     storage_dir: Path | None = None,
+    app_log: Path | None = None,
+    container_logs: str | None = None,
     timeout: float = 60,
 ) -> tuple[ManagedProcess, CollectorEndpoints]:
     """Start the audit-guard collector; return once health_check answers 200.
@@ -190,6 +199,8 @@ def start_collector(
     Endpoints are `host:port` without scheme. The storage dir (offsets, persistent queues)
     defaults to `workdir/collector-storage`; pass the same one again to test restarts.
     A `vts_target` that serves nothing is fine: a failed scrape does not stop the collector.
+    `app_log` (APP_AUDIT_LOG) and `container_logs` (CONTAINER_LOGS, a glob) default to paths in
+    `workdir` that do not exist.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     endpoints = CollectorEndpoints(
@@ -201,6 +212,8 @@ def start_collector(
         processor_endpoint=processor_endpoint,
         traces_endpoint=traces_endpoint,
         vts_target=vts_target,
+        app_log=app_log or workdir / "app-audit.json.log",
+        container_logs=container_logs or str(workdir / "containers" / "*" / "*-json.log"),
     )
     proc = ManagedProcess(
         "collector",

@@ -17,22 +17,31 @@ __all__ = ["run_demo", "summarize"]
 
 
 def summarize(stack: Stack, expected: int, timeout: float = 90) -> dict[str, int]:
-    """Wait until Jaeger holds a span per request, then count what was flagged."""
+    """Wait until Jaeger holds an nginx span and an app span per request, then count what was
+    flagged (on the nginx spans) and how many requests form one nginx → app trace."""
     jaeger = stack.jaeger
     deadline = time.monotonic() + timeout
     spans: list[dict] = []
+    app_spans: list[dict] = []
     while time.monotonic() < deadline:
         traces = jaeger.find_traces("nginx", lookback_s=3600, limit=10_000)
-        spans = [s for t in traces for s in jaeger.spans_of(t)]
-        if len(spans) >= expected:
+        all_spans = [s for t in traces for s in jaeger.spans_of(t)]
+        spans = [s for s in all_spans if s["process"].get("serviceName") == "nginx"]
+        app_spans = [s for s in all_spans if s["process"].get("serviceName") == "app"]
+        if len(spans) >= expected and len(app_spans) >= expected:
             break
         time.sleep(1)
+    joined = {
+        s["traceID"] for s in app_spans
+        if any(r.get("spanID") == s["traceID"][:16] for r in s.get("references") or [])
+    }
 
     def tag(span: dict, key: str) -> object:
         return next((t["value"] for t in span.get("tags", []) if t["key"] == key), None)
 
     return {
         "spans_in_jaeger": len(spans),
+        "joined_traces": len(joined),
         "truncated": sum(1 for s in spans if tag(s, "audit.truncated") is True),
         "invalid": sum(1 for s in spans if tag(s, "audit.valid") is False),
         "server_errors": sum(1 for s in spans if (tag(s, "http.response.status_code") or 0) >= 500),
@@ -64,6 +73,7 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
         found = summarize(stack, len(plan))
         ok = (
             found["spans_in_jaeger"] == len(plan)
+            and found["joined_traces"] == len(plan)
             and found["truncated"] == expected_trunc
             and found["invalid"] == expected_invalid
         )
@@ -71,6 +81,7 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
         print("audit-guard demo summary")
         print(f"  requests sent      {len(plan)}")
         print(f"  spans in Jaeger    {found['spans_in_jaeger']}")
+        print(f"  nginx → app traces {found['joined_traces']}  (the app record is a child span)")
         print(f"  truncated          {found['truncated']}  (expected {expected_trunc})")
         print(f"  invalid            {found['invalid']}  (expected {expected_invalid})")
         print(f"  5xx                {found['server_errors']}")

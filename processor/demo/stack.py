@@ -1,6 +1,7 @@
-"""The whole demo stack on loopback: demo upstream ← nginx → access log → collector →
-audit-guard processor → collector egress → Jaeger. Used by `audit-guard demo` and the
-end-to-end tests; every process is stopped by `close()`, whatever happened.
+"""The whole demo stack on loopback: demo upstream ← nginx; nginx's access log and the
+upstream's app audit log → collector → audit-guard processor → collector egress → Jaeger.
+Used by `audit-guard demo` and the end-to-end tests; every process is stopped by `close()`,
+whatever happened.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ class Stack:
             wd / "nginx", self.nginx_port, self.upstream_port, self.status_port
         )
         # The collector retries its sends to the processor until the processor is up.
+        self.app_log = wd / "app.log"
         collector, endpoints = start_collector(
             wd,
             access_log=self.nginx_paths.access_log,
+            app_log=self.app_log,
             processor_endpoint=f"127.0.0.1:{self.processor_port}",
             traces_endpoint=self.jaeger_ports.otlp_endpoint,
             vts_target=f"127.0.0.1:{self.status_port}",
@@ -71,7 +74,6 @@ class Stack:
         self.procs.append(processor)
         processor.wait_ready(lambda: port_open(self.processor_port), timeout=60)
 
-        self.app_log = wd / "app.log"
         upstream = ManagedProcess(
             "upstream",
             [sys.executable, "-m", "processor.demo.upstream", "--port", str(self.upstream_port),

@@ -14,9 +14,13 @@ import orjson
 __all__ = ["DecodeResult", "decode_json_object"]
 
 _STRING = r'"(?:[^"\\]|\\.)*"'
-_SCALAR = rf"{_STRING}|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null"
-# One complete top-level member, anchored where the previous one ended.
-_MEMBER = re.compile(rf'\s*({_STRING})\s*:\s*({_SCALAR})\s*(,|\}})?', re.S)
+_OTHER = r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null"
+# One complete top-level member, anchored where the previous one ended. A string is complete
+# at its closing quote; a number (or literal) only when "," or "}" follows it — at the very end
+# of a cut line it may itself be cut ("status": 20 of 200).
+_MEMBER = re.compile(
+    rf'\s*({_STRING})\s*:\s*(?:({_STRING})\s*(,|\}})?|({_OTHER})\s*(,|\}}))', re.S
+)
 
 
 class DecodeResult:
@@ -55,14 +59,15 @@ def _salvage(line: bytes | str) -> DecodeResult:
             key = orjson.loads(m.group(1))
         except orjson.JSONDecodeError:
             break
+        token = m.group(2) if m.group(2) is not None else m.group(4)
         try:
-            obj[key] = orjson.loads(m.group(2))
+            obj[key] = orjson.loads(token)
         except orjson.JSONDecodeError:
             # Not valid JSON but still a scalar token, e.g. nginx printing `"status":000`
             # (%03d) for a request that never got a status: keep its text, go on.
-            obj[key] = m.group(2)
+            obj[key] = token
         pos = m.end()
-        if m.group(3) != ",":
+        if (m.group(3) or m.group(5)) != ",":
             break
     # A line that still closes with "}" was not cut: it is broken JSON (a writer bug, a
     # format without escape=json). Only an unterminated object is a cut.
