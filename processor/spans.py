@@ -196,12 +196,10 @@ class SpanBuilder:
             return repeat(_KIND_CLIENT)
         return [_KIND_SERVER if m else _KIND_INTERNAL for m in batch.method]
 
-    def _names_of(self, batch: RecordBatch) -> list[bytes]:
-        if batch.source == "nginx":
-            methods = [m or "HTTP" for m in batch.method]
-        else:
+    def _names_of(self, batch: RecordBatch, methods: list[str | None]) -> list[bytes]:
+        if batch.source != "nginx":
             methods = [m or f"{batch.source} record" for m in batch.method]
-        out = self._name_column(methods, batch.route)
+        out = self._name_column(methods, batch.route)  # type: ignore[arg-type]
         if any(batch.name):
             for i, name in enumerate(batch.name):
                 if name:
@@ -241,13 +239,16 @@ class SpanBuilder:
         ]
         if any(parents):
             columns.append([_PARENT_SPAN_ID + p if p else b"" for p in parents])
+        # nginx: every record is an HTTP request, "HTTP" when its method is unknown.
+        methods = (
+            batch.method if batch.source != "nginx" or None not in batch.method
+            else [m or "HTTP" for m in batch.method]
+        )
         columns += [
-            self._names_of(batch),
+            self._names_of(batch, methods),
             map(_KIND_TIMES, self._kinds(batch), repeat(_START), starts, repeat(_END), ends),
             repeat(self._cache("audit.source").column([batch.source])[0]),
-            self._cache("http.request.method").column(
-                batch.method if batch.source != "nginx" else [m or "HTTP" for m in batch.method]
-            ),
+            self._cache("http.request.method").column(methods),
             self._cache("url.path").column(batch.path),
             self._cache("http.route").column(batch.route),
             self._cache("http.response.status_code").column(batch.status),

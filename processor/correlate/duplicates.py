@@ -19,29 +19,33 @@ __all__ = ["Deduplicator"]
 class Deduplicator:
     def __init__(self, max_records: int) -> None:
         self._max = max_records
-        self._seen: set[bytes] = set()
-        self._batches: deque[list[bytes]] = deque()
-        self._repeats: dict[bytes, int] = {}  # sightings of keys seen more than once
+        self._seen: dict[str, set[tuple[bytes, bytes]]] = {}
+        self._batches: dict[str, deque[list[tuple[bytes, bytes]]]] = {}
+        self._repeats: dict[tuple[bytes, bytes], int] = {}  # keys seen more than once
 
     def __call__(self, batch: RecordBatch) -> None:
         # A record is the same as another when its source, trace and span id all are.
-        prefix = batch.source.encode() + b"\x00"
-        keys = list(map(bytes.__add__, map(prefix.__add__, batch.trace_id), batch.span_id))
-        if not self._seen.isdisjoint(keys) or len(set(keys)) < len(keys):
-            seen_here: set[bytes] = set()
+        seen = self._seen.setdefault(batch.source, set())
+        batches = self._batches.setdefault(batch.source, deque())
+        keys = list(zip(batch.trace_id, batch.span_id, strict=True))
+        distinct = set(keys)
+        if len(distinct) < len(keys) or not seen.isdisjoint(distinct):
+            seen_here: set[tuple[bytes, bytes]] = set()
             for i, key in enumerate(keys):
-                if key in self._seen or key in seen_here:
+                if key in seen or key in seen_here:
                     # The n-th sighting gets the same id however the records were batched.
                     n = self._repeats.get(key, 1) + 1
                     self._repeats[key] = n
                     batch.add_flag(i, flags.DUPLICATE)
-                    batch.span_id[i] = blake2b(key + b"dup" + str(n).encode(), digest_size=8
-                                               ).digest()
+                    batch.span_id[i] = blake2b(
+                        b"".join((batch.source.encode(), *key, b"dup", str(n).encode())),
+                        digest_size=8,
+                    ).digest()
                 else:
                     seen_here.add(key)
             if len(self._repeats) > self._max:
                 self._repeats.clear()
-        self._seen.update(keys)
-        self._batches.append(keys)
-        while len(self._seen) > self._max and len(self._batches) > 1:
-            self._seen.difference_update(self._batches.popleft())
+        seen |= distinct
+        batches.append(keys)
+        while len(seen) > self._max and len(batches) > 1:
+            seen.difference_update(batches.popleft())
