@@ -473,3 +473,27 @@ def test_egress_span_reaches_jaeger(
         assert listening_addresses(jaeger_proc.proc.pid) == {"127.0.0.1"}
     finally:
         proc.stop()
+
+
+def test_multi_line_pgaudit_entries_arrive_whole(tmp_path: Path, access_log: Path) -> None:
+    """stderr format: a statement continues on TAB lines; each entry must stay one record."""
+    pg_log = tmp_path / "postgresql-15-main.log"
+    entries = [
+        "2026-11-26 14:00:01.250 UTC [4242] app@dify LOG:  AUDIT: SESSION,7,1,READ,SELECT,"
+        "TABLE,public.datasets,\"SELECT id,\n\t       name\n\t  FROM datasets;\",<none>",
+        "2026-11-26 14:00:02.000 UTC [4242] app@dify LOG:  duration: 0.5 ms",
+    ]
+    pg_log.write_text("\n".join(entries) + "\n")
+    with FakeProcessor(free_port()) as fake:
+        proc, _ = start_collector(
+            tmp_path, access_log=access_log, pg_log=pg_log,
+            processor_endpoint=f"127.0.0.1:{fake.port}",
+            traces_endpoint=f"127.0.0.1:{free_port()}", vts_target=f"127.0.0.1:{free_port()}",
+        )
+        try:
+            # the last entry is flushed after force_flush_period (2 s): nothing follows it
+            wait_until(lambda: len(fake.bodies()) >= 2, 30, "both PostgreSQL entries")
+            assert fake.bodies() == entries
+            assert {r["audit.source"] for r in fake.resources} == {"pgaudit"}
+        finally:
+            proc.stop()

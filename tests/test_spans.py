@@ -144,3 +144,79 @@ def test_records_from_collector_attributes(pipeline) -> None:
     ((rec,),) = [b.rows() for b in pipeline.records_from_logs(req)]
     assert (rec.method, rec.status, rec.user_id) == ("GET", 200, "u1")
     assert "log.file.name" not in rec.fields
+
+
+def _source_request(source: str, *bodies: str, times: list[int] | None = None,
+                    partial: set[int] | None = None) -> ExportLogsServiceRequest:
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    kv = rl.resource.attributes.add()
+    kv.key, kv.value.string_value = "audit.source", source
+    scope = rl.scope_logs.add()
+    for i, body in enumerate(bodies):
+        lr = scope.log_records.add()
+        lr.body.string_value = body
+        if times:
+            lr.time_unix_nano = times[i]
+        if partial and i in partial:
+            a = lr.attributes.add()
+            a.key, a.value.bool_value = "audit.partial", True
+    return req
+
+
+def _spans_by_service(pipeline, req) -> dict[str, list[Span]]:
+    payload, _ = pipeline.process_logs(req, now_ns=42)
+    out = {}
+    for rs in ExportTraceServiceRequest.FromString(payload).resource_spans:
+        service = rs.resource.attributes[0].value.string_value
+        out[service] = list(rs.scope_spans[0].spans)
+    return out
+
+
+def test_pgaudit_statement_is_a_client_span_under_the_app_span(pipeline) -> None:
+    entry = ("2025-11-26 14:00:01.250 UTC [4242] app@dify LOG:  AUDIT: SESSION,7,1,WRITE,UPDATE,"
+             "TABLE,public.datasets,\"UPDATE datasets SET name = 'a, b' WHERE id = 3 "
+             "/*traceparent='00-" + RID + "-00f067aa0ba902b7-01'*/\",<none>")
+    (span,) = _spans_by_service(pipeline, _source_request("pgaudit", entry))["postgresql"]
+    assert span.kind == Span.SpanKind.SPAN_KIND_CLIENT
+    assert span.name == "UPDATE public.datasets"
+    assert span.trace_id.hex() == RID and span.parent_span_id.hex() == "00f067aa0ba902b7"
+    a = attrs(span)
+    assert a["db.system.name"] == "postgresql" and a["db.operation.name"] == "UPDATE"
+    assert a["db.collection.name"] == "public.datasets" and "WHERE id = 3" in a["db.query.text"]
+    assert a["user.id"] == "app" and a["audit.valid"] is True
+
+
+def test_app_record_from_a_container_is_a_child_span_with_its_lag(pipeline) -> None:
+    logged_ns = 1764165601_000_000_000
+    line = orjson.dumps({
+        "ts": "2025-11-26T14:00:01.000Z", "severity": "INFO", "service": "api",
+        "caller": "ext_request_logging.py:80", "trace_id": RID,
+        "message": f"POST /v1/chat-messages 200 12.5 {RID}",
+        "identity": {"tenant_id": "t1", "user_id": "u1", "user_type": "end_user"},
+        "attributes": {"app_id": "a1"},
+    }).decode()
+    # read by Docker 0.25 s and 9 s after it was written (the collector's record timestamp);
+    # the third line's 16 KiB pieces never completed
+    req = _source_request("app", line, line.replace("12.5", "13.5"), line.replace("12.5", "1.0"),
+                          times=[logged_ns + 250_000_000, logged_ns + 9 * 10**9, logged_ns],
+                          partial={2})
+    spans = _spans_by_service(pipeline, req)["app"]
+    assert [s.kind for s in spans] == [Span.SpanKind.SPAN_KIND_SERVER] * 3
+    assert all(s.trace_id.hex() == RID and s.parent_span_id.hex() == RID[:16] for s in spans)
+    assert len({s.span_id for s in spans}) == 3  # three records of one request: three spans
+    first, late, cut = map(attrs, spans)
+    assert first["audit.ingest_lag_ms"] == 250 and "audit.flags" not in first
+    assert (first["user.id"], first["app.id"], first["http.route"]) == (
+        "u1", "a1", "/v1/chat-messages")
+    assert late["audit.flags"] == ["delayed"] and late["audit.ingest_lag_ms"] == 9000
+    assert cut["audit.flags"] == ["truncated:partial_line"]
+
+
+def test_same_record_twice_is_flagged_duplicate_once_exported(pipeline) -> None:
+    body = orjson.dumps(LINE).decode()
+    first = export(pipeline, body)
+    again = export(pipeline, body)  # e.g. re-read after lost offsets
+    assert attrs(first[0])["audit.flags"] == ["truncated:response_short"]
+    assert attrs(again[0])["audit.flags"] == ["truncated:response_short", "duplicate"]
+    assert again[0].span_id != first[0].span_id and again[0].trace_id == first[0].trace_id

@@ -149,6 +149,7 @@ class CollectorEndpoints:
     # matches nothing, so a test or demo never reads this machine's real /var/log files.
     app_log: Path | None = None
     container_logs: str | None = None
+    pg_log: Path | None = None
 
     @property
     def egress(self) -> str:
@@ -170,6 +171,7 @@ class CollectorEndpoints:
             "APP_AUDIT_LOG": str(self.app_log or self.storage_dir / "no-app-audit.json.log"),
             "CONTAINER_LOGS": self.container_logs
             or str(self.storage_dir / "no-containers" / "*" / "*-json.log"),
+            "PG_AUDIT_LOG": str(self.pg_log or self.storage_dir / "no-postgresql.log"),
             "NGINX_VTS_TARGET": self.vts_target,
             "AUDIT_GUARD_PROCESSOR_ENDPOINT": self.processor_endpoint,
             "AUDIT_GUARD_EGRESS_ENDPOINT": self.egress,
@@ -192,6 +194,7 @@ def start_collector(
     storage_dir: Path | None = None,
     app_log: Path | None = None,
     container_logs: str | None = None,
+    pg_log: Path | None = None,
     timeout: float = 60,
 ) -> tuple[ManagedProcess, CollectorEndpoints]:
     """Start the audit-guard collector; return once health_check answers 200.
@@ -199,8 +202,8 @@ def start_collector(
     Endpoints are `host:port` without scheme. The storage dir (offsets, persistent queues)
     defaults to `workdir/collector-storage`; pass the same one again to test restarts.
     A `vts_target` that serves nothing is fine: a failed scrape does not stop the collector.
-    `app_log` (APP_AUDIT_LOG) and `container_logs` (CONTAINER_LOGS, a glob) default to paths in
-    `workdir` that do not exist.
+    `app_log` (APP_AUDIT_LOG), `container_logs` (CONTAINER_LOGS, a glob) and `pg_log`
+    (PG_AUDIT_LOG) default to paths in `workdir` that do not exist.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     endpoints = CollectorEndpoints(
@@ -214,6 +217,7 @@ def start_collector(
         vts_target=vts_target,
         app_log=app_log or workdir / "app-audit.json.log",
         container_logs=container_logs or str(workdir / "containers" / "*" / "*-json.log"),
+        pg_log=pg_log or workdir / "postgresql.log",
     )
     proc = ManagedProcess(
         "collector",
