@@ -7,6 +7,7 @@ result; the per-value functions define it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import repeat
 from operator import mul
 from typing import Any
@@ -47,13 +48,14 @@ def to_int(value: Any) -> int | None:
         return None
 
 
-def ints(col: list[Any]) -> list[int | None]:
+def ints(col: list[Any], one: Callable[[Any], int | None] = to_int) -> list[int | None]:
+    """Integers; `one` converts a value when the fast path (all plain digits) does not apply."""
     if set(map(type, col)) <= {str, int}:
         try:
             return list(map(int, col))
         except ValueError:
             pass
-    return list(map(to_int, col))
+    return list(map(one, col))
 
 
 def last_int(value: Any) -> int | None:
@@ -64,12 +66,7 @@ def last_int(value: Any) -> int | None:
 
 
 def last_ints(col: list[Any]) -> list[int | None]:
-    if set(map(type, col)) <= {str, int}:
-        try:
-            return list(map(int, col))
-        except ValueError:
-            pass
-    return list(map(last_int, col))
+    return ints(col, last_int)
 
 
 def to_ns(value: Any) -> int | None:
