@@ -181,12 +181,6 @@ class Pipeline:
             batch.line = numbers
         return batch
 
-    def parse_bodies(
-        self, bodies: list[str | bytes], mapped: dict[int, dict[str, Any]] | None = None
-    ) -> RecordBatch:
-        """Nginx access records (kept for callers that only read Nginx logs)."""
-        return self.parse(NGINX, bodies, mapped)
-
     @staticmethod
     def _mapping(body: AnyValue, attributes: Iterable[KeyValue]) -> dict[str, Any]:
         if body.WhichOneof("value") == "kvlist_value":  # the collector parsed into a map body
