@@ -13,8 +13,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from .config import Settings
 
 __all__ = ["main"]
 
@@ -39,8 +45,15 @@ def _serve(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .telemetry import Telemetry
 
+    try:
+        meter_provider = _meter_provider(settings)
+    except OSError as exc:
+        print(f"audit-guard: cannot serve /metrics on admin.listen={settings.admin.listen}: "
+              f"{exc}", file=sys.stderr)
+        return 2
     server = OtlpServer(
-        settings.server, Pipeline(settings), SpanExporter(settings.exporter), Telemetry()
+        settings.server, Pipeline(settings), SpanExporter(settings.exporter),
+        Telemetry(meter_provider),
     )
     try:
         server.start()
@@ -66,8 +79,31 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     server.wait()
+    meter_provider.shutdown()  # pushes the last OTLP metrics, if configured
     logging.getLogger("audit_guard").info("stopped; counters: %s", server.telemetry.snapshot())
     return 0
+
+
+def _meter_provider(settings: Settings) -> MeterProvider:
+    """Prometheus text on admin.listen /metrics; OTLP push when telemetry.otlp_endpoint is set."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from prometheus_client import start_http_server
+
+    host, _, port = settings.admin.listen.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"))
+    readers: list[Any] = [PrometheusMetricReader()]
+    if settings.telemetry.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=settings.telemetry.otlp_endpoint, insecure=True),
+            export_interval_millis=settings.telemetry.export_interval_s * 1000,
+        ))
+    resource = Resource.create({"service.name": "audit-guard", "service.version": __version__})
+    return MeterProvider(metric_readers=readers, resource=resource)
 
 
 def _replay(args: argparse.Namespace) -> int:

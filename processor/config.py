@@ -19,7 +19,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["ConfigError", "ExporterConfig", "ServerConfig", "Settings", "load_settings"]
+__all__ = [
+    "AdminConfig", "ConfigError", "ExporterConfig", "ServerConfig", "Settings",
+    "TelemetryConfig", "load_settings",
+]
 
 _HOSTPORT = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
 Seconds = Annotated[float, Field(gt=0)]
@@ -67,6 +70,28 @@ class ExporterConfig(BaseModel):
     _endpoint = field_validator("endpoint")(_check_hostport)
 
 
+class AdminConfig(BaseModel):
+    """The admin HTTP port: Prometheus text on /metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+    listen: str = "127.0.0.1:8081"
+
+    _listen = field_validator("listen")(_check_hostport)
+
+
+class TelemetryConfig(BaseModel):
+    """audit-guard's own metrics, also pushed over OTLP when an endpoint is set."""
+
+    model_config = ConfigDict(extra="forbid")
+    otlp_endpoint: str | None = None  # host:port of an OTLP/gRPC metrics receiver
+    export_interval_s: Seconds = 30.0
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hostport(value)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AUDIT_GUARD_", env_nested_delimiter="__", extra="forbid"
@@ -74,6 +99,8 @@ class Settings(BaseSettings):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # Paths whose requests must carry an identity (user_id, app_id); regular expressions,
     # matched from the start of the path. Defaults: Dify's service API, console and web app.
     audited_paths: list[str] = Field(

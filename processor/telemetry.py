@@ -1,34 +1,164 @@
-"""audit-guard's own counters, declared in one place.
+"""audit-guard's own metrics, declared in one place: name, kind, unit, description, labels.
 
-A thread-safe in-process table for now; the completeness work exports it with the
-OpenTelemetry SDK (OTLP and Prometheus /metrics). Counting a name not declared here is a bug.
+`Telemetry` records them with the OpenTelemetry SDK when given a MeterProvider (`serve` gives it
+one with a Prometheus reader on the admin port and, if configured, an OTLP exporter) and always
+keeps an in-process total per name, which tests and the shutdown log read. Recording a name
+that is not declared here is a bug and raises. Pipeline findings are counted per batch from a
+`BatchStats`, never per record.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["COUNTERS", "Telemetry"]
+from . import flags
+from .record import RecordBatch
 
-COUNTERS: dict[str, str] = {
-    "audit_records_total": "audit records received and processed",
-    "audit_spans_exported_total": "spans accepted downstream",
-    "audit_spans_dropped_total": "spans permanently rejected downstream (never retried)",
-    "audit_export_unavailable_total": "Export calls answered UNAVAILABLE: downstream not reachable",
-    "audit_export_backpressure_total": "Export calls answered UNAVAILABLE: in-flight limit hit",
-    "audit_metrics_received_total": "metrics received from the collector",
-}
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+__all__ = ["INSTRUMENTS", "LAG_BUCKETS_S", "BatchStats", "Instrument", "Telemetry"]
+
+
+@dataclass(frozen=True)
+class Instrument:
+    name: str  # the Prometheus name (counters end in _total)
+    kind: str  # counter | histogram
+    unit: str
+    description: str
+    labels: tuple[str, ...] = ()
+
+
+INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
+    Instrument("audit_records_total", "counter", "{record}",
+               "audit records received and processed", ("source",)),
+    Instrument("audit_spans_exported_total", "counter", "{span}", "spans accepted downstream"),
+    Instrument("audit_spans_dropped_total", "counter", "{span}",
+               "spans given up for good: permanently rejected downstream (reason: the gRPC code "
+               "or partial_success)", ("reason",)),
+    Instrument("audit_records_truncated_total", "counter", "{record}",
+               "records found cut short", ("source", "reason")),
+    Instrument("audit_field_violations_total", "counter", "{violation}",
+               "missing or invalid audit fields", ("field",)),
+    Instrument("audit_records_delayed_total", "counter", "{record}",
+               "records read later than lag_threshold_s after they were written", ("source",)),
+    Instrument("audit_records_duplicate_total", "counter", "{record}",
+               "records seen again (same source, trace and span id)", ("source",)),
+    Instrument("audit_records_malformed_total", "counter", "{record}",
+               "records that are not of their format at all (exported flagged)", ("source",)),
+    Instrument("audit_ingest_lag_seconds", "histogram", "s",
+               "time from the app writing a record to the container runtime reading it",
+               ("source",)),
+    Instrument("audit_export_duration_seconds", "histogram", "s",
+               "time to hand one batch of spans downstream, retries included"),
+    Instrument("audit_export_unavailable_total", "counter", "{call}",
+               "Export calls answered UNAVAILABLE because downstream did not accept in time "
+               "(the collector keeps and retries the data)"),
+    Instrument("audit_export_backpressure_total", "counter", "{call}",
+               "Export calls answered UNAVAILABLE because the in-flight limit was reached"),
+    Instrument("audit_metrics_received_total", "counter", "{metric}",
+               "metrics received from the collector (nginx VTS / stub_status)"),
+)}
+LAG_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+EXPORT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass
+class BatchStats:
+    """What the pipeline found in one Export call, counted per batch."""
+
+    records: Counter[str] = field(default_factory=Counter)
+    truncated: Counter[tuple[str, str]] = field(default_factory=Counter)
+    violations: Counter[str] = field(default_factory=Counter)
+    delayed: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+    lags_s: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_batch(self, batch: RecordBatch) -> None:
+        source = batch.source
+        self.records[source] += len(batch)
+        for reasons in batch.truncation_reasons.values():
+            for reason in reasons:
+                self.truncated[(source, reason)] += 1
+        for found in batch.violations.values():
+            for violation in found:
+                self.violations[violation.partition(":")[2]] += 1
+        for found in batch.flags.values():
+            if flags.DELAYED in found:
+                self.delayed[source] += 1
+            if flags.DUPLICATE in found:
+                self.duplicates[source] += 1
+            if flags.MALFORMED in found:
+                self.malformed[source] += 1
+        if any(batch.observed_time_unix_nano):
+            lags = self.lags_s.setdefault(source, [])
+            for seen, logged in zip(batch.observed_time_unix_nano, batch.time_unix_nano,
+                                    strict=True):
+                if seen is not None and logged is not None:
+                    lags.append(max(seen - logged, 0) / 1e9)
 
 
 class Telemetry:
-    def __init__(self) -> None:
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTERS, 0)
+        self._totals = dict.fromkeys(INSTRUMENTS, 0.0)
+        self._otel: dict[str, object] = {}
+        if meter_provider is not None:
+            meter = meter_provider.get_meter("audit-guard")
+            for inst in INSTRUMENTS.values():
+                if inst.kind == "counter":
+                    self._otel[inst.name] = meter.create_counter(
+                        inst.name, unit=inst.unit, description=inst.description)
+                else:
+                    buckets = (LAG_BUCKETS_S if inst.name == "audit_ingest_lag_seconds"
+                               else EXPORT_BUCKETS_S)
+                    self._otel[inst.name] = meter.create_histogram(
+                        inst.name, unit=inst.unit, description=inst.description,
+                        explicit_bucket_boundaries_advisory=buckets)
 
-    def inc(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self._values[name] += amount  # KeyError on an undeclared name, on purpose
+    def _check(self, name: str, labels: dict[str, str]) -> None:
+        inst = INSTRUMENTS[name]  # KeyError: not declared
+        if set(labels) != set(inst.labels):
+            raise ValueError(f"{name} takes labels {inst.labels}, got {tuple(labels)}")
 
-    def snapshot(self) -> dict[str, int]:
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        self._check(name, labels)
         with self._lock:
-            return dict(self._values)
+            self._totals[name] += amount
+        counter = self._otel.get(name)
+        if counter is not None and amount:
+            counter.add(amount, labels)  # type: ignore[attr-defined]
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self._check(name, labels)
+        with self._lock:
+            self._totals[name] += 1  # a histogram's total is its count
+        histogram = self._otel.get(name)
+        if histogram is not None:
+            histogram.record(value, labels)  # type: ignore[attr-defined]
+
+    def record_stats(self, stats: BatchStats) -> None:
+        for source, n in stats.records.items():
+            self.inc("audit_records_total", n, source=source)
+        for (source, reason), n in stats.truncated.items():
+            self.inc("audit_records_truncated_total", n, source=source, reason=reason)
+        for name, n in stats.violations.items():
+            self.inc("audit_field_violations_total", n, field=name)
+        for source, n in stats.delayed.items():
+            self.inc("audit_records_delayed_total", n, source=source)
+        for source, n in stats.duplicates.items():
+            self.inc("audit_records_duplicate_total", n, source=source)
+        for source, n in stats.malformed.items():
+            self.inc("audit_records_malformed_total", n, source=source)
+        for source, lags in stats.lags_s.items():
+            for lag in lags:
+                self.observe("audit_ingest_lag_seconds", lag, source=source)
+
+    def snapshot(self) -> dict[str, float]:
+        """Totals per metric name (all label values together)."""
+        with self._lock:
+            return dict(self._totals)

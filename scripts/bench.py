@@ -144,6 +144,7 @@ def main() -> int:
     env = {**os.environ, "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{proc_port}",
            "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{sink_port}",
            "AUDIT_GUARD_SERVER__MAX_INFLIGHT_REQUESTS": str(max(args.concurrency, 1)),
+           "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",
            "AUDIT_GUARD_LOG_LEVEL": "warning"}
     server = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve"], env=env, cwd=ROOT)
     try:

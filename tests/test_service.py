@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent import futures
 
 import grpc
@@ -171,6 +172,7 @@ def test_large_messages_accepted(service, downstream) -> None:
 
 
 def _serve(env: dict[str, str], *args: str) -> subprocess.Popen:
+    env = {"AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}", **env}
     return subprocess.Popen(
         [sys.executable, "-m", "processor.cli", "serve", *args],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -222,3 +224,35 @@ def test_sigterm_finishes_in_flight_then_exits(downstream) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_metrics_endpoint_counts_what_was_handed_on(downstream) -> None:
+    port, admin = free_port(), free_port()
+    proc = _serve({"AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{port}",
+                   "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{admin}",
+                   "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}"})
+    try:
+        wait_until(lambda: port_open(port), 30, "audit-guard serve to listen")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        cut = LINE.replace('"status"', '"request_completion":"","status"')
+        logs_service_pb2_grpc.LogsServiceStub(channel).Export(
+            logs_request(LINE, cut, "garbage"), timeout=10)
+        channel.close()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read()
+        samples = {}
+        for line in text.decode().splitlines():
+            if line.startswith("audit_") and "{" in line:
+                name, rest = line.split("{", 1)
+                labels = dict(kv.split("=", 1) for kv in rest.rsplit("}", 1)[0].split(","))
+                labels = {k: v.strip('"') for k, v in labels.items() if not k.startswith("otel")}
+                samples[(name, tuple(sorted(labels.items())))] = float(line.rsplit(" ", 1)[1])
+        assert samples[("audit_records_total", (("source", "nginx"),))] == 3
+        assert samples[("audit_records_truncated_total",
+                        (("reason", "request_incomplete"), ("source", "nginx")))] == 1
+        assert samples[("audit_records_malformed_total", (("source", "nginx"),))] == 1
+        assert samples[("audit_field_violations_total", (("field", "method"),))] == 1
+        assert samples[("audit_spans_exported_total", ())] == 3
+        assert samples[("audit_export_duration_seconds_count", ())] == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)

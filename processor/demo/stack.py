@@ -27,6 +27,7 @@ class Stack:
     upstream_port: int = 0
     status_port: int = 0
     processor_port: int = 0
+    admin_port: int = 0  # the processor's /metrics
     nginx_paths: NginxPaths | None = None
     app_log: Path | None = None
 
@@ -46,6 +47,7 @@ class Stack:
 
         self.nginx_port, self.upstream_port = free_port(), free_port()
         self.status_port, self.processor_port = free_port(), free_port()
+        self.admin_port = free_port()
         self.nginx_paths = render_nginx_conf(
             wd / "nginx", self.nginx_port, self.upstream_port, self.status_port
         )
@@ -68,6 +70,7 @@ class Stack:
             env={
                 "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{self.processor_port}",
                 "AUDIT_GUARD_EXPORTER__ENDPOINT": endpoints.egress,
+                "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{self.admin_port}",
                 **self.processor_env,
             },
         ).start()

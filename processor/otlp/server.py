@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from ..config import ServerConfig
 from ..pipeline import Pipeline
-from ..telemetry import Telemetry
+from ..telemetry import BatchStats, Telemetry
 from .exporter import DownstreamUnavailable, SpanExporter
 
 __all__ = ["OtlpServer"]
@@ -77,18 +77,23 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
         try:
             # One Export at a time runs the CPU-bound pipeline: under the GIL a second one gains
             # nothing and thrashes the CPU cache; exports downstream still overlap.
+            stats = BatchStats()
             with s.pipeline_lock:
-                traces, count = s.pipeline.process_logs(request, time.time_ns())
-            s.telemetry.inc("audit_records_total", count)
+                traces, count = s.pipeline.process_logs(request, time.time_ns(), stats)
             if count:
+                started = time.monotonic()
                 try:
                     outcome = s.exporter.export(traces, count)
                 except DownstreamUnavailable as exc:
                     s.telemetry.inc("audit_export_unavailable_total")
                     _unavailable(context, f"spans not handed on, keep and retry: {exc}")
+                s.telemetry.observe("audit_export_duration_seconds", time.monotonic() - started)
+                # Counted once handed on: a retried call must not count its records twice.
+                s.telemetry.record_stats(stats)
                 s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
                 if outcome.rejected:
-                    s.telemetry.inc("audit_spans_dropped_total", outcome.rejected)
+                    s.telemetry.inc("audit_spans_dropped_total", outcome.rejected,
+                                    reason=outcome.reason)
             return logs_service_pb2.ExportLogsServiceResponse()
         finally:
             s.slots.release()
@@ -129,7 +134,8 @@ class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
                 _unavailable(context, f"spans not handed on, keep and retry: {exc}")
             s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
             if outcome.rejected:
-                s.telemetry.inc("audit_spans_dropped_total", outcome.rejected)
+                s.telemetry.inc("audit_spans_dropped_total", outcome.rejected,
+                                reason=outcome.reason)
             return trace_service_pb2.ExportTraceServiceResponse()
         finally:
             s.slots.release()
