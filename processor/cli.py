@@ -143,6 +143,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["doctor"]:  # doctor parses its own options (see `doctor --help`)
+        from .doctor import main as doctor_main
+
+        return doctor_main(args_in[1:])
     parser = argparse.ArgumentParser(
         prog="audit-guard",
         description="Keeps audit logs honest: flags truncated, invalid and missing audit records.",
@@ -174,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--config", type=Path, help="YAML config file (audited_paths, routes…)")
     replay.set_defaults(func=_replay)
 
+    sub.add_parser(
+        "doctor", add_help=False,
+        help="find why audit logs go missing: checks nginx, Docker, the app, PostgreSQL and "
+             "collector configs (doctor --help)",
+    )
+
     demo = sub.add_parser(
         "demo", help="run the local demo stack: nginx → collector → processor → Jaeger"
     )
@@ -181,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--requests", type=int, default=40, help="requests in the traffic burst")
     demo.set_defaults(func=_demo)
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     return int(args.func(args))
 
 

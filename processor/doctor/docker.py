@@ -1,0 +1,116 @@
+"""Docker checks: does every line a container writes reach a file the collector reads?
+
+Inputs: the daemon's daemon.json (defaults for new containers) and `docker inspect` output (what
+running containers really use: their LogConfig overrides the daemon defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .app import EnvValues, check_app_env, parse_env_list
+from .findings import Evidence, Finding, Level
+
+__all__ = ["check_daemon_json", "check_inspect", "parse_size"]
+
+SUB = "docker"
+MIN_ROTATION = 100 * 1024 * 1024
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int | None:
+    """Docker's size strings ("10m", "1g", "512k"); None when unparseable or unlimited (-1)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*", text.lower())
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def _log_findings(driver: str, opts: dict[str, str], src: str, who: str) -> list[Finding]:
+    ev = Evidence(src, None, f"{who}: log-driver={driver} {json.dumps(opts, sort_keys=True)}")
+    found: list[Finding] = []
+    if driver == "json-file":
+        found.append(Finding("docker.log_driver", SUB, Level.OK, f"{who}: json-file", ev))
+    elif driver == "local":
+        found.append(Finding(
+            "docker.log_driver", SUB, Level.WARN, f"{who}: log driver `local`", ev,
+            "`docker logs` works, but the files are compressed protobuf: the collector's "
+            "file_log/container parser cannot read them.",
+            'Use "log-driver": "json-file" with max-size/max-file rotation.'))
+    else:
+        found.append(Finding(
+            "docker.log_driver", SUB, Level.FAIL, f"{who}: log driver `{driver}`", ev,
+            f"With `{driver}` nothing is written under /var/lib/docker/containers, so the "
+            "collector reads nothing; journald/syslog also rate-limit and may drop bursts "
+            "silently, and `none` throws every line away.",
+            'Use "log-driver": "json-file" (or ship from the journal with its own checks).'))
+    if opts.get("mode") == "non-blocking":
+        buf = opts.get("max-buffer-size", "1m (default)")
+        found.append(Finding(
+            "docker.log_mode", SUB, Level.FAIL, f"{who}: mode non-blocking, buffer {buf}", ev,
+            "When the ring buffer is full Docker DROPS the new log line: silently, no error, "
+            "no counter. A burst of requests loses audit lines and only gaps show it.",
+            'Remove "mode": "non-blocking" (the default `blocking` never drops).'))
+    if driver == "json-file" and "max-size" in opts:
+        size = parse_size(opts["max-size"])
+        files = int(opts.get("max-file", "1") or 1)
+        if size is not None and size * files < MIN_ROTATION:
+            found.append(Finding(
+                "docker.log_rotation", SUB, Level.WARN,
+                f"{who}: only {size * files // 1024**2} MiB of logs kept "
+                f"({opts['max-size']} x {files})", ev,
+                "A burst can rotate a file away before the collector has read it (or while it "
+                "is down): those lines are gone.",
+                'Keep >= 100 MB per container, e.g. "max-size": "50m", "max-file": "5".'))
+    return found
+
+
+def check_daemon_json(path: Path) -> list[Finding]:
+    data = json.loads(path.read_text())
+    driver = str(data.get("log-driver", "json-file"))
+    opts = {k: str(v) for k, v in (data.get("log-opts") or {}).items()}
+    return _log_findings(driver, opts, str(path), "daemon")
+
+
+def _python_findings(c: dict[str, Any], env: EnvValues, src: str, who: str) -> list[Finding]:
+    cfg = c.get("Config") or {}
+    argv = [*(cfg.get("Entrypoint") or []), *(cfg.get("Cmd") or []),
+            c.get("Path") or "", *(c.get("Args") or [])]
+    text = " ".join([str(cfg.get("Image", "")), *map(str, argv)]).lower()
+    found: list[Finding] = []
+    if "python" in text or "gunicorn" in text:
+        unbuffered = env.get("PYTHONUNBUFFERED", ("", None))[0] not in ("", "0")
+        if not unbuffered and "-u" not in argv:
+            found.append(Finding(
+                "docker.python_unbuffered", SUB, Level.WARN,
+                f"{who}: Python without PYTHONUNBUFFERED", Evidence(src, None, text[:200]),
+                "stdout to a pipe is block-buffered: print() output sits in memory and is lost "
+                "when the process is killed, and arrives late and out of order otherwise.",
+                "Set PYTHONUNBUFFERED=1 in the container environment (or run python -u)."))
+    if "gunicorn" in text and "--capture-output" not in text:
+        found.append(Finding(
+            "docker.gunicorn_capture", SUB, Level.WARN,
+            f"{who}: gunicorn without --capture-output", Evidence(src, None, text[:200]),
+            "Worker stdout/stderr bypasses gunicorn's logging: print()/tracebacks are not "
+            "timestamped, may be buffered and interleave with other lines.",
+            "Add --capture-output (with --error-logfile -)."))
+    return found
+
+
+def check_inspect(path: Path, with_app: bool = True) -> list[Finding]:
+    data = json.loads(path.read_text())
+    containers = data if isinstance(data, list) else [data]
+    found: list[Finding] = []
+    for c in containers:
+        who = str(c.get("Name", "") or c.get("Id", "?")[:12]).lstrip("/")
+        log = (c.get("HostConfig") or {}).get("LogConfig") or {}
+        opts = {k: str(v) for k, v in (log.get("Config") or {}).items()}
+        found.extend(_log_findings(str(log.get("Type", "json-file")), opts, str(path), who))
+        env = parse_env_list((c.get("Config") or {}).get("Env") or [])
+        found.extend(_python_findings(c, env, str(path), who))
+        # Dify's settings live in the api container's env: check them when they are there.
+        if with_app and any(k in env for k in ("LOG_OUTPUT_FORMAT", "ENABLE_REQUEST_LOGGING",
+                                               "ENABLE_OTEL")):
+            found.extend(check_app_env(env, f"{path} ({who})"))
+    return found

@@ -1,0 +1,165 @@
+"""audit-guard doctor: nginx, Docker, app checks and the CLI, on real inputs.
+
+Every nginx config here is first accepted by the real `nginx -t`, so the checks are proven on
+configs nginx would run, not on shapes only the parser likes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from processor.demo.nginx import nginx_argv, render_nginx_conf
+from processor.doctor import main
+from processor.doctor.app import check_app_env, parse_env_file
+from processor.doctor.docker import check_daemon_json, check_inspect
+from processor.doctor.findings import Finding, Level
+from processor.doctor.nginx import check_nginx
+
+FIX = Path(__file__).parent / "doctor_fixtures"
+
+
+def levels(findings: list[Finding], check: str) -> list[Level]:
+    return [f.level for f in findings if f.check == check]
+
+
+def nginx_t(conf: Path) -> None:
+    proc = subprocess.run([*nginx_argv(conf), "-t"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def dify_conf(tmp: Path, *, log_line: str | None = None, log_format: str | None = None) -> Path:
+    """Dify-shaped nginx.conf (+ its proxy.conf) in tmp, optionally with another access_log
+    line / log_format, checked by nginx -t."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "proxy.conf").write_text((FIX / "dify_proxy.conf").read_text())
+    text = (FIX / "dify_nginx.conf").read_text().replace("@TMP@", str(tmp))
+    text = text.replace("@UP@", "127.0.0.1:5001").replace("@PORT@", "18099")
+    if log_format:
+        text = text.replace("    access_log ", f"    {log_format}\n    access_log ", 1)
+    if log_line:
+        text = text.replace(f"access_log {tmp}/access.log main;", log_line)
+    conf = tmp / "nginx.conf"
+    conf.write_text(text)
+    nginx_t(conf)
+    return conf
+
+
+@pytest.fixture
+def demo_conf(tmp_path: Path) -> Path:
+    conf = render_nginx_conf(tmp_path / "demo", 18080, 18081, 18082).conf
+    nginx_t(conf)
+    return conf
+
+
+def test_dify_stock_config_is_flagged(tmp_path: Path) -> None:
+    found = check_nginx(dify_conf(tmp_path))
+    # /console/api, /api, /v1 and / proxy audited paths; /files does not.
+    assert levels(found, "nginx.proxy_buffering") == [Level.WARN]  # one proxy.conf line
+    fields = [f for f in found if f.check == "nginx.access_log_fields"]
+    assert [f.level for f in fields] == [Level.FAIL]
+    for missing in ("request_id", "request_completion", "upstream_response_length", "identity"):
+        assert missing in fields[0].title
+    assert "body_bytes_sent" not in fields[0].title
+    assert fields[0].evidence.line == 15 and "log_format main" in str(fields[0].evidence.value)
+    assert set(levels(found, "nginx.request_id_upstream")) == {Level.WARN}
+    assert levels(found, "nginx.error_log_level") == [Level.WARN]
+    assert levels(found, "nginx.status_endpoint") == [Level.WARN]
+    assert not levels(found, "nginx.log_escape") and not levels(found, "nginx.access_log_buffer")
+
+
+def test_demo_config_is_healthy(demo_conf: Path) -> None:
+    found = check_nginx(demo_conf)
+    assert levels(found, "nginx.access_log_fields") == [Level.OK]
+    assert levels(found, "nginx.request_id_upstream") == [Level.OK]
+    assert levels(found, "nginx.error_log_level") == [Level.OK]
+    assert levels(found, "nginx.status_endpoint") == [Level.OK]
+    # Streaming like Dify is a deliberate choice, still reported so operators watch the error log.
+    assert levels(found, "nginx.proxy_buffering") == [Level.WARN]
+    assert not [f for f in found if f.level is Level.FAIL]
+
+
+def test_nginx_T_output_gives_the_same_findings(demo_conf: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([*nginx_argv(demo_conf), "-T"], capture_output=True, text=True,
+                          check=True)
+    dump = tmp_path / "nginx-T.txt"
+    dump.write_text(proc.stdout)
+    assert check_nginx(dump=dump) == check_nginx(demo_conf)
+
+
+def test_json_format_without_escape_and_buffered_log(tmp_path: Path) -> None:
+    fmt = ("log_format j '{\"request_id\":\"$request_id\",\"c\":\"$request_completion\","
+           "\"b\":$body_bytes_sent,\"u\":\"$upstream_response_length\","
+           "\"user_id\":\"$upstream_http_x_audit_user_id\"}';")
+    conf = dify_conf(tmp_path, log_format=fmt,
+                     log_line=f"access_log {tmp_path}/access.log j buffer=32k;")
+    found = check_nginx(conf)
+    assert levels(found, "nginx.access_log_fields") == [Level.OK]
+    assert levels(found, "nginx.log_escape") == [Level.FAIL]
+    assert levels(found, "nginx.access_log_buffer") == [Level.WARN]
+    # With escape=json and flush= both findings go away.
+    conf = dify_conf(tmp_path / "fixed", log_format=fmt.replace("j '", "j escape=json '"),
+                     log_line=f"access_log {tmp_path}/access.log j buffer=32k flush=1s;")
+    found = check_nginx(conf)
+    assert not levels(found, "nginx.log_escape") and not levels(found, "nginx.access_log_buffer")
+
+
+def test_docker_daemon_json() -> None:
+    assert {f.level for f in check_daemon_json(FIX / "daemon_good.json")} == {Level.OK}
+    lossy = check_daemon_json(FIX / "daemon_lossy.json")
+    assert levels(lossy, "docker.log_mode") == [Level.FAIL]
+    assert "4m" in lossy[1].title and "DROPS" in lossy[1].why
+    assert levels(lossy, "docker.log_rotation") == [Level.WARN]  # 10m x 3 = 30 MiB
+    assert levels(check_daemon_json(FIX / "daemon_journald.json"), "docker.log_driver") == [
+        Level.FAIL]
+
+
+def test_docker_inspect() -> None:
+    found = check_inspect(FIX / "inspect.json")
+    api = [f for f in found if "docker-api-1" in f.title or "docker-api-1" in str(
+        f.evidence.file)]
+    assert levels(api, "docker.log_mode") == [Level.FAIL]
+    assert levels(api, "docker.log_rotation") == [Level.WARN]  # 5m, one file
+    assert levels(api, "docker.python_unbuffered") == [Level.WARN]
+    assert levels(api, "docker.gunicorn_capture") == [Level.WARN]
+    # Dify settings in the api container's Env are checked too.
+    assert levels(api, "app.log_format") == [Level.WARN]
+    assert levels(api, "app.request_logging") == [Level.WARN]
+    worker = [f for f in found if "docker-worker-1" in f.title]
+    assert [f.level for f in worker] == [Level.OK]  # python -u, json-file 100m
+    nginx = [f for f in found if "docker-nginx-1" in f.title]
+    assert levels(nginx, "docker.log_driver") == [Level.FAIL]
+
+
+def test_app_env() -> None:
+    bad = check_app_env(parse_env_file(FIX / "dify_bad.env"), "dify_bad.env")
+    assert {f.check: f.level for f in bad} == {
+        "app.log_format": Level.WARN, "app.request_logging": Level.WARN,
+        "app.otel_sampling": Level.WARN}
+    assert bad[0].evidence.line == 3
+    good = check_app_env(parse_env_file(FIX / "dify_good.env"), "dify_good.env")
+    assert {f.level for f in good} == {Level.OK} and len(good) == 3
+
+
+def test_cli_exit_codes_and_json(demo_conf: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--app-env", str(FIX / "dify_good.env")]) == 0
+    assert main(["--nginx-conf", str(demo_conf)]) == 1
+    out = capsys.readouterr().out
+    assert "WARN" in out and "fix:" in out and "0 fail, 1 warn" in out
+    assert main(["--docker-daemon-json", str(FIX / "daemon_lossy.json"), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["exit_code"] == 2
+    assert {"check", "subsystem", "level", "title", "evidence", "why", "fix"} <= set(
+        doc["findings"][0])
+    # Usage errors: 3, never confused with a finding.
+    assert main([]) == 3
+    assert main(["--bogus"]) == 3
+    assert main(["--app-env", str(tmp_path / "missing.env")]) == 3
+    bad = tmp_path / "bad.conf"
+    bad.write_text("http { server { ")
+    assert main(["--nginx-conf", str(bad)]) == 3
+    assert "audit-guard doctor:" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""audit-guard doctor: PostgreSQL checks against a REAL PostgreSQL 15 with pgaudit (tests/pg.py).
+
+Three time-partitioned tables: one with rows in its DEFAULT partition, one without a partition
+for the current month, one healthy (this month and the next three). The doctor must flag the
+first two and pass the third.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg import PgInstance, running_postgres
+
+from processor.doctor import main
+from processor.doctor.findings import Finding, Level
+from processor.doctor.postgres import check_postgres
+
+SETUP = """
+CREATE TABLE audit_in_default (at timestamptz NOT NULL, what text) PARTITION BY RANGE (at);
+CREATE TABLE audit_in_default_old PARTITION OF audit_in_default
+    FOR VALUES FROM ('2000-01-01') TO ('2000-02-01');
+CREATE TABLE audit_in_default_def PARTITION OF audit_in_default DEFAULT;
+INSERT INTO audit_in_default VALUES (now(), 'landed in default');
+
+CREATE TABLE audit_stale (at timestamptz NOT NULL, what text) PARTITION BY RANGE (at);
+CREATE TABLE audit_stale_old PARTITION OF audit_stale
+    FOR VALUES FROM ('2000-01-01') TO ('2000-02-01');
+
+CREATE TABLE audit_ok (at date NOT NULL, what text) PARTITION BY RANGE (at);
+DO $$
+DECLARE m date := date_trunc('month', now())::date;
+BEGIN
+  FOR i IN 0..3 LOOP
+    EXECUTE format('CREATE TABLE audit_ok_%s PARTITION OF audit_ok FOR VALUES FROM (%L) TO (%L)',
+                   i, m + make_interval(months => i), m + make_interval(months => i + 1));
+  END LOOP;
+END $$;
+INSERT INTO audit_ok VALUES (now(), 'fine');
+"""
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgInstance]:
+    with running_postgres(tmp_path_factory.mktemp("pg")) as instance:
+        instance.psql(SETUP)
+        yield instance
+
+
+def by_check(found: list[Finding], check: str) -> list[Finding]:
+    return [f for f in found if f.check == check]
+
+
+def test_partition_checks(pg: PgInstance) -> None:
+    found = check_postgres(pg.dsn)
+    default = by_check(found, "postgres.default_partition_rows")
+    assert [(f.level, f.evidence.value) for f in default] == [
+        (Level.FAIL, "audit_in_default_def")]
+    now = {f.title.split(":")[0]: f.level for f in by_check(found, "postgres.partition_now")}
+    assert now["audit_stale"] is Level.FAIL
+    assert now["audit_in_default"] is Level.FAIL  # only the DEFAULT takes today's rows
+    assert now["audit_ok"] is Level.OK
+    assert not [f for f in found if "audit_ok" in f.title and f.level is not Level.OK]
+
+
+def test_next_period_missing_is_a_warning(pg: PgInstance) -> None:
+    pg.psql("""
+CREATE TABLE audit_short (at timestamptz NOT NULL) PARTITION BY RANGE (at);
+CREATE TABLE audit_short_now PARTITION OF audit_short
+    FOR VALUES FROM (now() - interval '1 day') TO (now() + interval '1 hour');
+""")
+    try:
+        found = check_postgres(pg.dsn)
+        short = [f for f in found if f.title.startswith("audit_short")]
+        assert [(f.check, f.level) for f in short] == [("postgres.partition_next", Level.WARN)]
+    finally:
+        pg.psql("DROP TABLE audit_short;")
+
+
+def test_pgaudit_and_logging_checks(pg: PgInstance) -> None:
+    found = check_postgres(pg.dsn)
+    # tests/pg.py runs pgaudit.log=all, log_parameter/log_relation on, logging_collector on.
+    for check in ("postgres.pgaudit_loaded", "postgres.pgaudit_log",
+                  "postgres.logging_collector", "postgres.log_disk"):
+        assert [f.level for f in by_check(found, check)] == [Level.OK], check
+    assert not by_check(found, "postgres.log_parameter")
+    assert by_check(found, "postgres.log_disk")[0].evidence.file == str(pg.log_dir)
+
+
+def test_weak_pgaudit_settings_are_found(pg: PgInstance) -> None:
+    # Per-database settings apply to new sessions: the doctor's connection sees them.
+    pg.psql("CREATE DATABASE weak; ALTER DATABASE weak SET pgaudit.log = 'read, misc';"
+            "ALTER DATABASE weak SET pgaudit.log_parameter = off;")
+    found = check_postgres(pg.dsn.rsplit("/", 1)[0] + "/weak")
+    assert [f.level for f in by_check(found, "postgres.pgaudit_log")] == [Level.WARN]
+    assert "write, ddl, role" in by_check(found, "postgres.pgaudit_log")[0].title
+    assert [f.level for f in by_check(found, "postgres.log_parameter")] == [Level.WARN]
+    # No CREATE EXTENSION in that database.
+    assert [f.level for f in by_check(found, "postgres.pgaudit_loaded")] == [Level.WARN]
+
+
+def test_cli_against_postgres(pg: PgInstance, tmp_path: Path) -> None:
+    assert main(["--postgres", pg.dsn, "--json"]) == 2  # the two broken tables
+    dead = f"postgresql://postgres@127.0.0.1:{pg.port + 1}/postgres"
+    assert main(["--postgres", dead]) == 2  # cannot connect: a fail finding, not a crash
