@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +52,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"audit-guard: cannot serve /metrics on admin.listen={settings.admin.listen}: "
               f"{exc}", file=sys.stderr)
         return 2
+    from .rules import RuleError
+
+    try:
+        pipeline = Pipeline(settings)
+    except RuleError as exc:
+        print(f"audit-guard: audit rules refused, not starting:\n{exc}", file=sys.stderr)
+        return 2
     server = OtlpServer(
-        settings.server, Pipeline(settings), SpanExporter(settings.exporter),
-        Telemetry(meter_provider),
+        settings.server, pipeline, SpanExporter(settings.exporter), Telemetry(meter_provider)
     )
     try:
         server.start()
@@ -78,10 +85,56 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    reload_rules = _rules_reloader(settings, pipeline)
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_rules).start())
+    if settings.rules_files:
+        threading.Thread(target=_watch_files, args=(settings.rules_files, reload_rules),
+                         name="rules-watch", daemon=True).start()
     server.wait()
     meter_provider.shutdown()  # pushes the last OTLP metrics, if configured
     logging.getLogger("audit_guard").info("stopped; counters: %s", server.telemetry.snapshot())
     return 0
+
+
+def _rules_reloader(settings: Settings, pipeline: Any) -> Any:
+    """Recompile the rule files and swap them in; a set with any error is refused whole and the
+    running set stays (the error names the rule and the position in its expression)."""
+    from .rules import RuleError
+
+    log = logging.getLogger("audit_guard.rules")
+    lock = threading.Lock()
+
+    def reload() -> None:
+        with lock:
+            try:
+                new = pipeline.rules.load_files(settings.rules_files,
+                                                include_builtin=settings.builtin_rules)
+            except RuleError as exc:
+                log.error("audit rules NOT reloaded; the previous set stays active:\n%s", exc)
+                return
+            log.info("audit rules reloaded: %d rule(s): %s", len(new), ", ".join(new.names))
+
+    return reload
+
+
+def _watch_files(paths: list[Path], on_change: Any, interval: float = 2.0) -> None:
+    def stamp() -> list[tuple[int, int] | None]:
+        out: list[tuple[int, int] | None] = []
+        for path in paths:
+            try:
+                st = path.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return out
+
+    last = stamp()
+    while True:
+        time.sleep(interval)
+        now = stamp()
+        if now != last:
+            last = now
+            on_change()
 
 
 def _meter_provider(settings: Settings) -> MeterProvider:

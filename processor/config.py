@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     app_field_map: dict[str, str] = Field(default_factory=dict)
     # PostgreSQL stderr logs: the server's log_line_prefix, when not one of the common ones.
     pgaudit_log_line_prefix: str | None = None
+    # Audit rules: the built-in set (processor/rules/builtin.yaml) and/or YAML rule files.
+    # Reloaded on SIGHUP and when a file changes; a set with any error is refused as a whole.
+    builtin_rules: bool = True
+    rules_files: list[Path] = Field(default_factory=list)
     # An app record read more than this long after it was written is flagged `delayed`.
     lag_threshold_s: Seconds = 5.0
     # How many recent records per source are remembered to spot duplicates.

@@ -25,6 +25,7 @@ from .correlate.duplicates import Deduplicator
 from .correlate.traces import assign_ids
 from .record import AuditRecord, RecordBatch
 from .routes import DIFY_ROUTES, RouteTable
+from .rules import RuleRegistry, RuleSet
 from .sources import app, nginx_access, pgaudit
 from .sources.app import FieldMapping
 from .spans import SpanBatch, SpanBuilder
@@ -82,8 +83,12 @@ def _attribute(attributes: Iterable[KeyValue], key: str) -> str | None:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rules: RuleRegistry | None = None) -> None:
         self._settings = settings
+        # Raises RuleError for a bad rule file: the caller fails fast at start-up.
+        self.rules = rules or RuleRegistry(
+            RuleSet.from_files(settings.rules_files, include_builtin=settings.builtin_rules)
+        )
         self._validate = AuditFieldValidator(settings.audited_path_regex())
         self._routes = RouteTable([*DIFY_ROUTES, *settings.routes])
         self._dedup = Deduplicator(settings.dedup_max_records)
@@ -195,13 +200,14 @@ class Pipeline:
 
     # check + correlate -------------------------------------------------------------------
     def check(self, batch: RecordBatch) -> RecordBatch:
-        """check (truncation, fields, lag) → correlate (route, ids, duplicates)."""
+        """check (truncation, fields, lag) → correlate (route, ids, duplicates) → rules."""
         check_truncation(batch)
         self._validate(batch)
         check_lag(batch, self._lag_ns)
         batch.route = self._routes.routes(batch.path)
         assign_ids(batch)
         self._dedup(batch)
+        self.rules.flag(batch)
         return batch
 
     def check_one(self, rec: AuditRecord) -> AuditRecord:
@@ -251,7 +257,7 @@ class Pipeline:
                 batch = self.check(self._parse_rows(source, rows, start, start + CHUNK_ROWS))
                 spans.spans += self.span_builder.spans(batch, now_ns)
                 if stats is not None:
-                    stats.add_batch(batch)
+                    stats.add_batch(batch, self.rules.current)
             parts.append(spans.request_bytes())
             count += len(rows.bodies)
         return b"".join(parts), count

@@ -290,8 +290,12 @@ class SpanBuilder:
         if batch.flags:
             flagged = [b""] * n
             cache = self._cache("audit.flags")
+            rules_cache = self._cache("audit.rules")
             for i, found in batch.flags.items():
                 flagged[i] = cache.column([tuple(found)])[0]
+                rules = tuple(f[5:] for f in found if f.startswith("rule:"))
+                if rules:
+                    flagged[i] += rules_cache.column([rules])[0]
             columns.append(flagged)
         if True in batch.trace_id_generated:
             columns.append([self._generated if g else b"" for g in batch.trace_id_generated])

@@ -20,6 +20,8 @@ from .record import RecordBatch
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
 
+    from .rules import RuleSet
+
 __all__ = ["INSTRUMENTS", "LAG_BUCKETS_S", "BatchStats", "Instrument", "Telemetry"]
 
 
@@ -49,6 +51,8 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "records seen again (same source, trace and span id)", ("source",)),
     Instrument("audit_records_malformed_total", "counter", "{record}",
                "records that are not of their format at all (exported flagged)", ("source",)),
+    Instrument("audit_rule_matches_total", "counter", "{record}",
+               "records matched by an audit rule", ("rule", "severity")),
     Instrument("audit_ingest_lag_seconds", "histogram", "s",
                "time from the app writing a record to the container runtime reading it",
                ("source",)),
@@ -77,8 +81,9 @@ class BatchStats:
     duplicates: Counter[str] = field(default_factory=Counter)
     malformed: Counter[str] = field(default_factory=Counter)
     lags_s: dict[str, list[float]] = field(default_factory=dict)
+    rule_matches: Counter[tuple[str, str]] = field(default_factory=Counter)
 
-    def add_batch(self, batch: RecordBatch) -> None:
+    def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
         self.records[source] += len(batch)
         for reasons in batch.truncation_reasons.values():
@@ -94,6 +99,10 @@ class BatchStats:
                 self.duplicates[source] += 1
             if flags.MALFORMED in found:
                 self.malformed[source] += 1
+            if rules is not None:
+                for flag in found:
+                    if flag.startswith("rule:") and flag[5:] in rules.names:
+                        self.rule_matches[(flag[5:], rules[flag[5:]].severity)] += 1
         if any(batch.observed_time_unix_nano):
             lags = self.lags_s.setdefault(source, [])
             for seen, logged in zip(batch.observed_time_unix_nano, batch.time_unix_nano,
@@ -154,6 +163,8 @@ class Telemetry:
             self.inc("audit_records_duplicate_total", n, source=source)
         for source, n in stats.malformed.items():
             self.inc("audit_records_malformed_total", n, source=source)
+        for (rule, severity), n in stats.rule_matches.items():
+            self.inc("audit_rule_matches_total", n, rule=rule, severity=severity)
         for source, lags in stats.lags_s.items():
             for lag in lags:
                 self.observe("audit_ingest_lag_seconds", lag, source=source)

@@ -256,3 +256,53 @@ def test_metrics_endpoint_counts_what_was_handed_on(downstream) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_rules_reload_on_sighup_and_refuse_a_broken_set(tmp_path, downstream) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- name: parameters_read\n  when: path == '/v1/parameters'\n"
+                     "  severity: info\n")
+    port = free_port()
+    proc = _serve({"AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{port}",
+                   "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}",
+                   "AUDIT_GUARD_RULES_FILES": f'["{rules}"]',
+                   "AUDIT_GUARD_BUILTIN_RULES": "false"})
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = logs_service_pb2_grpc.LogsServiceStub(channel)
+
+    def flags_of_next_span() -> list[str]:
+        before = len(downstream.spans())
+        stub.Export(logs_request(LINE), timeout=10)
+        span = downstream.spans()[before]
+        attrs = {kv.key: kv.value for kv in span.attributes}
+        return [v.string_value for v in attrs["audit.flags"].array_value.values] \
+            if "audit.flags" in attrs else []
+
+    try:
+        wait_until(lambda: port_open(port), 30, "audit-guard serve to listen")
+        assert flags_of_next_span() == ["rule:parameters_read"]
+        # a broken set is refused whole; the running set stays
+        rules.write_text("- name: parameters_read\n  when: path == == 'x'\n  severity: info\n"
+                         "- name: other\n  when: status == `200`\n  severity: low\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(3)
+        # (the same line again is also flagged `duplicate`: rule flags are what matters here)
+        still = flags_of_next_span()
+        assert "rule:parameters_read" in still and "rule:other" not in still
+        # a good set replaces it (also picked up by the file watch, without a signal)
+        rules.write_text("- name: ok_answers\n  when: status == `200`\n  severity: low\n")
+        wait_until(lambda: "rule:ok_answers" in flags_of_next_span(), 15, "the new rule set")
+    finally:
+        channel.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert "audit rules NOT reloaded" in err and "position" in err
+    assert "audit rules reloaded: 1 rule(s): ok_answers" in err
+
+
+def test_broken_rules_file_stops_start_up(tmp_path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- name: bad\n  when: status ==\n  severity: high\n")
+    proc = _serve({"AUDIT_GUARD_RULES_FILES": f'["{rules}"]'})
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "rule 'bad'" in err and "position" in err
