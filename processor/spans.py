@@ -164,9 +164,21 @@ class SpanBuilder:
     def __init__(self) -> None:
         self._c: dict[str, _KeyCache] = {}
         self._names: dict[tuple[str, str | None], bytes] = {}
+        self._flags: dict[tuple[str, ...], bytes] = {}  # a record's flags → encoded attributes
         self._valid = {v: encode_attribute("audit.valid", v) for v in (True, False)}
         self._truncated = encode_attribute("audit.truncated", True)
         self._generated = encode_attribute("audit.trace_id.generated", True)
+
+    def _encode_flags(self, found: tuple[str, ...]) -> bytes:
+        """`audit.flags`, and `audit.rules` (the names of the matched rules) when any."""
+        blob = encode_attribute("audit.flags", found)
+        rules = tuple(f[5:] for f in found if f.startswith("rule:"))
+        if rules:
+            blob += encode_attribute("audit.rules", rules)
+        if len(self._flags) >= 50_000:
+            self._flags.clear()
+        self._flags[found] = blob
+        return blob
 
     def _cache(self, key: str) -> _KeyCache:
         cache = self._c.get(key)
@@ -289,13 +301,13 @@ class SpanBuilder:
             columns.append(truncated)
         if batch.flags:
             flagged = [b""] * n
-            cache = self._cache("audit.flags")
-            rules_cache = self._cache("audit.rules")
+            encoded = self._flags
             for i, found in batch.flags.items():
-                flagged[i] = cache.column([tuple(found)])[0]
-                rules = tuple(f[5:] for f in found if f.startswith("rule:"))
-                if rules:
-                    flagged[i] += rules_cache.column([rules])[0]
+                key = tuple(found)
+                blob = encoded.get(key)
+                if blob is None:
+                    blob = self._encode_flags(key)
+                flagged[i] = blob
             columns.append(flagged)
         if True in batch.trace_id_generated:
             columns.append([self._generated if g else b"" for g in batch.trace_id_generated])

@@ -38,17 +38,19 @@ LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 USERS = [f"user-{i}" for i in range(200)]
 APPS = [f"app-{i}" for i in range(20)]
-PATHS = [
-    ("POST", "/v1/chat-messages"),
-    ("GET", "/v1/datasets/{}/documents"),
-    ("PUT", "/v1/model-configs"),
-    ("GET", "/v1/parameters"),
-    ("POST", "/v1/completion-messages"),
-]
+# A service-API mix (weights per 100 requests): chat dominates; a model configuration change
+# is rare. Every 10th response is 4xx/5xx, every 50th is cut short, every 97th has no user.
+PATHS = (
+    [("POST", "/v1/chat-messages")] * 60
+    + [("POST", "/v1/completion-messages")] * 15
+    + [("GET", "/v1/datasets/{}/documents")] * 15
+    + [("GET", "/v1/parameters")] * 9
+    + [("PUT", "/v1/model-configs")] * 1
+)
 
 
 def make_line(i: int) -> bytes:
-    method, path = PATHS[i % len(PATHS)]
+    method, path = PATHS[(i * 37) % len(PATHS)]
     status = 200 if i % 10 else (403 if i % 20 else 502)
     sent = 2048 if i % 50 else 512  # every 50th response is cut short
     return orjson.dumps({

@@ -7,6 +7,7 @@ than the upstream delivered. A cut JSON line (the log record itself) is found by
 
 from __future__ import annotations
 
+from itertools import compress
 from operator import lt
 
 from .. import flags
@@ -18,11 +19,12 @@ __all__ = ["check_truncation"]
 _BODYLESS_STATUS = frozenset({204, 304})
 
 
-def _any_short(sent: list[int | None], expected: list[int | None]) -> bool:
-    """Might any row have sent fewer bytes than expected? (C-level when no value is missing.)"""
-    if None in sent or None in expected:
-        return True  # can't tell without looking at rows
-    return any(map(lt, sent, expected))
+def _short_rows(sent: list[int | None], expected: list[int | None]) -> set[int]:
+    """Rows that sent fewer body bytes than expected (C-level when no value is missing)."""
+    if None not in sent and None not in expected:
+        return set(compress(range(len(sent)), map(lt, sent, expected)))
+    return {i for i, (s, e) in enumerate(zip(sent, expected, strict=True))
+            if s is not None and e is not None and s < e}
 
 
 def check_truncation(batch: RecordBatch) -> None:
@@ -31,25 +33,19 @@ def check_truncation(batch: RecordBatch) -> None:
         for i, done in enumerate(batch.completed):
             if done is False:
                 reasons.setdefault(i, []).append(flags.REQUEST_INCOMPLETE)
+    sent = batch.body_bytes_sent
+    short_of_promise = _short_rows(sent, batch.content_length)
+    # A proxy compressing the body makes it legitimately smaller than the upstream's.
+    short_of_upstream = {i for i in _short_rows(sent, batch.upstream_length)
+                         if not batch.compressed[i]}
     methods, statuses = batch.method, batch.status
-    sent_col = batch.body_bytes_sent
-    promised, upstream, compressed = batch.content_length, batch.upstream_length, batch.compressed
-    # The usual batch has every body sent whole: then no row needs a visit.
-    if _any_short(sent_col, promised) or _any_short(sent_col, upstream):
-        for i, sent in enumerate(sent_col):
-            if sent is None:
-                continue
-            p, u = promised[i], upstream[i]
-            short_of_promise = p is not None and sent < p
-            short_of_upstream = u is not None and sent < u and not compressed[i]
-            if not (short_of_promise or short_of_upstream):
-                continue
-            status = statuses[i]
-            if methods[i] == "HEAD" or (
-                status is not None and (status < 200 or status in _BODYLESS_STATUS)
-            ):
-                continue  # no body was due
-            reasons.setdefault(i, []).append(flags.RESPONSE_SHORT)
+    for i in sorted(short_of_promise | short_of_upstream):
+        status = statuses[i]
+        if methods[i] == "HEAD" or (
+            status is not None and (status < 200 or status in _BODYLESS_STATUS)
+        ):
+            continue  # no body was due
+        reasons.setdefault(i, []).append(flags.RESPONSE_SHORT)
     for i in sorted(reasons):
         for reason in reasons[i]:
             batch.add_flag(i, flags.truncated(reason))
