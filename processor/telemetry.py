@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
     from .rules import RuleSet
 
-__all__ = ["INSTRUMENTS", "LAG_BUCKETS_S", "BatchStats", "Instrument", "Telemetry"]
+__all__ = [
+    "FLAGGED_PER_BATCH", "INSTRUMENTS", "LAG_BUCKETS_S", "BatchStats", "Instrument", "Telemetry",
+    "flagged_record",
+]
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,25 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
     Instrument("audit_metrics_received_total", "counter", "{metric}",
                "metrics received from the collector (nginx VTS / stub_status)"),
 )}
+FLAGGED_PER_BATCH = 100
 LAG_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 EXPORT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def flagged_record(batch: RecordBatch, i: int) -> dict[str, object]:
+    """A flagged record as the admin API shows it."""
+    return {
+        "time_unix_nano": batch.time_unix_nano[i],
+        "source": batch.source,
+        "trace_id": batch.trace_id[i].hex(),
+        "span_id": batch.span_id[i].hex(),
+        "flags": list(batch.flags.get(i, ())),
+        "user_id": batch.user_id[i],
+        "app_id": batch.app_id[i],
+        "method": batch.method[i],
+        "path": batch.path[i],
+        "status": batch.status[i],
+    }
 
 
 @dataclass
@@ -82,6 +102,8 @@ class BatchStats:
     malformed: Counter[str] = field(default_factory=Counter)
     lags_s: dict[str, list[float]] = field(default_factory=dict)
     rule_matches: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Up to FLAGGED_PER_BATCH flagged records per batch, for the admin API's recent-flags view.
+    flagged: list[dict[str, object]] = field(default_factory=list)
 
     def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
@@ -92,7 +114,11 @@ class BatchStats:
         for found in batch.violations.values():
             for violation in found:
                 self.violations[violation.partition(":")[2]] += 1
-        for found in batch.flags.values():
+        room = FLAGGED_PER_BATCH
+        for i, found in batch.flags.items():
+            if room:
+                self.flagged.append(flagged_record(batch, i))
+                room -= 1
             if flags.DELAYED in found:
                 self.delayed[source] += 1
             if flags.DUPLICATE in found:
