@@ -24,7 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +119,10 @@ def _require_programs() -> None:
         raise PostgresError(f"missing {', '.join(missing)}: run scripts/bootstrap")
 
 
-def _server_argv(data_dir: Path, log_dir: Path, socket_dir: Path, port: int) -> list[str]:
+def _server_argv(
+    data_dir: Path, log_dir: Path, socket_dir: Path, port: int, extra: Sequence[str] = ()
+) -> list[str]:
+    settings = [arg for setting in extra for arg in ("-c", setting)]
     return _as_postgres(
         str(BIN / "postgres"), "-D", str(data_dir),
         "-c", "shared_preload_libraries=pgaudit",
@@ -135,6 +138,7 @@ def _server_argv(data_dir: Path, log_dir: Path, socket_dir: Path, port: int) -> 
         "-c", "listen_addresses=127.0.0.1",
         "-p", str(port),
         "-k", str(socket_dir),
+        *settings,
     )
 
 
@@ -181,8 +185,10 @@ def _stop(server: subprocess.Popen[bytes], data_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_postgres(tmp_path: Path) -> Iterator[PgInstance]:
+def running_postgres(tmp_path: Path, settings: Sequence[str] = ()) -> Iterator[PgInstance]:
     """A started PostgreSQL 15 with pgaudit (extension created), stopped on exit.
+
+    `settings`: extra server settings, e.g. ["archive_mode=on"].
 
     Connect as the superuser `postgres` to the database `postgres`; the logs are
     `log_dir/pg.log` (stderr format, prefix LOG_LINE_PREFIX), `pg.csv` and `pg.json`.
@@ -208,7 +214,7 @@ def running_postgres(tmp_path: Path) -> Iterator[PgInstance]:
             with startup_log.open("ab") as err:
                 # cwd: the postgres user must be able to enter it (not so /root or /work/...).
                 server = subprocess.Popen(
-                    _server_argv(data_dir, log_dir, socket_dir, port), cwd=base,
+                    _server_argv(data_dir, log_dir, socket_dir, port, settings), cwd=base,
                     stdout=err, stderr=err, stdin=subprocess.DEVNULL,
                 )
             try:

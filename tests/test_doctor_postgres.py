@@ -7,6 +7,7 @@ first two and pass the third.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,26 @@ def test_cli_against_postgres(pg: PgInstance, tmp_path: Path) -> None:
     assert main(["--postgres", pg.dsn, "--json"]) == 2  # the two broken tables
     dead = f"postgresql://postgres@127.0.0.1:{pg.port + 1}/postgres"
     assert main(["--postgres", dead]) == 2  # cannot connect: a fail finding, not a crash
+
+
+def test_failing_wal_archiving_is_found(tmp_path: Path) -> None:
+    """archive_command fails (`false`): pg_stat_archiver.failed_count grows → fail finding."""
+    settings = ["wal_level=replica", "archive_mode=on", "archive_command=false",
+                "archive_timeout=0"]
+    with running_postgres(tmp_path, settings) as pg:
+        pg.psql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000);"
+                "SELECT pg_switch_wal();")
+        deadline = time.monotonic() + 30
+        found: list[Finding] = []
+        while time.monotonic() < deadline:
+            found = by_check(check_postgres(pg.dsn), "postgres.archiver")
+            if found and found[0].level is Level.FAIL:
+                break
+            time.sleep(0.5)
+        (archiver,) = found
+        assert archiver.level is Level.FAIL and "archiv" in archiver.title.lower()
+
+
+def test_healthy_archiving_is_ok(pg: PgInstance) -> None:
+    # archive_mode is off on the shared instance: nothing to report, no false alarm
+    assert by_check(check_postgres(pg.dsn), "postgres.archiver") == []
