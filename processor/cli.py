@@ -41,17 +41,21 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from .admin import AdminServer, AdminState, bind_admin_socket, create_app
     from .otlp.exporter import SpanExporter
     from .otlp.server import OtlpServer
     from .pipeline import Pipeline
     from .telemetry import Telemetry
 
     try:
-        meter_provider = _meter_provider(settings)
+        # Bound here, before anything starts: a taken admin port must stop start-up (exit 2),
+        # not leave a service running without health checks or metrics.
+        admin_sock = bind_admin_socket(settings.admin.listen)
     except OSError as exc:
-        print(f"audit-guard: cannot serve /metrics on admin.listen={settings.admin.listen}: "
-              f"{exc}", file=sys.stderr)
+        print(f"audit-guard: cannot serve the admin API and /metrics on admin.listen="
+              f"{settings.admin.listen}: {exc}", file=sys.stderr)
         return 2
+    meter_provider = _meter_provider(settings)
     from .rules import RuleError
 
     try:
@@ -62,11 +66,23 @@ def _serve(args: argparse.Namespace) -> int:
     server = OtlpServer(
         settings.server, pipeline, SpanExporter(settings.exporter), Telemetry(meter_provider)
     )
+    admin_state = AdminState(settings.admin.flags_buffer)
+    server.on_handed_on = admin_state.record
+    server.on_export = admin_state.note_export
+    app = create_app(admin_state, pipeline.rules, token=settings.admin.token,
+                     rules_files=settings.rules_files, include_builtin=settings.builtin_rules,
+                     lag_threshold_s=settings.lag_threshold_s)
+    try:
+        admin = AdminServer(app, admin_sock).start()
+    except RuntimeError as exc:
+        print(f"audit-guard: admin.listen={settings.admin.listen}: {exc}", file=sys.stderr)
+        return 2
     try:
         server.start()
     except OSError as exc:
         print(f"audit-guard: {exc}", file=sys.stderr)
         return 2
+    admin_state.mark_receiver_started()
     # Throughput: start-up objects are never garbage, so freeze them out of the cyclic GC, and
     # let the pipeline's many short-lived containers (freed by reference counting anyway)
     # trigger it less often. Measured: about 15% less CPU per record; cycles are still collected.
@@ -81,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("audit_guard").info(
             "%s: finishing in-flight batches, then exiting", signal.Signals(signum).name
         )
+        admin_state.mark_receiver_started(False)  # /readyz: 503 while draining
         threading.Thread(target=server.stop, name="shutdown").start()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -91,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         threading.Thread(target=_watch_files, args=(settings.rules_files, reload_rules),
                          name="rules-watch", daemon=True).start()
     server.wait()
+    admin.stop()
     meter_provider.shutdown()  # pushes the last OTLP metrics, if configured
     logging.getLogger("audit_guard").info("stopped; counters: %s", server.telemetry.snapshot())
     return 0
@@ -138,14 +156,12 @@ def _watch_files(paths: list[Path], on_change: Any, interval: float = 2.0) -> No
 
 
 def _meter_provider(settings: Settings) -> MeterProvider:
-    """Prometheus text on admin.listen /metrics; OTLP push when telemetry.otlp_endpoint is set."""
+    """Prometheus text (served by the admin app's /metrics from the default registry, which the
+    PrometheusMetricReader registers into); OTLP push when telemetry.otlp_endpoint is set."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
-    from prometheus_client import start_http_server
 
-    host, _, port = settings.admin.listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"))
     readers: list[Any] = [PrometheusMetricReader()]
     if settings.telemetry.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter

@@ -71,10 +71,15 @@ class ExporterConfig(BaseModel):
 
 
 class AdminConfig(BaseModel):
-    """The admin HTTP port: Prometheus text on /metrics."""
+    """The admin HTTP port: /metrics, /healthz, /readyz, the admin API (/api/...) and the
+    status page (/)."""
 
     model_config = ConfigDict(extra="forbid")
     listen: str = "127.0.0.1:8081"
+    # Bearer token for the mutating API (PUT /api/rules); unset: those endpoints are disabled.
+    token: str | None = Field(None, min_length=1)
+    # Recent flagged records kept in memory for /api/flags and the status page.
+    flags_buffer: int = Field(1000, ge=10, le=100_000)
 
     _listen = field_validator("listen")(_check_hostport)
 

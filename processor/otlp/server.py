@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -86,10 +87,16 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
                     outcome = s.exporter.export(traces, count)
                 except DownstreamUnavailable as exc:
                     s.telemetry.inc("audit_export_unavailable_total")
+                    if s.on_export is not None:
+                        s.on_export(False)
                     _unavailable(context, f"spans not handed on, keep and retry: {exc}")
                 s.telemetry.observe("audit_export_duration_seconds", time.monotonic() - started)
                 # Counted once handed on: a retried call must not count its records twice.
                 s.telemetry.record_stats(stats)
+                if s.on_export is not None:
+                    s.on_export(True)
+                if s.on_handed_on is not None:
+                    s.on_handed_on(stats)
                 s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
                 if outcome.rejected:
                     s.telemetry.inc("audit_spans_dropped_total", outcome.rejected,
@@ -155,6 +162,10 @@ class OtlpServer:
         self.telemetry = telemetry
         self.slots = _Slots(config.max_inflight_requests)
         self.pipeline_lock = threading.Lock()
+        # Admin hooks (set by `serve`): the findings of each handed-on Export, and whether each
+        # hand-off downstream worked (True) or ended in UNAVAILABLE (False), for /readyz.
+        self.on_handed_on: Callable[[BatchStats], None] | None = None
+        self.on_export: Callable[[bool], None] | None = None
         # Threads beyond the in-flight limit only answer UNAVAILABLE quickly; the hard cap on
         # concurrent RPCs keeps grpc's own queue bounded too.
         workers = config.max_inflight_requests + 4

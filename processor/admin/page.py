@@ -1,0 +1,148 @@
+"""The status page: one self-contained HTML document, no build step.
+
+The first state is rendered here, server-side, so the page is useful without JavaScript (and
+in `curl`); a few lines of vanilla JS then refresh the three tables every 5 s from the JSON API.
+Python and JS build the same rows; all record text goes through html.escape / textContent, since
+paths and user ids come from untrusted log lines.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from html import escape
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .app import FlagsOut, RulesOut, StatusOut
+
+__all__ = ["render_page"]
+
+
+def _time(ns: int | None) -> str:
+    if ns is None:
+        return "–"
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _row(cells: list[str], cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f"<tr{attr}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _source_rows(status: StatusOut) -> str:
+    rows = [
+        _row([s.name, s.health, s.health_reason, str(s.records_total), str(s.flagged_total),
+              _time(s.last_seen_unix_nano), _num(s.last_lag_s, ".3f"), _num(s.avg_lag_s, ".3f"),
+              "–" if s.completeness is None else f"{s.completeness:.2%}"], s.health)
+        for s in status.sources
+    ]
+    return "".join(rows) or '<tr><td colspan="9">no records received yet</td></tr>'
+
+
+def _flag_rows(flags: FlagsOut) -> str:
+    rows = [
+        _row([_time(f.received_unix_nano), f.source, f.user_id or "–",
+              f"{f.method or '–'} {f.path or '–'} {f.status if f.status is not None else '–'}",
+              " ".join(f.flags), f.trace_id])
+        for f in flags.flags
+    ]
+    return "".join(rows) or '<tr><td colspan="6">nothing flagged</td></tr>'
+
+
+def _rule_rows(rules: RulesOut) -> str:
+    rows = [_row([r.name, r.severity, str(r.matches), str(r.errors), r.source])
+            for r in rules.rules]
+    return "".join(rows) or '<tr><td colspan="5">no rules active</td></tr>'
+
+
+_STYLE = """
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.5em}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.3em .5em;
+text-align:left;vertical-align:top}th{background:#f4f4f4}td{font-family:ui-monospace,monospace}
+tr.green td:first-child{border-left:6px solid #2e9d4a}tr.amber td:first-child{border-left:6px
+solid #e0a100}tr.red td:first-child{border-left:6px solid #d22}
+.ok{color:#2e9d4a}.bad{color:#d22}small{color:#777}
+"""
+
+# Mirrors the Python row builders above; textContent keeps log-line text inert.
+_SCRIPT = """
+const dash = v => (v === null || v === undefined) ? '\\u2013' : String(v);
+const t = ns => ns ? new Date(ns / 1e6).toISOString().replace('T', ' ').slice(0, 19) + 'Z'
+                   : '\\u2013';
+const num = (v, d) => (v === null || v === undefined) ? '\\u2013' : v.toFixed(d);
+function fill(id, rows, empty, cols) {
+  const body = document.querySelector('#' + id + ' tbody');
+  body.replaceChildren();
+  if (!rows.length) rows = [[{text: empty, span: cols}]];
+  for (const r of rows) {
+    const tr = document.createElement('tr');
+    if (r.cls) tr.className = r.cls;
+    for (const c of r) {
+      const td = document.createElement('td');
+      if (typeof c === 'object') { td.textContent = c.text; td.colSpan = c.span; }
+      else td.textContent = c;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+}
+async function refresh() {
+  try {
+    const [st, fl, ru] = await Promise.all(['/api/status', '/api/flags?limit=20', '/api/rules']
+      .map(u => fetch(u).then(r => r.json())));
+    fill('sources', st.sources.map(s => Object.assign([s.name, s.health, s.health_reason,
+      String(s.records_total), String(s.flagged_total), t(s.last_seen_unix_nano),
+      num(s.last_lag_s, 3), num(s.avg_lag_s, 3),
+      s.completeness === null ? '\\u2013' : (s.completeness * 100).toFixed(2) + '%'],
+      {cls: s.health})), 'no records received yet', 9);
+    fill('flags', fl.flags.map(f => [t(f.received_unix_nano), f.source, dash(f.user_id),
+      dash(f.method) + ' ' + dash(f.path) + ' ' + dash(f.status), f.flags.join(' '),
+      f.trace_id]), 'nothing flagged', 6);
+    fill('rules', ru.rules.map(r => [r.name, r.severity, String(r.matches), String(r.errors),
+      r.source]), 'no rules active', 5);
+    const ready = document.getElementById('ready');
+    ready.textContent = st.ready.ready ? 'ready' : 'NOT READY: ' + st.ready.reason;
+    ready.className = st.ready.ready ? 'ok' : 'bad';
+    document.getElementById('updated').textContent = 'updated ' + t(st.now_unix_nano);
+  } catch (e) {
+    document.getElementById('updated').textContent = 'refresh failed: ' + e;
+  }
+}
+refresh();
+setInterval(refresh, 5000);
+"""
+
+
+def render_page(status: StatusOut, flags: FlagsOut, rules: RulesOut) -> str:
+    ready = status.ready
+    ready_html = ('<span id="ready" class="ok">ready</span>' if ready.ready else
+                  f'<span id="ready" class="bad">NOT READY: {escape(ready.reason)}</span>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>audit-guard status</title><style>{_STYLE}</style></head>
+<body>
+<h1>audit-guard {ready_html}</h1>
+<small id="updated">rendered {escape(_time(status.now_unix_nano))}; refreshes every 5 s</small>
+<h2>Sources</h2>
+<small>green: records in the last minute, nothing flagged; amber: flags in the last minute or
+ingest lag above {status.lag_threshold_s:g} s; red: silent, no records for over 5 min, or
+completeness below 99 % (when known).</small>
+<table id="sources"><thead><tr><th>source</th><th>health</th><th>why</th><th>records</th>
+<th>flagged</th><th>last seen</th><th>last lag s</th><th>avg lag s</th><th>completeness</th>
+</tr></thead><tbody>{_source_rows(status)}</tbody></table>
+<h2>Recent flags</h2>
+<table id="flags"><thead><tr><th>time</th><th>source</th><th>user</th>
+<th>method path status</th><th>flags</th><th>trace id</th></tr></thead>
+<tbody>{_flag_rows(flags)}</tbody></table>
+<h2>Rules</h2>
+<table id="rules"><thead><tr><th>rule</th><th>severity</th><th>matches</th><th>errors</th>
+<th>source</th></tr></thead><tbody>{_rule_rows(rules)}</tbody></table>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
