@@ -25,6 +25,8 @@ REQUESTS = {
     "error": DemoRequest("POST", "/v1/completion-messages?status=502", body={"inputs": {}}),
     "cut": DemoRequest("GET", "/v1/datasets/ds-1/documents/doc-2?cut=1", user="u4"),
     "anonymous": DemoRequest("POST", "/v1/chat-messages?anonymous=1", body={"query": "?"}),
+    "model_config": DemoRequest("PUT", "/v1/model-configs", user="admin",
+                                body={"model": "gpt-x"}),
 }
 
 
@@ -110,6 +112,19 @@ def test_span_attributes_follow_http_conventions(traced) -> None:
     dataset = span_tags(_only_span(traced, "dataset"))
     assert dataset["http.route"] == "/v1/datasets/{dataset_id}/documents"
     assert (dataset["user.id"], dataset["app.id"]) == ("u2", "a2")
+
+
+def test_builtin_rules_flag_the_seed_scenarios(traced) -> None:
+    """403 on a dataset and a model-configuration change, end to end, on the nginx spans."""
+    for name, rule in (("forbidden", "dataset_access_denied"),
+                       ("model_config", "model_config_change"),
+                       ("anonymous", "unknown_user"),
+                       ("error", "server_error_on_audited_path")):
+        tags = span_tags(_only_span(traced, name))
+        assert f"rule:{rule}" in orjson.loads(tags["audit.flags"]), name
+        assert rule in orjson.loads(tags["audit.rules"]), name
+    clean = span_tags(_only_span(traced, "clean"))
+    assert "audit.rules" not in clean
 
 
 def test_4xx_is_not_an_error_5xx_is(traced) -> None:
