@@ -48,6 +48,10 @@ class ServerConfig(BaseModel):
     # Export calls processed at once; more wait briefly, then get UNAVAILABLE (the collector
     # retries from its persistent queue). Bounds memory under overload.
     max_inflight_requests: int = Field(8, ge=1, le=256)
+    # Calls gRPC holds beyond that before it refuses them outright (RESOURCE_EXHAUSTED, which
+    # an OTLP client does NOT retry): keep it well above what all senders can have in flight
+    # (the shipped collector: 2 exporters x 4 consumers). Bounds the memory of queued requests.
+    max_queued_requests: int = Field(128, ge=1, le=10_000)
     shutdown_grace_s: Seconds = 20.0
 
     _listen = field_validator("listen")(_check_hostport)

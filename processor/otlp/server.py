@@ -166,8 +166,9 @@ class OtlpServer:
         # hand-off downstream worked (True) or ended in UNAVAILABLE (False), for /readyz.
         self.on_handed_on: Callable[[BatchStats], None] | None = None
         self.on_export: Callable[[bool], None] | None = None
-        # Threads beyond the in-flight limit only answer UNAVAILABLE quickly; the hard cap on
-        # concurrent RPCs keeps grpc's own queue bounded too.
+        # Threads beyond the in-flight limit only answer UNAVAILABLE (with RetryInfo: the client
+        # retries) quickly. gRPC's own cap bounds the calls queued for a thread; past it gRPC
+        # answers RESOURCE_EXHAUSTED itself, which clients do not retry — so it is set high.
         workers = config.max_inflight_requests + 4
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp"),
@@ -175,7 +176,7 @@ class OtlpServer:
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
             ],
-            maximum_concurrent_rpcs=workers * 4,
+            maximum_concurrent_rpcs=workers + config.max_queued_requests,
         )
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), self._grpc)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
