@@ -1,0 +1,478 @@
+"""processor.sources.nginx_error: handwritten lines in nginx's exact format, then real nginx.
+
+The real-nginx part provokes the failures the error log exists for (a cut SSE stream, a cut
+fixed-length body, a client abort) plus one normal request, and checks that each event joins the
+access-log line of its request via join_key — the join the processor relies on to see a cut
+stream at all.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from processor import flags
+from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
+from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
+from processor.demo.upstream import DemoServer, serve
+from processor.sources.nginx_error import (
+    FLAG_FOR_KIND,
+    KINDS,
+    LEVELS,
+    MAX_LINE_BYTES,
+    ErrorEvent,
+    classify,
+    detect_format,
+    join_key,
+    parse_line,
+    parse_lines,
+)
+
+T0 = "2026/11/26 15:45:40"
+T0_NS = int(datetime(2026, 11, 26, 15, 45, 40, tzinfo=UTC).timestamp()) * 1_000_000_000
+
+UPSTREAM_CUT = (
+    f"{T0} [error] 29689#29689: *3 upstream prematurely closed connection while reading "
+    'upstream, client: 127.0.0.1, server: audit-guard-demo, request: "POST '
+    '/v1/chat-messages?cut=1 HTTP/1.1", upstream: "http://127.0.0.1:36025/v1/chat-messages?'
+    'cut=1", host: "127.0.0.1:41001"'
+)
+
+
+def one(raw: bytes | str, line: int = 1, **kw: Any) -> ErrorEvent:
+    event = parse_line(line, raw, **kw)
+    assert event is not None, raw
+    return event
+
+
+# -- handwritten lines ------------------------------------------------------------------------
+
+
+def test_full_line_with_connection_and_context() -> None:
+    e = one(UPSTREAM_CUT + "\n", line=9)
+    assert e.line == 9
+    assert e.time_unix_nano == T0_NS
+    assert (e.level, e.pid, e.tid, e.connection) == ("error", 29689, 29689, 3)
+    assert e.message == "upstream prematurely closed connection while reading upstream"
+    assert (e.client, e.server, e.host) == ("127.0.0.1", "audit-guard-demo", "127.0.0.1:41001")
+    assert e.upstream == "http://127.0.0.1:36025/v1/chat-messages?cut=1"
+    assert e.referrer is None
+    assert (e.request_method, e.request_uri, e.request_protocol) == (
+        "POST",
+        "/v1/chat-messages?cut=1",
+        "HTTP/1.1",
+    )
+    assert (e.cut, e.kind) == (False, "upstream_closed")
+    assert join_key(e) == (3, "POST", "/v1/chat-messages?cut=1")
+    # bytes and str give the same event
+    assert one(UPSTREAM_CUT.encode(), line=9) == e
+
+
+def test_process_line_without_connection_or_context() -> None:
+    e = one(f"{T0} [notice] 29688#29688: start worker process 29689")
+    assert (e.level, e.pid, e.tid, e.connection) == ("notice", 29688, 29688, None)
+    assert e.message == "start worker process 29689"
+    assert (e.client, e.server, e.request_method, e.kind, e.cut) == (None, None, None, None, False)
+    assert join_key(e) is None
+
+
+def test_idle_keepalive_close_is_not_an_abort() -> None:
+    # No request yet: nginx prints the listen address as the server and no request line.
+    e = one(
+        f"{T0} [info] 29689#29689: *1 client closed connection while waiting for request, "
+        "client: 127.0.0.1, server: 127.0.0.1:41001"
+    )
+    assert (e.connection, e.client, e.server) == (1, "127.0.0.1", "127.0.0.1:41001")
+    assert e.message == "client closed connection while waiting for request"
+    assert e.kind is None
+    assert join_key(e) is None
+
+
+def test_request_with_spaces_quotes_and_all_context_keys() -> None:
+    # nginx escapes nothing in the context: the request line may hold `"` and `, `, and a URI
+    # with a raw space is accepted (space_in_uri).
+    raw = (
+        f"{T0} [warn] 7#8: *42 an upstream response is buffered to a temporary file "
+        "/tmp/proxy/1/00/0000000001 while reading upstream, client: ::1, server: , "
+        'request: "GET /a "b", client: x/c d?q=1, 2 HTTP/1.0", subrequest: "/sub", '
+        'upstream: "http://[::1]:8080/a", host: "h", referrer: "http://r/?a=\\"b\\""'
+    )
+    e = one(raw)
+    assert (e.pid, e.tid, e.connection, e.level) == (7, 8, 42, "warn")
+    assert e.message.startswith("an upstream response is buffered to a temporary file /tmp/")
+    assert e.message.endswith(" while reading upstream")
+    assert (e.client, e.server, e.host) == ("::1", None, "h")
+    assert e.upstream == "http://[::1]:8080/a"
+    assert e.referrer == 'http://r/?a=\\"b\\"'
+    assert (e.request_method, e.request_uri, e.request_protocol) == (
+        "GET",
+        '/a "b", client: x/c d?q=1, 2',
+        "HTTP/1.0",
+    )
+    assert (e.kind, e.cut) == ("buffered_to_temp_file", False)
+    assert join_key(e) == (42, "GET", '/a "b", client: x/c d?q=1, 2')
+
+
+def test_message_that_itself_contains_client_key() -> None:
+    # The path in an open() message is the decoded URI: it can contain `, client: `.
+    raw = (
+        f'{T0} [error] 5#5: *6 open() "/srv/a, client: 1.2.3.4" failed (2: No such file or '
+        'directory), client: 10.0.0.1, server: s, request: "GET /a HTTP/1.1", host: "h"'
+    )
+    e = one(raw)
+    assert e.message == ('open() "/srv/a, client: 1.2.3.4" failed (2: No such file or directory)')
+    assert (e.client, e.server, e.request_uri, e.host) == ("10.0.0.1", "s", "/a", "h")
+
+
+def test_capped_line_is_cut() -> None:
+    head = (
+        f"{T0} [error] 29689#29689: *9 upstream prematurely closed connection while sending "
+        'to client, client: 127.0.0.1, server: audit-guard-demo, request: "GET /v1/datasets?x='
+    )
+    # What nginx writes: 2047 bytes of text and the newline, 2048 in all.
+    text = head + "x" * (MAX_LINE_BYTES - 1 - len(head))
+    for raw in (text + "\n", text, text.encode() + b"\n"):
+        e = one(raw)
+        assert e.cut
+        assert e.kind == "upstream_closed"
+        assert e.message == "upstream prematurely closed connection while sending to client"
+        assert (e.client, e.server, e.request_method) == ("127.0.0.1", "audit-guard-demo", "GET")
+        assert e.request_uri is not None and e.request_uri.startswith("/v1/datasets?x=xx")
+        assert e.request_protocol is None
+        # A prefix of the URI matches no access line: no key rather than a wrong one.
+        assert join_key(e) is None
+    # One byte below the cap, with its closing quote, is a whole line.
+    shorter = one(text[:-2] + '"')
+    assert shorter.cut is False
+
+
+def test_capped_line_ending_inside_a_key_or_message() -> None:
+    base = UPSTREAM_CUT.replace('"127.0.0.1:41001"', '"h"')
+    pad = "y" * (MAX_LINE_BYTES - 1 - len(base))
+    # The request is long but whole; the cap fell inside the `, host` key.
+    padded = base.replace("cut=1 HTTP", f"cut=1{pad} HTTP", 1)
+    text = padded[: padded.index(', host: "h"') + len(", hos")]
+    text += "z" * (MAX_LINE_BYTES - 1 - len(text))
+    text = text[: MAX_LINE_BYTES - 1]
+    assert len(text.encode()) == MAX_LINE_BYTES - 1
+    e = one(text)
+    assert e.cut and e.kind == "upstream_closed" and e.client == "127.0.0.1"
+    # Cap inside the message itself: no context to find, the message prefix is kept.
+    long_msg = f"{T0} [error] 1#1: *2 upstream sent too big header " + "m" * 3000
+    e = one(long_msg.encode()[: MAX_LINE_BYTES - 1])
+    assert e.cut and e.kind == "header_too_big" and e.client is None
+
+
+def test_missing_closing_quote_is_cut_even_below_the_cap() -> None:
+    e = one(UPSTREAM_CUT[:-1])  # whatever shipped it lost the last byte
+    assert e.cut
+    assert e.host == "127.0.0.1:41001"
+    assert join_key(e) == (3, "POST", "/v1/chat-messages?cut=1")  # request line is whole
+    e = one(UPSTREAM_CUT[: UPSTREAM_CUT.index(" HTTP/1.1")])
+    assert e.cut and e.request_protocol is None and join_key(e) is None
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_levels(level: str) -> None:
+    assert one(f"{T0} [{level}] 1#1: x").level == level
+
+
+def test_not_nginx_lines_are_skipped_and_line_numbers_kept() -> None:
+    lines: list[tuple[int, bytes | str]] = [
+        (1, b""),
+        (2, b'{"msec":1.0}'),
+        (3, f"{T0} [bogus] 1#1: x"),
+        (4, "2026/13/45 99:99:99 [error] 1#1: not a date"),
+        (5, UPSTREAM_CUT.encode()),
+        (6, 'nginx: [emerg] unknown directive "foo" in /etc/nginx/nginx.conf:3'),
+    ]
+    events = parse_lines(lines)
+    assert [e.line for e in events] == [5, 6]
+    console = events[1]
+    assert (console.level, console.time_unix_nano, console.pid) == ("emerg", None, None)
+    assert console.message == 'unknown directive "foo" in /etc/nginx/nginx.conf:3'
+
+
+def test_time_zone() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    assert one(UPSTREAM_CUT, tz=plus2).time_unix_nano == T0_NS - 2 * 3600 * 1_000_000_000
+    assert one(UPSTREAM_CUT, tz=UTC).time_unix_nano == T0_NS
+
+
+def test_invalid_utf8_is_replaced_not_rejected() -> None:
+    raw = UPSTREAM_CUT.encode().replace(b"cut=1 HTTP", b"cut=\xff HTTP")
+    e = one(raw)
+    assert e.request_uri == "/v1/chat-messages?cut=\ufffd"
+    assert not e.cut
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("upstream prematurely closed connection while reading upstream", "upstream_closed"),
+        ("upstream prematurely closed connection while sending to client", "upstream_closed"),
+        (
+            "upstream timed out (110: Connection timed out) while reading response header from "
+            "upstream",
+            "upstream_timeout",
+        ),
+        (
+            "client prematurely closed connection, so upstream connection is closed too while "
+            "sending request to upstream",
+            "client_closed",
+        ),
+        ("client prematurely closed connection while reading upstream", "client_closed"),
+        # Seen from real nginx 1.22.1 for the SO_LINGER-0 abort, in one run out of four or so.
+        (
+            "epoll_wait() reported that client prematurely closed connection, so upstream "
+            "connection is closed too (104: Connection reset by peer) while reading upstream",
+            "client_closed",
+        ),
+        (
+            "writev() failed (104: Connection reset by peer) while sending to client",
+            "client_closed",
+        ),
+        ("writev() failed (32: Broken pipe) while sending to client", "client_closed"),
+        # proxy_buffering off: the client write runs inside the upstream read handler.
+        ("writev() failed (104: Connection reset by peer) while reading upstream", "client_closed"),
+        ("writev() failed (104: Connection reset by peer) while sending request to upstream", None),
+        (
+            "send() failed (104: Connection reset by peer) while sending response to client",
+            "client_closed",
+        ),
+        ("client closed connection while SSL handshaking", "client_closed"),
+        ("client closed connection while waiting for request", None),
+        ("client 127.0.0.1 closed keepalive connection", None),
+        (
+            "upstream sent too big header while reading response header from upstream",
+            "header_too_big",
+        ),
+        (
+            "an upstream response is buffered to a temporary file /var/lib/nginx/proxy/1/00/01 "
+            "while reading upstream",
+            "buffered_to_temp_file",
+        ),
+        ("readv() failed (104: Connection reset by peer) while reading upstream", None),
+        ('open() "/x" failed (2: No such file or directory)', None),
+    ],
+)
+def test_classify(message: str, kind: str | None) -> None:
+    assert classify(message) == kind
+    assert one(f"{T0} [error] 1#1: *5 {message}, client: 1.1.1.1, server: s").kind == kind
+
+
+def test_flag_for_kind() -> None:
+    assert set(FLAG_FOR_KIND) == set(KINDS)
+    assert FLAG_FOR_KIND == {
+        "upstream_closed": "truncated:upstream_closed",
+        "upstream_timeout": "truncated:upstream_closed",
+        "client_closed": "truncated:request_incomplete",
+        "header_too_big": None,
+        "buffered_to_temp_file": None,
+    }
+    for flag in filter(None, FLAG_FOR_KIND.values()):
+        assert flag.removeprefix("truncated:") in flags.TRUNCATION_REASONS
+
+
+def test_detect_format() -> None:
+    error_log = [
+        f'{T0} [notice] 1#1: using the "epoll" event method'.encode(),
+        UPSTREAM_CUT.encode(),
+        b"",
+    ]
+    assert detect_format(error_log)
+    assert detect_format([*error_log * 4, b"some wrapper script output"])
+    assert not detect_format([b'{"msec":1.0,"status":"200"}'] * 3)
+    assert not detect_format([b'127.0.0.1 - - [26/Nov/2026:15:45:40 +0000] "GET / HTTP/1.1" 200'])
+    assert not detect_format([])
+    assert not detect_format([b"", b"  "])
+
+
+# -- real nginx 1.22 --------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    paths: NginxPaths
+    upstream: DemoServer
+    port: int
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    upstream = serve(0, tmp_path / "app.log")
+    nginx: ManagedProcess | None = None
+    try:
+        port, status_port = free_port(), free_port()
+        paths = render_nginx_conf(tmp_path / "nginx", port, upstream.server_address[1], status_port)
+        nginx = ManagedProcess("nginx", nginx_argv(paths.conf), tmp_path)
+        nginx.start().wait_ready(lambda: port_open(port) and port_open(status_port), timeout=30)
+        yield Stack(paths=paths, upstream=upstream, port=port)
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def access_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def error_events(path: Path) -> list[ErrorEvent]:
+    if not path.exists():
+        return []
+    # keepends: a line nginx is still writing has no newline yet and is left for the next read.
+    lines = [ln for ln in path.read_bytes().splitlines(keepends=True) if ln.endswith(b"\n")]
+    return parse_lines(enumerate(lines, 1))
+
+
+def access_key(line: dict[str, Any]) -> tuple[int, str, str]:
+    return int(line["connection"]), line["request_method"], line["request_uri"]
+
+
+def abort_download(port: int, path: str) -> int:
+    """GET `path` on a raw socket, read a few KB of the body, then reset the connection (an
+    SO_LINGER 0 close sends RST, as a killed browser tab or a timed-out client does)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        received = b""
+        while len(received) < 16_384:
+            chunk = sock.recv(4096)
+            assert chunk, "nginx closed before the abort"
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200 ")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return len(received)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_real_nginx_error_log_joins_access_log(stack: Stack) -> None:
+    base = f"http://127.0.0.1:{stack.port}"
+    # (1) SSE stream cut by the upstream (no final chunk).
+    with (
+        httpx.Client(base_url=base, timeout=10) as client,
+        pytest.raises(httpx.HTTPError),
+        client.stream(
+            "POST",
+            "/v1/chat-messages?cut=1",
+            json={"query": "hi", "response_mode": "streaming", "user": "u1"},
+        ) as resp,
+    ):
+        assert resp.headers["content-type"] == "text/event-stream"
+        for _ in resp.iter_raw():
+            pass
+    # (2) fixed-length body cut by the upstream (30000 of 100000 bytes).
+    with (
+        httpx.Client(base_url=base, timeout=10) as client,
+        pytest.raises(httpx.HTTPError),
+        client.stream("GET", "/v1/datasets?cut=1") as resp,
+    ):
+        for _ in resp.iter_raw():
+            pass
+    # (3) client resets mid-download of a 5 MB body.
+    abort_download(stack.port, "/v1/datasets?size=5000000")
+    # (4) a normal request.
+    with httpx.Client(base_url=base, timeout=10) as client:
+        assert client.get("/v1/parameters").status_code == 200
+    # (5) a cut with a URI long enough to push the error line over nginx's 2048-byte cap.
+    long_uri = "/v1/datasets?cut=1&pad=" + "p" * 2500
+    with (
+        httpx.Client(base_url=base, timeout=10) as client,
+        pytest.raises(httpx.HTTPError),
+        client.stream("GET", long_uri) as resp,
+    ):
+        for _ in resp.iter_raw():
+            pass
+
+    uris = {
+        "sse": "/v1/chat-messages?cut=1",
+        "fixed": "/v1/datasets?cut=1",
+        "abort": "/v1/datasets?size=5000000",
+        "normal": "/v1/parameters",
+        "long": long_uri,
+    }
+    wait_until(lambda: len(access_lines(stack.paths.access_log)) >= 5, 15, "5 access lines")
+    by_uri = {line["request_uri"]: line for line in access_lines(stack.paths.access_log)}
+    access = {name: by_uri[uri] for name, uri in uris.items()}
+
+    def events_for(name: str) -> list[ErrorEvent]:
+        key = access_key(access[name])
+        return [e for e in error_events(stack.paths.error_log) if join_key(e) == key]
+
+    for name in ("sse", "fixed", "abort"):
+        wait_until(lambda n=name: bool(events_for(n)), 10, f"the {name} event in the error log")
+    time.sleep(0.5)  # anything late about the normal request would show up by now
+    events = error_events(stack.paths.error_log)
+    text = stack.paths.error_log.read_text(errors="replace")
+
+    for name in ("sse", "fixed"):
+        line = access[name]
+        # The access log cannot tell (1) from a whole stream: 200 and "OK".
+        assert (line["status"], line["request_completion"]) == ("200", "OK")
+        (event,) = events_for(name)
+        assert event.kind == "upstream_closed", text
+        assert event.level == "error"
+        assert event.connection == line["connection"]
+        assert (event.request_method, event.request_uri, event.request_protocol) == (
+            line["request_method"],
+            line["request_uri"],
+            line["server_protocol"],
+        )
+        assert event.server == "audit-guard-demo"
+        assert event.host == line["host"] + f":{stack.port}"
+        assert event.upstream == f"http://{line['upstream_addr']}{line['request_uri']}"
+        assert event.time_unix_nano is not None
+        # nginx's local time (UTC here, TZ unset) within a few seconds of the access log's msec.
+        assert abs(event.time_unix_nano / 1e9 - float(line["msec"])) < 5
+        assert FLAG_FOR_KIND[event.kind] == "truncated:upstream_closed"
+
+    abort_line = access["abort"]
+    assert abort_line["status"] == "200"
+    assert abort_line["request_completion"] == ""
+    assert abort_line["body_bytes_sent"] < 5_000_000
+    aborted = events_for("abort")
+    assert [e.kind for e in aborted] == ["client_closed"], text
+    assert aborted[0].level == "info"
+    assert aborted[0].connection == abort_line["connection"]
+    assert FLAG_FOR_KIND["client_closed"] == "truncated:request_incomplete"
+
+    normal = access["normal"]
+    assert (normal["status"], normal["request_completion"]) == ("200", "OK")
+    assert not [
+        e
+        for e in events
+        if e.connection == normal["connection"] and e.kind in ("upstream_closed", "client_closed")
+    ], text
+
+    # The capped line: 2047 bytes + newline, request line cut, so no join key, but the kind and
+    # the connection still point at the request.
+    capped = [e for e in events if e.connection == access["long"]["connection"] and e.cut]
+    assert len(capped) == 1, text
+    assert capped[0].kind == "upstream_closed"
+    assert join_key(capped[0]) is None
+    raw_lines = stack.paths.error_log.read_bytes().splitlines(keepends=True)
+    assert len(raw_lines[capped[0].line - 1]) == MAX_LINE_BYTES
+
+    # The readiness probes (connect, then close without a request) are nginx's idle-close line:
+    # same words as an abort, but not one.
+    idle = [e for e in events if e.message.endswith("while waiting for request")]
+    assert idle and all(e.kind is None and join_key(e) is None for e in idle)
+    # No two requests share a key here, so the join is unambiguous.
+    assert len({access_key(line) for line in access.values()}) == len(access)
+    assert detect_format(stack.paths.error_log.read_bytes().splitlines()[:20])
+    assert not detect_format(stack.paths.access_log.read_bytes().splitlines()[:20])
