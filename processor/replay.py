@@ -37,14 +37,15 @@ import orjson
 
 from . import flags
 from .config import Settings
+from .correlate.errorlog import ErrorLogIndex
 from .pipeline import CHUNK_ROWS, Pipeline
 from .record import RecordBatch
-from .sources import app, container, pgaudit
+from .sources import app, container, nginx_error, pgaudit
 from .spans import SpanBatch
 
 __all__ = ["ReplayError", "detect_source", "record_fields", "replay"]
 
-SOURCES = ("auto", "nginx", "app", "docker", "cri", "pgaudit")
+SOURCES = ("auto", "nginx", "nginx_error", "app", "docker", "cri", "pgaudit")
 CONTAINER_FORMATS = (container.DOCKER, container.CRI)
 _NGINX_HINTS = (b'"request_method"', b'"request_uri"', b'"request_id"', b'"remote_addr"',
                 b'"status"', b'"uri"', b'"msec"', b'"body_bytes_sent"')
@@ -100,6 +101,8 @@ def detect_source(path: Path) -> str:
         return wrapper
     if pgaudit.detect_format(sample) is not None:
         return "pgaudit"
+    if nginx_error.detect_format(sample):
+        return "nginx_error"
     source = _content_source(sample)
     if source == "app":
         batch = app.parse_lines(list(sample))
@@ -159,6 +162,7 @@ class _Stats:
     flagged: Counter[str] = field(default_factory=Counter)
     flags: Counter[str] = field(default_factory=Counter)
     missing: int = 0
+    joined_errors: int = 0
 
 
 @dataclass
@@ -260,9 +264,19 @@ def replay(
     stats = _Stats()
     expectations = _Expectations()
     progress = _Progress(err, sum(p.stat().st_size for p in files))
+    # Error logs first: their events flag the access records they join, in whatever order the
+    # files were given.
+    error_files = [p for p in files if sources[p] == "nginx_error"]
+    events = {p: nginx_error.parse_lines(_lines(p)) for p in error_files}
+    errors = ErrorLogIndex((e for evs in events.values() for e in evs),
+                           int(window_s * 1_000_000_000))
     for path in files:
         name = str(path)
+        if path in events:
+            continue
         for parsed in _batches(path, sources[path], pipeline):
+            if errors and parsed.source == "nginx":
+                errors.apply(parsed)
             batch = pipeline.check(parsed)
             batch.file = [name] * len(batch)
             _write(batch, out, stats, name)
@@ -274,6 +288,10 @@ def replay(
                 exporter.export(spans.request_bytes(), len(batch))
             progress.advance(sum(len(r) if isinstance(r, bytes | str) else 0 for r in batch.raw))
     progress.done()
+    stats.joined_errors = errors.joined
+    for event in errors.leftover():
+        path = next(p for p, evs in events.items() if any(e is event for e in evs))
+        _write_event(event, out, stats, str(path))
     for trace_id, fields in expectations.missing(int(window_s * 1_000_000_000)):
         stats.missing += 1
         stats.flags[flags.MISSING_RECORD] += 1
@@ -284,6 +302,28 @@ def replay(
         }) + b"\n")
     _summary(err, files, sources, stats)
     return 1 if sum(stats.flagged.values()) or stats.missing else 0
+
+
+def _write_event(event: nginx_error.ErrorEvent, out: IO[bytes], stats: _Stats, name: str) -> None:
+    """An error-log event that means a cut but joined no access record: its own record."""
+    flag = nginx_error.FLAG_FOR_KIND.get(event.kind or "") or flags.MALFORMED
+    ident = f"{name}:{event.line}".encode()
+    stats.records[name] += 1
+    stats.flagged[name] += 1
+    stats.flags[flag] += 1
+    fields = {
+        "time": _iso(event.time_unix_nano), "level": event.level,
+        "connection": event.connection, "method": event.request_method,
+        "path": (event.request_uri or "").partition("?")[0] or None,
+        "client_address": event.client, "server_address": event.server,
+        "upstream": event.upstream, "message": event.message,
+    }
+    out.write(orjson.dumps({
+        "file": name, "line": event.line, "source": "nginx_error",
+        "trace_id": blake2b(b"nginx_error:" + ident, digest_size=16).hexdigest(),
+        "span_id": blake2b(b"nginx_error-span:" + ident, digest_size=8).hexdigest(),
+        "flags": [flag], "fields": {k: v for k, v in fields.items() if v is not None},
+    }) + b"\n")
 
 
 def _write(batch: RecordBatch, out: IO[bytes], stats: _Stats, name: str) -> None:
@@ -338,7 +378,11 @@ def _summary(err: IO[str], files: list[Path], sources: dict[Path, str], stats: _
         name = str(path)
         err.write(f"  {name:<{width}}  {sources[path]:<8}{stats.records[name]:>9}"
                   f"{stats.flagged[name]:>9}\n")
+    if stats.joined_errors:
+        err.write(f"  {stats.joined_errors} error-log event(s) joined to their access record\n")
     for path in files:
+        if sources[path] == "nginx_error":
+            continue  # its events show on the access records they joined
         if not stats.records[str(path)] and path.stat().st_size:
             hint = ("no pgaudit AUDIT line: is pgaudit loaded and pgaudit.log set?"
                     if sources[path] == "pgaudit" else "is --source right?")

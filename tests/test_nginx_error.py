@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -476,3 +478,32 @@ def test_real_nginx_error_log_joins_access_log(stack: Stack) -> None:
     assert len({access_key(line) for line in access.values()}) == len(access)
     assert detect_format(stack.paths.error_log.read_bytes().splitlines()[:20])
     assert not detect_format(stack.paths.access_log.read_bytes().splitlines()[:20])
+
+    # `audit-guard replay` joins the two logs offline: the cut stream, which the access log
+    # shows as 200/OK, is flagged on its access record; either file order gives the same result.
+    def replay(*files: Path) -> dict[tuple[str | None, str], dict[str, Any]]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "processor.cli", "replay", *map(str, files)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        out = [json.loads(x) for x in proc.stdout.splitlines()]
+        return {(o["source"], o["fields"].get("request_id") or str(o["line"])): o for o in out}
+
+    logs = (stack.paths.error_log, stack.paths.access_log)
+    first, second = replay(*logs), replay(*reversed(logs))
+    assert first == second
+
+    def flags_of(name: str) -> list[str]:
+        return first[("nginx", access[name]["request_id"])]["flags"]
+
+    assert "truncated:upstream_closed" in flags_of("sse")
+    assert first[("nginx", access["sse"]["request_id"])]["fields"]["nginx.error"].startswith(
+        "upstream prematurely closed connection")
+    assert {"truncated:upstream_closed", "truncated:response_short"} <= set(flags_of("fixed"))
+    assert "truncated:request_incomplete" in flags_of("abort")
+    assert not [f for f in flags_of("normal") if f.startswith("truncated:")]
+    # the capped error line cannot be joined (its request line is cut): reported on its own
+    alone = [o for (source, _), o in first.items() if source == "nginx_error"]
+    assert [o["flags"] for o in alone] == [["truncated:upstream_closed"]]
+    assert alone[0]["fields"]["connection"] == access["long"]["connection"]
