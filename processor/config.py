@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     # Reloaded on SIGHUP and when a file changes; a set with any error is refused as a whole.
     builtin_rules: bool = True
     rules_files: list[Path] = Field(default_factory=list)
+    # How long an Nginx error-log event waits for its access record (and vice versa).
+    error_join_window_s: Seconds = 30.0
     # An app record read more than this long after it was written is flagged `delayed`.
     lag_threshold_s: Seconds = 5.0
     # How many recent records per source are remembered to spot duplicates.

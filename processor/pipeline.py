@@ -22,16 +22,20 @@ from .checks.truncation import check_truncation
 from .checks.validate import AuditFieldValidator
 from .config import Settings
 from .correlate.duplicates import Deduplicator
+from .correlate.errorlog import ErrorLogJoin, events_batch
 from .correlate.traces import assign_ids
 from .record import AuditRecord, RecordBatch
 from .routes import DIFY_ROUTES, RouteTable
 from .rules import RuleRegistry, RuleSet
-from .sources import app, nginx_access, pgaudit
+from .sources import app, nginx_access, nginx_error, pgaudit
 from .sources.app import FieldMapping
 from .spans import SpanBatch, SpanBuilder
 from .telemetry import BatchStats
 
-__all__ = ["APP", "CHUNK_ROWS", "NGINX", "PGAUDIT", "Pipeline", "SOURCES", "any_value_to_python"]
+__all__ = [
+    "APP", "CHUNK_ROWS", "NGINX", "NGINX_ERROR", "PGAUDIT", "SOURCES", "Pipeline",
+    "any_value_to_python",
+]
 
 CHUNK_ROWS = 1024
 
@@ -56,11 +60,12 @@ def any_value_to_python(value: AnyValue) -> Any:
     return getattr(value, kind)
 
 
-NGINX, APP, PGAUDIT = "nginx", "app", "pgaudit"
-SOURCES = (NGINX, APP, PGAUDIT)
+NGINX, NGINX_ERROR, APP, PGAUDIT = "nginx", "nginx_error", "app", "pgaudit"
+SOURCES = (NGINX, NGINX_ERROR, APP, PGAUDIT)
 # Values of the `audit.source` attribute (set by collector-config/) → source.
 SOURCE_ALIASES = {
-    "nginx": NGINX, "nginx_access": NGINX, "app": APP, "dify": APP,
+    "nginx": NGINX, "nginx_access": NGINX, "nginx_error": NGINX_ERROR,
+    "app": APP, "dify": APP,
     "pgaudit": PGAUDIT, "postgresql": PGAUDIT, "postgres": PGAUDIT,
 }
 
@@ -94,8 +99,10 @@ class Pipeline:
         self._dedup = Deduplicator(settings.dedup_max_records)
         self._lag_ns = int(settings.lag_threshold_s * 1_000_000_000)
         self._app_mapping = FieldMapping(settings.app_field_map) if settings.app_field_map else None
+        self._errors = ErrorLogJoin(int(settings.error_join_window_s * 1_000_000_000))
         self.service_names = {
             NGINX: settings.nginx_service_name,
+            NGINX_ERROR: settings.nginx_service_name,
             APP: settings.app_service_name,
             PGAUDIT: settings.pgaudit_service_name,
         }
@@ -219,6 +226,7 @@ class Pipeline:
         return [
             self.check(self._parse_rows(source, rows))
             for source, rows in self.group_logs(request).items()
+            if source != NGINX_ERROR  # events, not records: see process_logs
         ]
 
     def _parse_rows(self, source: str, rows: SourceRows, start: int = 0, end: int | None = None
@@ -251,13 +259,39 @@ class Pipeline:
         """
         parts = []
         count = 0
-        for source, rows in self.group_logs(request).items():
+        groups = self.group_logs(request)
+        # Error-log records first: nginx writes a cut's error line before the request's access
+        # line, so its event is usually waiting when the access record comes (see ErrorLogJoin).
+        extra: list[RecordBatch] = []
+        error_rows = groups.pop(NGINX_ERROR, None)
+        if error_rows is not None:
+            count += len(error_rows.bodies)
+            events = nginx_error.parse_lines(enumerate(error_rows.bodies, 1))
+            late = self._errors.on_events(events, now_ns)
+            if late:
+                extra.append(events_batch([e for e, _, _ in late],
+                                          [(trace, span) for _, trace, span in late]))
+        for source, rows in groups.items():
             spans = SpanBatch(self.service_names[source])
             for start in range(0, len(rows.bodies), CHUNK_ROWS):
-                batch = self.check(self._parse_rows(source, rows, start, start + CHUNK_ROWS))
+                batch = self._parse_rows(source, rows, start, start + CHUNK_ROWS)
+                if source == NGINX:
+                    self._errors.on_access(batch)
+                batch = self.check(batch)
+                if source == NGINX:
+                    self._errors.remember(batch)
                 spans.spans += self.span_builder.spans(batch, now_ns)
                 if stats is not None:
                     stats.add_batch(batch, self.rules.current)
             parts.append(spans.request_bytes())
             count += len(rows.bodies)
+        expired = self._errors.expired(now_ns)
+        if expired:
+            extra.append(events_batch(expired))
+        for batch in extra:
+            spans = SpanBatch(self.service_names[NGINX_ERROR])
+            spans.spans = self.span_builder.spans(batch, now_ns)
+            parts.append(spans.request_bytes())
+            if stats is not None:
+                stats.add_batch(batch)
         return b"".join(parts), count

@@ -27,6 +27,11 @@ REQUESTS = {
     "anonymous": DemoRequest("POST", "/v1/chat-messages?anonymous=1", body={"query": "?"}),
     "model_config": DemoRequest("PUT", "/v1/model-configs", user="admin",
                                 body={"model": "gpt-x"}),
+    # Dify's streamed answers (SSE): one cut by the upstream, one whole
+    "sse_cut": DemoRequest("POST", "/v1/chat-messages?cut=1", user="u5",
+                           body={"query": "hi", "response_mode": "streaming"}),
+    "sse_whole": DemoRequest("POST", "/v1/chat-messages?stream=whole", user="u6",
+                             body={"query": "hi", "response_mode": "streaming"}),
 }
 
 
@@ -59,7 +64,9 @@ def traced(stack):
 
 
 def _service_spans(traced, name: str, service: str) -> list[dict]:
-    return [s for s in traced[name][1] if s["process"]["serviceName"] == service]
+    """The spans of one source's records (error-log evidence may add nginx child spans)."""
+    return [s for s in traced[name][1] if s["process"]["serviceName"] == service
+            and span_tags(s).get("audit.source") == service]
 
 
 def _only_span(traced, name: str) -> dict:
@@ -78,8 +85,8 @@ def test_every_request_is_one_span_whose_trace_id_is_nginx_request_id(stack, tra
     # nothing else arrived: one nginx and one app span per request, no duplicates, no strays
     total = [s for t in stack.jaeger.find_traces("nginx", limit=1000)
              for s in stack.jaeger.spans_of(t)]
-    services = [s["process"]["serviceName"] for s in total]
-    assert services.count("nginx") == services.count("app") == len(REQUESTS)
+    sources = [span_tags(s).get("audit.source") for s in total]
+    assert sources.count("nginx") == sources.count("app") == len(REQUESTS)
 
 
 def test_app_record_is_the_child_of_the_nginx_span(traced) -> None:
@@ -114,6 +121,27 @@ def test_span_attributes_follow_http_conventions(traced) -> None:
     assert (dataset["user.id"], dataset["app.id"]) == ("u2", "a2")
 
 
+def test_cut_stream_is_flagged_from_the_error_log(stack, traced) -> None:
+    """A streamed answer cut by the upstream is logged 200/OK; only nginx's error log tells.
+    audit-guard joins the error-log event to the request: the request's trace carries
+    truncated:upstream_closed (on the nginx span, or on a child span when the error line came
+    after the access line); an uncut stream carries nothing of the kind."""
+    line, _ = traced["sse_cut"]
+    assert (line["status"], line["request_completion"], line["sent_http_content_length"]) == (
+        "200", "OK", "")
+    rid = line["request_id"]
+
+    def cut_flag(span: dict) -> bool:
+        tags = span_tags(span)
+        return "truncated:upstream_closed" in orjson.loads(tags.get("audit.flags", "[]"))
+
+    flagged = stack.jaeger.wait_for_spans(cut_flag, timeout=60, trace_id=rid)
+    assert all(s["traceID"] == rid for s in flagged)
+    assert any("nginx.error" in span_tags(s) for s in flagged)
+    whole = stack.jaeger.trace(traced["sse_whole"][0]["request_id"])
+    assert whole and not [s for s in stack.jaeger.spans_of(whole) if cut_flag(s)]
+
+
 def test_builtin_rules_flag_the_seed_scenarios(traced) -> None:
     """403 on a dataset and a model-configuration change, end to end, on the nginx spans."""
     for name, rule in (("forbidden", "dataset_access_denied"),
@@ -142,7 +170,7 @@ def test_cut_response_is_flagged(traced) -> None:
     assert (line["status"], line["request_completion"]) == ("200", "OK")
     tags = span_tags(_only_span(traced, "cut"))
     assert tags["audit.truncated"] is True
-    assert tags["audit.truncation.reason"] == "response_short"
+    assert "response_short" in tags["audit.truncation.reason"].split(",")
     # Jaeger shows string-array attributes as a JSON-encoded string
     assert "truncated:response_short" in orjson.loads(tags["audit.flags"])
 
@@ -166,17 +194,26 @@ def test_demo_once_smoke() -> None:
 
 
 def test_replay_of_the_real_access_log_matches_jaeger(stack, traced) -> None:
-    """`audit-guard replay access.log` finds offline what the service put on the spans."""
+    """`audit-guard replay access.log error.log` finds offline what the service put on the
+    nginx spans (when the error line came before the access line, as nginx writes them)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "processor.cli", "replay", str(stack.nginx_paths.access_log)],
+        [sys.executable, "-m", "processor.cli", "replay", str(stack.nginx_paths.access_log),
+         str(stack.nginx_paths.error_log)],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1, proc.stderr  # the cut and the anonymous requests are flagged
-    by_trace = {o["trace_id"]: o for o in map(orjson.loads, proc.stdout.splitlines())}
+    by_trace = {o["trace_id"]: o for o in map(orjson.loads, proc.stdout.splitlines())
+                if o["source"] == "nginx"}
     for name, (line, _) in traced.items():
         span = _only_span(traced, name)
         replayed = by_trace[line["request_id"]]
-        tags = span_tags(span)
-        span_flags = orjson.loads(tags["audit.flags"]) if "audit.flags" in tags else []
-        assert replayed["flags"] == span_flags, name
         assert replayed["span_id"] == span["spanID"], name
+        # The service flags the nginx span, or — when the error line reached it after the
+        # access line — a child span of it: compare with all nginx spans of the trace.
+        trace = stack.jaeger.trace(line["request_id"])
+        in_trace = set()
+        for s in stack.jaeger.spans_of(trace):
+            tags = span_tags(s)
+            if s["process"]["serviceName"] == "nginx" and "audit.flags" in tags:
+                in_trace |= set(orjson.loads(tags["audit.flags"]))
+        assert set(replayed["flags"]) == in_trace, name

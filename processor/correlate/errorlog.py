@@ -10,13 +10,15 @@ may be missing from the access log).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
+from hashlib import blake2b
 from typing import Any
 
 from ..record import RecordBatch
 from ..sources.nginx_error import FLAG_FOR_KIND, ErrorEvent, join_key
 
-__all__ = ["ErrorLogIndex"]
+__all__ = ["ErrorLogIndex", "ErrorLogJoin", "events_batch"]
 
 
 def _access_key(fields: dict[str, Any]) -> tuple[int, str, str] | None:
@@ -63,15 +65,7 @@ class ErrorLogIndex:
                 if end is not None and when is not None and abs(when - end) > self._window:
                     continue
                 self._matched.add(id(event))
-                reason = FLAG_FOR_KIND[event.kind or ""]
-                assert reason is not None
-                reasons = batch.truncation_reasons.setdefault(i, [])
-                name = reason.partition(":")[2]
-                if name not in reasons:
-                    reasons.append(name)
-                attrs = dict(batch.attributes[i] or {})
-                attrs["nginx.error"] = event.message
-                batch.attributes[i] = attrs
+                _flag_row(batch, i, event)
 
     @property
     def joined(self) -> int:
@@ -83,3 +77,161 @@ class ErrorLogIndex:
         rest = [e for events in self._by_key.values() for e in events
                 if id(e) not in self._matched]
         return sorted(self.unmatched + rest, key=lambda e: e.line)
+
+
+class ErrorLogJoin:
+    """The service's join (stateful, bounded). nginx writes a cut's error line before the
+    request's access line, and the pipeline handles a request's error-log records before its
+    access records, so usually the event is pending when its access row comes: the row itself
+    is flagged, exactly as replay does. When the access row was already handed on, the event
+    becomes a flagged child span of the request's span instead (`audit.late_evidence=true`).
+    An event that joins nothing within the window is reported on its own."""
+
+    def __init__(self, window_ns: int, max_pending: int = 10_000, recent_batches: int = 16) -> None:
+        self._window = window_ns
+        self._max_pending = max_pending
+        self._pending: dict[tuple[int, str, str], list[tuple[ErrorEvent, int]]] = {}
+        self._unkeyed: list[tuple[ErrorEvent, int]] = []
+        self._recent: deque[_Remembered] = deque(maxlen=recent_batches)
+        self.evicted = 0
+
+    def on_events(
+        self, events: Iterable[ErrorEvent], now_ns: int
+    ) -> list[tuple[ErrorEvent, bytes, bytes]]:
+        """Take new events; return those joining an access record already handed on, with the
+        record's trace and span id."""
+        late = []
+        for event in events:
+            if event.kind is None or FLAG_FOR_KIND.get(event.kind) is None:
+                continue
+            key = join_key(event)
+            if key is None:
+                self._unkeyed.append((event, now_ns + self._window))
+                continue
+            found = self._find_recent(key, event)
+            if found is not None:
+                late.append((event, *found))
+                continue
+            if sum(map(len, self._pending.values())) >= self._max_pending:
+                self.evicted += 1
+                continue
+            self._pending.setdefault(key, []).append((event, now_ns + self._window))
+        return late
+
+    def on_access(self, batch: RecordBatch) -> None:
+        """Flag the access rows pending events join (before the batch is checked)."""
+        if not self._pending:
+            return
+        for i, fields in enumerate(batch.fields):
+            key = _access_key(fields)
+            waiting = self._pending.get(key) if key is not None else None
+            if not waiting:
+                continue
+            end = batch.time_unix_nano[i]
+            for event, _deadline in list(waiting):
+                when = event.time_unix_nano
+                if end is not None and when is not None and abs(when - end) > self._window:
+                    continue
+                _flag_row(batch, i, event)
+                waiting.remove((event, _deadline))
+            if not waiting and key is not None:
+                del self._pending[key]
+
+    def remember(self, batch: RecordBatch) -> None:
+        """Keep a checked access batch for events that come after it (references only)."""
+        self._recent.append(_Remembered(batch.fields, batch.trace_id, batch.span_id,
+                                        batch.time_unix_nano))
+
+    def expired(self, now_ns: int) -> list[ErrorEvent]:
+        """Events whose window passed without an access record: reported on their own."""
+        out = [e for e, deadline in self._unkeyed if deadline <= now_ns]
+        self._unkeyed = [(e, d) for e, d in self._unkeyed if d > now_ns]
+        for key in list(self._pending):
+            waiting = self._pending[key]
+            out += [e for e, deadline in waiting if deadline <= now_ns]
+            keep = [(e, d) for e, d in waiting if d > now_ns]
+            if keep:
+                self._pending[key] = keep
+            else:
+                del self._pending[key]
+        return sorted(out, key=lambda e: (e.time_unix_nano or 0, e.line))
+
+    def _find_recent(
+        self, key: tuple[int, str, str], event: ErrorEvent
+    ) -> tuple[bytes, bytes] | None:
+        for remembered in reversed(self._recent):
+            row = remembered.index().get(key)
+            if row is None:
+                continue
+            end, when = remembered.ends[row], event.time_unix_nano
+            if end is not None and when is not None and abs(when - end) > self._window:
+                continue
+            return remembered.trace_ids[row], remembered.span_ids[row]
+        return None
+
+
+class _Remembered:
+    __slots__ = ("fields", "trace_ids", "span_ids", "ends", "_index")
+
+    def __init__(self, fields: list[dict[str, Any]], trace_ids: list[bytes],
+                 span_ids: list[bytes], ends: list[int | None]) -> None:
+        self.fields, self.trace_ids, self.span_ids, self.ends = fields, trace_ids, span_ids, ends
+        self._index: dict[tuple[int, str, str], int] | None = None
+
+    def index(self) -> dict[tuple[int, str, str], int]:
+        if self._index is None:  # built only when an event needs it
+            self._index = {}
+            for i, fields in enumerate(self.fields):
+                key = _access_key(fields)
+                if key is not None:
+                    self._index[key] = i
+        return self._index
+
+
+def _flag_row(batch: RecordBatch, i: int, event: ErrorEvent) -> None:
+    reason = FLAG_FOR_KIND[event.kind or ""]
+    assert reason is not None
+    reasons = batch.truncation_reasons.setdefault(i, [])
+    name = reason.partition(":")[2]
+    if name not in reasons:
+        reasons.append(name)
+    attrs = dict(batch.attributes[i] or {})
+    attrs["nginx.error"] = event.message
+    batch.attributes[i] = attrs
+
+
+def events_batch(events: list[ErrorEvent], parents: list[tuple[bytes, bytes]] | None = None
+                 ) -> RecordBatch:
+    """Error events as records of their own (source nginx_error) — child spans of the request
+    they belong to when `parents` gives its (trace id, span id), else traces of their own."""
+    n = len(events)
+    batch = RecordBatch(
+        "nginx_error", n,
+        time_unix_nano=[e.time_unix_nano for e in events],
+        method=[e.request_method for e in events],
+        path=[(e.request_uri or "").partition("?")[0] or None for e in events],
+        client_address=[e.client for e in events],
+        server_address=[e.server for e in events],
+        name=[f"nginx {e.level}: {e.kind}" for e in events],
+        attributes=[{"nginx.error": e.message, "log.severity": e.level,
+                     **({"nginx.connection": e.connection} if e.connection is not None else {}),
+                     **({"audit.late_evidence": True} if parents else {})} for e in events],
+        raw=[f"{e.line}:{e.message}" for e in events],
+    )
+    for i, event in enumerate(events):
+        reason = FLAG_FOR_KIND[event.kind or ""]
+        if reason is not None:
+            batch.truncation_reasons[i] = [reason.partition(":")[2]]
+            batch.add_flag(i, reason)
+        if parents:
+            trace_id, parent = parents[i]
+            batch.trace_id[i] = trace_id
+            batch.parent_span_id[i] = parent
+            batch.span_id[i] = blake2b(trace_id + parent + event.message.encode(),
+                                       digest_size=8).digest()
+        else:
+            ident = f"{event.connection}|{event.time_unix_nano}|{event.message}".encode()
+            batch.trace_id[i] = blake2b(b"nginx_error:" + ident, digest_size=16).digest()
+            batch.span_id[i] = blake2b(b"nginx_error-span:" + ident, digest_size=8).digest()
+            batch.trace_id_generated[i] = True
+    return batch

@@ -150,6 +150,7 @@ class CollectorEndpoints:
     app_log: Path | None = None
     container_logs: str | None = None
     pg_log: Path | None = None
+    nginx_error_log: Path | None = None
 
     @property
     def egress(self) -> str:
@@ -172,6 +173,7 @@ class CollectorEndpoints:
             "CONTAINER_LOGS": self.container_logs
             or str(self.storage_dir / "no-containers" / "*" / "*-json.log"),
             "PG_AUDIT_LOG": str(self.pg_log or self.storage_dir / "no-postgresql.log"),
+            "NGINX_ERROR_LOG": str(self.nginx_error_log or self.storage_dir / "no-error.log"),
             "NGINX_VTS_TARGET": self.vts_target,
             "AUDIT_GUARD_PROCESSOR_ENDPOINT": self.processor_endpoint,
             "AUDIT_GUARD_EGRESS_ENDPOINT": self.egress,
@@ -195,6 +197,7 @@ def start_collector(
     app_log: Path | None = None,
     container_logs: str | None = None,
     pg_log: Path | None = None,
+    nginx_error_log: Path | None = None,
     timeout: float = 60,
 ) -> tuple[ManagedProcess, CollectorEndpoints]:
     """Start the audit-guard collector; return once health_check answers 200.
@@ -218,6 +221,7 @@ def start_collector(
         app_log=app_log or workdir / "app-audit.json.log",
         container_logs=container_logs or str(workdir / "containers" / "*" / "*-json.log"),
         pg_log=pg_log or workdir / "postgresql.log",
+        nginx_error_log=nginx_error_log or workdir / "nginx-error.log",
     )
     proc = ManagedProcess(
         "collector",

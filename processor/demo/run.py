@@ -16,6 +16,10 @@ from .traffic import burst, send
 __all__ = ["run_demo", "summarize"]
 
 
+def _tag(span: dict, key: str) -> object:
+    return next((t["value"] for t in span.get("tags", []) if t["key"] == key), None)
+
+
 def summarize(stack: Stack, expected: int, timeout: float = 90) -> dict[str, int]:
     """Wait until Jaeger holds an nginx span and an app span per request, then count what was
     flagged (on the nginx spans) and how many requests form one nginx → app trace."""
@@ -26,7 +30,9 @@ def summarize(stack: Stack, expected: int, timeout: float = 90) -> dict[str, int
     while time.monotonic() < deadline:
         traces = jaeger.find_traces("nginx", lookback_s=3600, limit=10_000)
         all_spans = [s for t in traces for s in jaeger.spans_of(t)]
-        spans = [s for s in all_spans if s["process"].get("serviceName") == "nginx"]
+        # one access-record span per request (error-log evidence may add child spans)
+        spans = [s for s in all_spans if s["process"].get("serviceName") == "nginx"
+                 and _tag(s, "audit.source") == "nginx"]
         app_spans = [s for s in all_spans if s["process"].get("serviceName") == "app"]
         if len(spans) >= expected and len(app_spans) >= expected:
             break

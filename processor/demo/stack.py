@@ -56,6 +56,7 @@ class Stack:
         collector, endpoints = start_collector(
             wd,
             access_log=self.nginx_paths.access_log,
+            nginx_error_log=self.nginx_paths.error_log,
             app_log=self.app_log,
             processor_endpoint=f"127.0.0.1:{self.processor_port}",
             traces_endpoint=self.jaeger_ports.otlp_endpoint,
