@@ -52,6 +52,9 @@ class AuditRecord:
     # Source-specific span attributes, OpenTelemetry semantic conventions where they exist
     # (e.g. {"db.system.name": "postgresql", "db.operation.name": "SELECT"}); None when none.
     attributes: dict[str, str | int | float | bool] | None = None
+    # Span events: (time_unix_nano, name, attributes), e.g. the nginx error-log line that
+    # showed the response was cut. None when none.
+    events: list[tuple[int, str, dict[str, str | int]]] | None = None
     # Every field the record held, as written (salvaged ones too).
     fields: dict[str, Any] = field(default_factory=dict)
     # Findings, in the vocabulary of processor.flags.

@@ -123,6 +123,15 @@ class _KeyCache:
         return out
 
 
+def _encode_events(found: list[tuple[int, str, dict[str, str | int]]]) -> bytes:
+    """Span events (rare: error-log evidence), encoded by the stubs."""
+    return Span(events=[
+        Span.Event(time_unix_nano=when, name=name,
+                   attributes=[KeyValue(key=k, value=_any_value(v)) for k, v in attrs.items()])
+        for when, name, attrs in found
+    ]).SerializeToString()
+
+
 class SpanBatch:
     """Serialized spans of one resource (service), turned into an ExportTraceServiceRequest."""
 
@@ -311,6 +320,8 @@ class SpanBuilder:
             columns.append(flagged)
         if True in batch.trace_id_generated:
             columns.append([self._generated if g else b"" for g in batch.trace_id_generated])
+        if any(batch.events):
+            columns.append([_encode_events(found) if found else b"" for found in batch.events])
         if errors:
             status = [b""] * n
             for i in errors:

@@ -5,6 +5,8 @@ Assertions go through Jaeger's HTTP API, as an operator would look.
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import sys
 
@@ -46,21 +48,39 @@ def traced(stack):
     """Send each request once; return {name: (access-log line, Jaeger span)}."""
     for req in REQUESTS.values():
         send(stack.base_url, req)
+    abort_download(stack.nginx_port, ABORT_PATH)
     access_log = stack.nginx_paths.access_log
 
     def lines() -> list[dict]:
         return [orjson.loads(x) for x in access_log.read_bytes().splitlines() if x.strip()]
 
-    wait_until(lambda: len(lines()) >= len(REQUESTS), 30, "nginx to log every request")
+    wait_until(lambda: len(lines()) >= len(REQUESTS) + 1, 30, "nginx to log every request")
     by_uri = {line["request_uri"].split("&user=")[0].split("?user=")[0]: line for line in lines()}
     out = {}
-    for name, req in REQUESTS.items():
-        line = by_uri[req.path]
+    paths = {name: req.path for name, req in REQUESTS.items()} | {"abort": ABORT_PATH}
+    for name, path in paths.items():
+        line = by_uri[path]
         rid = line["request_id"]
         # the nginx span and the app's audit record (the demo upstream logs every request)
         spans = stack.jaeger.wait_for_spans(lambda s: True, timeout=60, trace_id=rid, min_count=2)
         out[name] = (line, spans)
     return out
+
+
+ABORT_PATH = "/v1/datasets/ds-2/documents?size=5000000"
+
+
+def abort_download(port: int, path: str) -> None:
+    """A client that resets the connection mid-download (a closed tab, a timed-out client)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path}&user=u7 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Authorization: Bearer app-a1\r\n\r\n".encode())
+        received = 0
+        while received < 16_384:
+            chunk = sock.recv(4096)
+            assert chunk, "nginx closed before the abort"
+            received += len(chunk)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def _service_spans(traced, name: str, service: str) -> list[dict]:
@@ -86,7 +106,7 @@ def test_every_request_is_one_span_whose_trace_id_is_nginx_request_id(stack, tra
     total = [s for t in stack.jaeger.find_traces("nginx", limit=1000)
              for s in stack.jaeger.spans_of(t)]
     sources = [span_tags(s).get("audit.source") for s in total]
-    assert sources.count("nginx") == sources.count("app") == len(REQUESTS)
+    assert sources.count("nginx") == sources.count("app") == len(REQUESTS) + 1  # + the abort
 
 
 def test_app_record_is_the_child_of_the_nginx_span(traced) -> None:
@@ -138,8 +158,21 @@ def test_cut_stream_is_flagged_from_the_error_log(stack, traced) -> None:
     flagged = stack.jaeger.wait_for_spans(cut_flag, timeout=60, trace_id=rid)
     assert all(s["traceID"] == rid for s in flagged)
     assert any("nginx.error" in span_tags(s) for s in flagged)
+    # the error-log line is a span event (Jaeger: a log of the span)
+    events = [f["value"] for s in flagged for log in s.get("logs") or []
+              for f in log["fields"] if f["key"] == "event"]
+    assert "nginx error: upstream_closed" in events
     whole = stack.jaeger.trace(traced["sse_whole"][0]["request_id"])
     assert whole and not [s for s in stack.jaeger.spans_of(whole) if cut_flag(s)]
+
+
+def test_client_abort_is_flagged(traced) -> None:
+    line, _ = traced["abort"]
+    # nginx keeps the upstream's 200; only $request_completion (empty) and the info-level
+    # error-log line show the client went away mid-download
+    assert (line["status"], line["request_completion"]) == ("200", "")
+    tags = span_tags(_only_span(traced, "abort"))
+    assert "truncated:request_incomplete" in orjson.loads(tags["audit.flags"])
 
 
 def test_builtin_rules_flag_the_seed_scenarios(traced) -> None:

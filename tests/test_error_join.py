@@ -58,6 +58,13 @@ def test_error_first_flags_the_access_span() -> None:
     assert span.trace_id.hex() == RID
     assert "truncated:upstream_closed" in a["audit.flags"]
     assert a["nginx.error"].startswith("upstream prematurely closed connection")
+    # the error-log line is also a span event, at the time nginx wrote it
+    (event,) = span.events
+    assert event.name == "nginx error: upstream_closed"
+    assert event.time_unix_nano == (T + 2) * 10**9
+    event_attrs = {kv.key: kv.value for kv in event.attributes}
+    assert event_attrs["message"].string_value.startswith("upstream prematurely closed")
+    assert event_attrs["nginx.connection"].int_value == 7
     assert spans(p, request("nginx_access"), now=NOW + 60 * 10**9) == []  # nothing left over
 
 

@@ -198,6 +198,17 @@ def _flag_row(batch: RecordBatch, i: int, event: ErrorEvent) -> None:
     attrs = dict(batch.attributes[i] or {})
     attrs["nginx.error"] = event.message
     batch.attributes[i] = attrs
+    events = list(batch.events[i] or [])
+    events.append(error_event(event))
+    batch.events[i] = events
+
+
+def error_event(event: ErrorEvent) -> tuple[int, str, dict[str, str | int]]:
+    """The error-log line as a span event: when nginx wrote it, its level, its text."""
+    attrs: dict[str, str | int] = {"log.severity": event.level, "message": event.message}
+    if event.connection is not None:
+        attrs["nginx.connection"] = event.connection
+    return (event.time_unix_nano or 0, f"nginx {event.level}: {event.kind}", attrs)
 
 
 def events_batch(events: list[ErrorEvent], parents: list[tuple[bytes, bytes]] | None = None
@@ -217,6 +228,7 @@ def events_batch(events: list[ErrorEvent], parents: list[tuple[bytes, bytes]] | 
                      **({"nginx.connection": e.connection} if e.connection is not None else {}),
                      **({"audit.late_evidence": True} if parents else {})} for e in events],
         raw=[f"{e.line}:{e.message}" for e in events],
+        events=[[error_event(e)] for e in events],
     )
     for i, event in enumerate(events):
         reason = FLAG_FOR_KIND[event.kind or ""]
