@@ -144,6 +144,35 @@ def _access_log_findings(log: Directive | None, formats: dict[str, Directive]) -
     return found
 
 
+def _buffering_finding(
+    loc: Directive, ctx: _Ctx, formats: dict[str, Directive], error_log_at_info: bool
+) -> Finding:
+    """Streaming (proxy_buffering off) hides cut responses from the access log; it is covered
+    when the error log is at info and the access log records $connection, so audit-guard can
+    join the error line that shows the cut to its request."""
+    assert ctx.buffering is not None
+    where = f"location {' '.join(loc.args)}"
+    fmt_names = [log.args[1] if len(log.args) > 1 else "combined" for log in ctx.access_logs]
+    texts = ["".join(formats[n].args[1:]) for n in fmt_names if n in formats]
+    logs_connection = bool(texts) and all("$connection" in t for t in texts)
+    if error_log_at_info and logs_connection:
+        return Finding(
+            "nginx.proxy_buffering", SUB, Level.OK,
+            f"proxy_buffering off for {where}, covered: error_log at info and $connection "
+            "logged (cut streams are joined from the error log)", _ev(ctx.buffering))
+    missing = [x for x, ok in (("error_log at info", error_log_at_info),
+                               ("$connection in the access log", logs_connection)) if not ok]
+    return Finding(
+        "nginx.proxy_buffering", SUB, Level.WARN,
+        f"proxy_buffering off for {where} without {' and '.join(missing)}", _ev(ctx.buffering),
+        "Unbuffered (streaming) responses are where an upstream that closes early still gets "
+        "`200` in the access log; only the error log says the stream was cut, and only "
+        "$connection ties that line to the request.",
+        "Keep it if the app streams (SSE), but set `error_log … info` and log $connection "
+        "(otel/nginx/audit_log_format.conf does): audit-guard then flags the cut requests.",
+    )
+
+
 def check_tree(tree: list[Directive], source: str) -> list[Finding]:
     formats = {d.args[0]: d for d in _all(tree, "log_format") if d.args}
     locations: list[tuple[Directive, _Ctx]] = []
@@ -157,16 +186,10 @@ def check_tree(tree: list[Directive], source: str) -> list[Finding]:
             "so nothing about the audit trail could be verified.",
             "Point --nginx-conf at the config that fronts the app (or pass `nginx -T` output).",
         ))
+    error_log = _error_log(tree, source)
     for loc, ctx in locations:
         if ctx.buffering is not None and ctx.buffering.args[:1] == ["off"]:
-            found.append(Finding(
-                "nginx.proxy_buffering", SUB, Level.WARN,
-                f"proxy_buffering off for location {' '.join(loc.args)}", _ev(ctx.buffering),
-                "Unbuffered (streaming) responses are where an upstream that closes early still "
-                "gets `200` in the access log; only the error log says the stream was cut.",
-                "Keep it if the app streams (SSE), but collect the error log at `info` and "
-                "join it on $connection; audit-guard flags the cut spans.",
-            ))
+            found.append(_buffering_finding(loc, ctx, formats, error_log.level is Level.OK))
         logs = ctx.access_logs or [None]
         for log in logs:
             found.extend(_access_log_findings(log, formats))
@@ -184,7 +207,7 @@ def check_tree(tree: list[Directive], source: str) -> list[Finding]:
                 "Include otel/nginx/audit_location.conf in the location (and repeat the other "
                 "proxy_set_header lines there: inheritance stops at the first one).",
             ))
-    found.append(_error_log(tree, source))
+    found.append(error_log)
     status = _all(tree, "stub_status") + _all(tree, "vhost_traffic_status_display")
     if status:
         found.append(Finding("nginx.status_endpoint", SUB, Level.OK,
