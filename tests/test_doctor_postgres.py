@@ -92,11 +92,13 @@ def test_pgaudit_and_logging_checks(pg: PgInstance) -> None:
 def test_weak_pgaudit_settings_are_found(pg: PgInstance) -> None:
     # Per-database settings apply to new sessions: the doctor's connection sees them.
     pg.psql("CREATE DATABASE weak; ALTER DATABASE weak SET pgaudit.log = 'read, misc';"
-            "ALTER DATABASE weak SET pgaudit.log_parameter = off;")
+            "ALTER DATABASE weak SET pgaudit.log_parameter = off;"
+            "ALTER DATABASE weak SET pgaudit.log_relation = off;")
     found = check_postgres(pg.dsn.rsplit("/", 1)[0] + "/weak")
     assert [f.level for f in by_check(found, "postgres.pgaudit_log")] == [Level.WARN]
     assert "write, ddl, role" in by_check(found, "postgres.pgaudit_log")[0].title
     assert [f.level for f in by_check(found, "postgres.log_parameter")] == [Level.WARN]
+    assert [f.level for f in by_check(found, "postgres.log_relation")] == [Level.WARN]
     # No CREATE EXTENSION in that database.
     assert [f.level for f in by_check(found, "postgres.pgaudit_loaded")] == [Level.WARN]
 
@@ -128,3 +130,40 @@ def test_failing_wal_archiving_is_found(tmp_path: Path) -> None:
 def test_healthy_archiving_is_ok(pg: PgInstance) -> None:
     # archive_mode is off on the shared instance: nothing to report, no false alarm
     assert by_check(check_postgres(pg.dsn), "postgres.archiver") == []
+
+
+def test_pg_partman_maintenance_gap_is_found(tmp_path: Path) -> None:
+    with running_postgres(tmp_path) as pg:
+        pg.psql("""
+            CREATE SCHEMA partman;
+            CREATE EXTENSION pg_partman SCHEMA partman;
+            CREATE TABLE events (at timestamptz NOT NULL, what text) PARTITION BY RANGE (at);
+            SELECT partman.create_parent(p_parent_table => 'public.events', p_control => 'at',
+                                         p_type => 'native', p_interval => 'daily',
+                                         p_premake => 4);
+        """)
+        (ok,) = by_check(check_postgres(pg.dsn), "postgres.partman_premake")
+        assert ok.level is Level.OK and "4 partitions ahead" in ok.title
+        # maintenance stopped: the furthest future partitions were never made (drop two)
+        pg.psql("""
+            DO $$
+            DECLARE r record;
+            BEGIN
+              FOR r IN SELECT c.oid::regclass AS part FROM pg_inherits i
+                       JOIN pg_class c ON c.oid = i.inhrelid
+                       WHERE i.inhparent = 'public.events'::regclass
+                         AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+                       ORDER BY c.relname DESC LIMIT 2 LOOP
+                EXECUTE format('DROP TABLE %s', r.part);
+              END LOOP;
+            END $$;
+        """)
+        (gap,) = by_check(check_postgres(pg.dsn), "postgres.partman_premake")
+        assert gap.level is Level.WARN and "4 partitions ahead, 2 exist" in gap.title
+        assert "run_maintenance" in gap.fix
+
+
+def test_stderr_without_logging_collector_is_found(tmp_path: Path) -> None:
+    with running_postgres(tmp_path, ["logging_collector=off", "log_destination=stderr"]) as pg:
+        (finding,) = by_check(check_postgres(pg.dsn), "postgres.logging_collector")
+        assert finding.level is not Level.OK and "logging_collector is off" in finding.title

@@ -231,6 +231,46 @@ def _partitions(cur: psycopg.Cursor[Any], src: str) -> list[Finding]:
     return found
 
 
+def _partman(cur: psycopg.Cursor[Any], src: str) -> list[Finding]:
+    """pg_partman keeps `premake` partitions ahead of now — if its maintenance runs."""
+    cur.execute("SELECT extnamespace::regnamespace::text FROM pg_extension "
+                "WHERE extname = 'pg_partman'")
+    row = cur.fetchone()
+    if row is None:
+        return []
+    schema = row[0]
+    found: list[Finding] = []
+    cur.execute("SELECT now()")
+    now = cur.fetchone()[0]  # type: ignore[index]
+    for parent, premake in cur.execute(
+            f"SELECT parent_table, premake FROM {schema}.part_config").fetchall():  # noqa: S608
+        cur.execute(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+            (parent,))
+        bounds = [b for (b,) in cur.fetchall() if b and b != "DEFAULT"]
+        try:
+            starts = [_bounds(cur, b)[0] for b in bounds]
+        except ValueError:
+            continue  # not a single-column range: the partition checks above speak for it
+        ahead = sum(1 for start in starts if start is not None and start > now)
+        ev = Evidence(src, None, f"{schema}.part_config: {parent} premake={premake}, "
+                                 f"{ahead} partition(s) ahead of now")
+        if ahead < premake:
+            found.append(Finding(
+                "postgres.partman_premake", SUB, Level.WARN,
+                f"{parent}: pg_partman should keep {premake} partitions ahead, {ahead} exist",
+                ev, "pg_partman creates future partitions only when its maintenance runs; "
+                "when it stops, the last partition runs out and audit rows fail or pile up in "
+                "DEFAULT.",
+                f"Run `SELECT {schema}.run_maintenance();` now, and schedule it (pg_partman_bgw "
+                "in shared_preload_libraries, or cron)."))
+        else:
+            found.append(Finding("postgres.partman_premake", SUB, Level.OK,
+                                 f"{parent}: pg_partman keeps {ahead} partitions ahead", ev))
+    return found
+
+
 def check_postgres(dsn: str) -> list[Finding]:
     """A connection failure is itself a finding: the database could not be verified."""
     src = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)  # never print the password
@@ -245,4 +285,4 @@ def check_postgres(dsn: str) -> list[Finding]:
         host = conn.info.host
         local = host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")
         return [*_pgaudit(cur, src), *_logging(cur, src, local), *_archiver(cur, src),
-                *_partitions(cur, src)]
+                *_partitions(cur, src), *_partman(cur, src)]
