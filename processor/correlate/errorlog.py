@@ -32,6 +32,25 @@ def _access_key(fields: dict[str, Any]) -> tuple[int, str, str] | None:
         return None
 
 
+def _joins(
+    batch: RecordBatch, events: dict[tuple[int, str, str], list[ErrorEvent]], window_ns: int
+) -> list[tuple[int, ErrorEvent]]:
+    """(row, event) for every access row an event joins: same connection serial, method and
+    URI, and times no more than the window apart (when both are known)."""
+    out = []
+    for i, fields in enumerate(batch.fields):
+        key = _access_key(fields)
+        candidates = events.get(key) if key is not None else None
+        if not candidates:
+            continue
+        end = batch.time_unix_nano[i]
+        for event in candidates:
+            when = event.time_unix_nano
+            if end is None or when is None or abs(when - end) <= window_ns:
+                out.append((i, event))
+    return out
+
+
 class ErrorLogIndex:
     """Error events that mean a cut, by join key; `apply` flags the access rows they match."""
 
@@ -54,18 +73,9 @@ class ErrorLogIndex:
 
     def apply(self, batch: RecordBatch) -> None:
         """Flag the access rows an event joins (before the batch is checked)."""
-        for i, fields in enumerate(batch.fields):
-            key = _access_key(fields)
-            events = self._by_key.get(key) if key is not None else None
-            if not events:
-                continue
-            end = batch.time_unix_nano[i]
-            for event in events:
-                when = event.time_unix_nano
-                if end is not None and when is not None and abs(when - end) > self._window:
-                    continue
-                self._matched.add(id(event))
-                _flag_row(batch, i, event)
+        for i, event in _joins(batch, self._by_key, self._window):
+            self._matched.add(id(event))
+            _flag_row(batch, i, event)
 
     @property
     def joined(self) -> int:
@@ -122,19 +132,16 @@ class ErrorLogJoin:
         """Flag the access rows pending events join (before the batch is checked)."""
         if not self._pending:
             return
-        for i, fields in enumerate(batch.fields):
-            key = _access_key(fields)
-            waiting = self._pending.get(key) if key is not None else None
-            if not waiting:
-                continue
-            end = batch.time_unix_nano[i]
-            for event, _deadline in list(waiting):
-                when = event.time_unix_nano
-                if end is not None and when is not None and abs(when - end) > self._window:
-                    continue
-                _flag_row(batch, i, event)
-                waiting.remove((event, _deadline))
-            if not waiting and key is not None:
+        events = {key: [e for e, _ in waiting] for key, waiting in self._pending.items()}
+        joined = set()
+        for i, event in _joins(batch, events, self._window):
+            _flag_row(batch, i, event)
+            joined.add(id(event))
+        for key in list(self._pending):
+            waiting = [(e, d) for e, d in self._pending[key] if id(e) not in joined]
+            if waiting:
+                self._pending[key] = waiting
+            else:
                 del self._pending[key]
 
     def remember(self, batch: RecordBatch) -> None:
