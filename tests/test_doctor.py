@@ -7,7 +7,9 @@ configs nginx would run, not on shapes only the parser likes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,30 @@ def test_cli_exit_codes_and_json(demo_conf: Path, tmp_path: Path,
     bad.write_text("http { server { ")
     assert main(["--nginx-conf", str(bad)]) == 3
     assert "audit-guard doctor:" in capsys.readouterr().err
+
+
+def test_rotation_is_judged_at_the_observed_log_rate(tmp_path: Path) -> None:
+    """With the container's log files readable here, rotation is measured in time at the rate
+    they were written: 10m x 3 is plenty for a quiet container and 10 minutes for a busy one."""
+    logs = tmp_path / "containers" / "abc"
+    logs.mkdir(parents=True)
+    current, rotated = logs / "abc-json.log", logs / "abc-json.log.1"
+
+    def inspect(rate_mib_per_h: float) -> Path:
+        # the rotated file was closed 10 minutes before the current one was last written
+        for path, age_s in ((rotated, 600), (current, 0)):
+            path.write_bytes(b"x" * int(rate_mib_per_h * 1024**2 / 6))  # 10 minutes' worth
+            os.utime(path, (time.time() - age_s, time.time() - age_s))
+        doc = tmp_path / "inspect.json"
+        doc.write_text(json.dumps([{
+            "Name": "/api", "LogPath": str(current),
+            "HostConfig": {"LogConfig": {"Type": "json-file",
+                                         "Config": {"max-size": "10m", "max-file": "3"}}},
+            "Config": {"Image": "nginx", "Env": []},
+        }]))
+        return doc
+
+    (quiet,) = [f for f in check_inspect(inspect(6)) if f.check == "docker.log_rotation"]
+    assert quiet.level is Level.OK and "5.0 h" in quiet.title
+    (busy,) = [f for f in check_inspect(inspect(180)) if f.check == "docker.log_rotation"]
+    assert busy.level is Level.WARN and "10 min" in busy.title and "180 MiB/h" in busy.title

@@ -7,6 +7,9 @@ first two and pass the third.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +170,23 @@ def test_stderr_without_logging_collector_is_found(tmp_path: Path) -> None:
     with running_postgres(tmp_path, ["logging_collector=off", "log_destination=stderr"]) as pg:
         (finding,) = by_check(check_postgres(pg.dsn), "postgres.logging_collector")
         assert finding.level is not Level.OK and "logging_collector is off" in finding.title
+
+
+def test_nearly_full_log_disk_is_found(tmp_path: Path) -> None:
+    """The server's log_directory on a small tmpfs that is 94 % full → warn."""
+    # outside pytest's tmp dirs: those are 0700 root, and the postgres user must reach it
+    mount = Path(tempfile.mkdtemp(prefix="ag-pglog-"))
+    mount.chmod(0o755)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(mount)], check=True)
+    try:
+        shutil.chown(mount, "postgres", "postgres")
+        filler = mount / "filler"
+        with filler.open("wb") as fh:
+            fh.write(b"\0" * (8 * 1024 * 1024 * 94 // 100))
+        with running_postgres(tmp_path / "pg", [f"log_directory={mount}"]) as pg:
+            (disk,) = by_check(check_postgres(pg.dsn), "postgres.log_disk")
+            assert disk.level is Level.WARN and "free" in disk.title
+            assert "full log disk" in disk.why
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)

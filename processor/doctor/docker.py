@@ -27,7 +27,49 @@ def parse_size(text: str) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
-def _log_findings(driver: str, opts: dict[str, str], src: str, who: str) -> list[Finding]:
+# A rotation must hold at least this long at the observed rate: a collector down (restart,
+# upgrade, backlog) for less than that loses nothing.
+MIN_ROTATION_SECONDS = 3600
+
+
+def observed_rate(log_path: Path) -> float | None:
+    """Bytes per second written to a container's json-file log, from the current file and its
+    rotated siblings on this host (size over the span of their modification times); None when
+    the files are not readable here or span too little time to tell."""
+    files = [p for p in [log_path, *log_path.parent.glob(log_path.name + ".*")] if p.is_file()]
+    if not files:
+        return None
+    stats = [p.stat() for p in files]
+    oldest = min(st.st_mtime for st in stats)
+    newest = max(st.st_mtime for st in stats)
+    if len(files) < 2 or newest - oldest < 60:
+        return None
+    # the oldest file's bytes were written before its mtime: count the span of the others
+    return sum(st.st_size for st in stats if st.st_mtime > oldest) / (newest - oldest)
+
+
+def _rotation_at_rate(opts: dict[str, str], rate: float, ev: Evidence, who: str
+                      ) -> Finding | None:
+    size = parse_size(opts.get("max-size", ""))
+    if size is None:
+        return None
+    files = int(opts.get("max-file", "1") or 1)
+    held = size * files / rate
+    if held >= MIN_ROTATION_SECONDS:
+        return Finding("docker.log_rotation", SUB, Level.OK,
+                       f"{who}: rotation holds {held / 3600:.1f} h at the observed "
+                       f"{rate * 3600 / 1024**2:.0f} MiB/h", ev)
+    return Finding(
+        "docker.log_rotation", SUB, Level.WARN,
+        f"{who}: rotation holds only {held / 60:.0f} min at the observed "
+        f"{rate * 3600 / 1024**2:.0f} MiB/h ({opts['max-size']} x {files})", ev,
+        "A collector that is down or behind for longer than that finds the lines rotated away: "
+        "they are gone.",
+        f"Keep at least an hour: max-size x max-file >= {rate * 3600 / 1024**2:.0f} MiB.")
+
+
+def _log_findings(driver: str, opts: dict[str, str], src: str, who: str,
+                  rate: float | None = None) -> list[Finding]:
     ev = Evidence(src, None, f"{who}: log-driver={driver} {json.dumps(opts, sort_keys=True)}")
     found: list[Finding] = []
     if driver == "json-file":
@@ -52,7 +94,11 @@ def _log_findings(driver: str, opts: dict[str, str], src: str, who: str) -> list
             "When the ring buffer is full Docker DROPS the new log line: silently, no error, "
             "no counter. A burst of requests loses audit lines and only gaps show it.",
             'Remove "mode": "non-blocking" (the default `blocking` never drops).'))
-    if driver == "json-file" and "max-size" in opts:
+    if driver == "json-file" and "max-size" in opts and rate is not None:
+        at_rate = _rotation_at_rate(opts, rate, ev, who)
+        if at_rate is not None:
+            found.append(at_rate)
+    elif driver == "json-file" and "max-size" in opts:
         size = parse_size(opts["max-size"])
         files = int(opts.get("max-file", "1") or 1)
         if size is not None and size * files < MIN_ROTATION:
@@ -106,7 +152,10 @@ def check_inspect(path: Path, with_app: bool = True) -> list[Finding]:
         who = str(c.get("Name", "") or c.get("Id", "?")[:12]).lstrip("/")
         log = (c.get("HostConfig") or {}).get("LogConfig") or {}
         opts = {k: str(v) for k, v in (log.get("Config") or {}).items()}
-        found.extend(_log_findings(str(log.get("Type", "json-file")), opts, str(path), who))
+        log_path = c.get("LogPath")
+        rate = observed_rate(Path(log_path)) if log_path else None
+        found.extend(_log_findings(str(log.get("Type", "json-file")), opts, str(path), who,
+                                   rate))
         env = parse_env_list((c.get("Config") or {}).get("Env") or [])
         found.extend(_python_findings(c, env, str(path), who))
         # Dify's settings live in the api container's env: check them when they are there.
