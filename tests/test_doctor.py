@@ -195,3 +195,18 @@ def test_rotation_is_judged_at_the_observed_log_rate(tmp_path: Path) -> None:
     assert quiet.level is Level.OK and "5.0 h" in quiet.title
     (busy,) = [f for f in check_inspect(inspect(180)) if f.check == "docker.log_rotation"]
     assert busy.level is Level.WARN and "10 min" in busy.title and "180 MiB/h" in busy.title
+
+
+def test_header_buffer_too_small_is_found(tmp_path: Path) -> None:
+    small = dify_conf(tmp_path / "small")
+    (small.parent / "proxy.conf").write_text(
+        (small.parent / "proxy.conf").read_text() + "proxy_buffer_size 1k;\n")
+    nginx_t(small)
+    (finding,) = [f for f in check_nginx(small) if f.check == "nginx.proxy_buffer_size"]
+    assert finding.level is Level.WARN and "below 4k" in finding.title
+    assert "too big header" in finding.why
+    roomy = dify_conf(tmp_path / "roomy")
+    (roomy.parent / "proxy.conf").write_text(
+        (roomy.parent / "proxy.conf").read_text() + "proxy_buffer_size 8k;\n")
+    nginx_t(roomy)
+    assert levels(check_nginx(roomy), "nginx.proxy_buffer_size") == [Level.OK]

@@ -32,6 +32,7 @@ class _Ctx:
     access_logs: list[Directive] = field(default_factory=list)
     headers: list[Directive] = field(default_factory=list)
     buffering: Directive | None = None
+    buffer_size: Directive | None = None  # proxy_buffer_size: holds the response header
 
 
 def _ev(d: Directive) -> Evidence:
@@ -59,10 +60,12 @@ def _level(ctx: _Ctx, block: list[Directive]) -> _Ctx:
     own_logs = [d for d in block if d.name == "access_log"]
     own_headers = [d for d in block if d.name == "proxy_set_header"]
     buffering = [d for d in block if d.name == "proxy_buffering"]
+    buffer_size = [d for d in block if d.name == "proxy_buffer_size"]
     return _Ctx(
         access_logs=own_logs or ctx.access_logs,
         headers=own_headers or ctx.headers,
         buffering=buffering[-1] if buffering else ctx.buffering,
+        buffer_size=buffer_size[-1] if buffer_size else ctx.buffer_size,
     )
 
 
@@ -144,6 +147,30 @@ def _access_log_findings(log: Directive | None, formats: dict[str, Directive]) -
     return found
 
 
+_SIZE = re.compile(r"(\d+)([kKmM]?)")
+MIN_HEADER_BUFFER = 4096  # nginx's default on x86-64 (one page): apps' headers fit in it
+
+
+def _buffer_size_finding(loc: Directive, d: Directive) -> Finding:
+    """proxy_buffer_size holds the upstream's response header: a header that does not fit is
+    `upstream sent too big header` and a 502 — after the app already did (and audited) it."""
+    m = _SIZE.fullmatch(d.args[0]) if d.args else None
+    size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()] if m else None
+    where = f"location {' '.join(loc.args)}"
+    if size is None or size >= MIN_HEADER_BUFFER:
+        return Finding("nginx.proxy_buffer_size", SUB, Level.OK,
+                       f"proxy_buffer_size {d.args[0] if d.args else '?'} for {where}", _ev(d))
+    return Finding(
+        "nginx.proxy_buffer_size", SUB, Level.WARN,
+        f"proxy_buffer_size {d.args[0]} for {where} is below {MIN_HEADER_BUFFER // 1024}k", _ev(d),
+        "A response header larger than this (big cookies, tokens) makes nginx answer 502 "
+        "`upstream sent too big header` although the app handled the request: the app's audit "
+        "record says it happened, the access log says it failed.",
+        "Raise it: `proxy_buffer_size 8k;` (or more for large tokens), keep error_log at info "
+        "to see the event.",
+    )
+
+
 def _buffering_finding(
     loc: Directive, ctx: _Ctx, formats: dict[str, Directive], error_log_at_info: bool
 ) -> Finding:
@@ -190,6 +217,8 @@ def check_tree(tree: list[Directive], source: str) -> list[Finding]:
     for loc, ctx in locations:
         if ctx.buffering is not None and ctx.buffering.args[:1] == ["off"]:
             found.append(_buffering_finding(loc, ctx, formats, error_log.level is Level.OK))
+        if ctx.buffer_size is not None:
+            found.append(_buffer_size_finding(loc, ctx.buffer_size))
         logs = ctx.access_logs or [None]
         for log in logs:
             found.extend(_access_log_findings(log, formats))
