@@ -69,7 +69,8 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
     with Stack(workdir) as stack:
         print(f"  nginx         {stack.base_url}  (access log {stack.nginx_paths.access_log})")
         print(f"  jaeger        {stack.jaeger_ports.query_url}")
-        print(f"  processor     127.0.0.1:{stack.processor_port} (OTLP/gRPC)")
+        print(f"  processor     127.0.0.1:{stack.processor_port} (OTLP/gRPC), status page "
+              f"http://127.0.0.1:{stack.admin_port}/")
         plan = burst(requests)
         statuses = [send(stack.base_url, r) for r in plan]
         expected_trunc = sum(1 for r in plan if r.expect == "truncated")
@@ -92,6 +93,7 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
         print(f"  invalid            {found['invalid']}  (expected {expected_invalid})")
         print(f"  5xx                {found['server_errors']}")
         print(f"  Jaeger UI/API      {stack.jaeger_ports.query_url}/search?service=nginx")
+        print(f"  status page        http://127.0.0.1:{stack.admin_port}/")
         print(f"  flagged spans      {stack.jaeger_ports.query_url}/api/traces?service=nginx"
               '&tags={"audit.truncated":"true"}')
         verdict = "OK" if ok else f"MISMATCH — see the logs in {workdir}"
