@@ -6,7 +6,9 @@ what result (status), when (time). Each problem becomes a `missing_field:<name>`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from itertools import compress
+from typing import Any
 
 from .. import flags
 from ..record import RecordBatch
@@ -39,86 +41,102 @@ class AuditFieldValidator:
         # Values repeat across a batch (a few methods, statuses, users), so each check looks at
         # the distinct values first and visits rows only when some value is bad.
         found: dict[int, list[str]] = {}
-
-        def add(row: int, flag: str) -> None:
-            found.setdefault(row, []).append(flag)
-
         methods = batch.method
         if not set(methods) <= _KNOWN_METHODS:
-            for i, m in enumerate(methods):
-                if m is None:
-                    add(i, flags.missing_field("method"))
-                elif m not in _KNOWN_METHODS and _METHOD.fullmatch(m) is None:
-                    add(i, flags.invalid_field("method"))
+            _visit(found, methods, _method_problem)
         paths = batch.path
         distinct_paths = set(paths)
-        bad_paths = {p for p in distinct_paths if p is None or (p[:1] != "/" and p != "*")}
+        bad_paths = {p for p in distinct_paths if _path_problem(p)}
+        if bad_paths:
+            _visit(found, paths, _path_problem)
         audited_paths = {p for p in distinct_paths - bad_paths if self._audited(p)}
         audited = list(compress(range(len(paths)), map(audited_paths.__contains__, paths)))
-        if bad_paths:
-            for i, p in enumerate(paths):
-                if p in bad_paths:
-                    flag = flags.missing_field if p is None else flags.invalid_field
-                    add(i, flag("path"))
-        statuses = batch.status
-        if any(c is None or not 100 <= c <= 599 for c in set(statuses)):
-            for i, code in enumerate(statuses):
-                if code is None or not 100 <= code <= 599:
-                    bad = code is not None or "status" in batch.unparsed[i]
-                    add(i, flags.invalid_field("status") if bad else flags.missing_field("status"))
+        if any(_status_problem(c, ()) for c in set(batch.status)):
+            _visit(found, batch.status, _status_problem, batch.unparsed)
         if None in batch.time_unix_nano:
-            for i, t in enumerate(batch.time_unix_nano):
-                if t is None:
-                    bad = "time" in batch.unparsed[i]
-                    add(i, flags.invalid_field("time") if bad else flags.missing_field("time"))
+            _visit(found, batch.time_unix_nano, _time_problem, batch.unparsed)
         if audited:
             for name, column in (("user_id", batch.user_id), ("app_id", batch.app_id)):
                 values = list(map(column.__getitem__, audited))
-                bad_values = {v for v in set(values) if v is None or not _identity_ok(v)}
-                if bad_values:
+                if any(_identity_problem(name, v) for v in set(values)):
                     for i, v in zip(audited, values, strict=True):
-                        if v in bad_values:
-                            add(i, flags.missing_field(name) if v is None
-                                else flags.invalid_field(name))
-        for i in sorted(found):
-            batch.violations.setdefault(i, []).extend(found[i])
-            for flag in found[i]:
-                batch.add_flag(i, flag)
+                        problem = _identity_problem(name, v)
+                        if problem:
+                            found.setdefault(i, []).append(problem)
+        _record(batch, found)
 
     def _other_source(self, batch: RecordBatch) -> None:
         """App and database records: an app record that describes a request (has a method,
         path or status) is checked like an access record; every record needs a valid time; a
         database statement needs its role (user_id)."""
+        found: dict[int, list[str]] = {}
         for i in range(len(batch)):
-            found: list[str] = []
             method, path, status = batch.method[i], batch.path[i], batch.status[i]
+            unparsed = batch.unparsed[i]
+            problems = []
             if method is not None or path is not None or status is not None:
-                if method is None:
-                    found.append(flags.missing_field("method"))
-                elif method not in _KNOWN_METHODS and _METHOD.fullmatch(method) is None:
-                    found.append(flags.invalid_field("method"))
-                if path is None:
-                    found.append(flags.missing_field("path"))
-                elif path[:1] != "/" and path != "*":
-                    found.append(flags.invalid_field("path"))
-                if status is None or not 100 <= status <= 599:
-                    bad = status is not None or "status" in batch.unparsed[i]
-                    found.append(flags.invalid_field("status") if bad
-                                 else flags.missing_field("status"))
-            if batch.time_unix_nano[i] is None:
-                bad = "time" in batch.unparsed[i]
-                found.append(flags.invalid_field("time") if bad else flags.missing_field("time"))
-            identity = []
-            if path is not None and path[:1] == "/" and self._audited(path):
-                identity = [("user_id", batch.user_id[i]), ("app_id", batch.app_id[i])]
+                problems += [_method_problem(method), _path_problem(path),
+                             _status_problem(status, unparsed)]
+            problems.append(_time_problem(batch.time_unix_nano[i], unparsed))
+            if path is not None and not _path_problem(path) and self._audited(path):
+                problems += [_identity_problem("user_id", batch.user_id[i]),
+                             _identity_problem("app_id", batch.app_id[i])]
             elif batch.source == "pgaudit":
-                identity = [("user_id", batch.user_id[i])]
-            for name, value in identity:
-                if value is None:
-                    found.append(flags.missing_field(name))
-                elif not _identity_ok(value):
-                    found.append(flags.invalid_field(name))
-            if found:
-                batch.violations.setdefault(i, []).extend(found)
-                for flag in found:
-                    batch.add_flag(i, flag)
+                problems.append(_identity_problem("user_id", batch.user_id[i]))
+            problems = [p for p in problems if p]
+            if problems:
+                found[i] = problems
+        _record(batch, found)
+
+
+# One rule per field, each returning the flag for a bad value or None: the columnar and the
+# per-record paths above apply the same rules.
+def _method_problem(method: str | None) -> str | None:
+    if method is None:
+        return flags.missing_field("method")
+    if method not in _KNOWN_METHODS and _METHOD.fullmatch(method) is None:
+        return flags.invalid_field("method")
+    return None
+
+
+def _path_problem(path: str | None) -> str | None:
+    if path is None:
+        return flags.missing_field("path")
+    if path[:1] != "/" and path != "*":
+        return flags.invalid_field("path")
+    return None
+
+
+def _status_problem(code: int | None, unparsed: tuple[str, ...]) -> str | None:
+    if code is not None and 100 <= code <= 599:
+        return None
+    bad = code is not None or "status" in unparsed
+    return flags.invalid_field("status") if bad else flags.missing_field("status")
+
+
+def _time_problem(time_ns: int | None, unparsed: tuple[str, ...]) -> str | None:
+    if time_ns is not None:
+        return None
+    return flags.invalid_field("time") if "time" in unparsed else flags.missing_field("time")
+
+
+def _identity_problem(name: str, value: str | None) -> str | None:
+    if value is None:
+        return flags.missing_field(name)
+    return None if _identity_ok(value) else flags.invalid_field(name)
+
+
+def _visit(found: dict[int, list[str]], column: list[Any], rule: Callable[..., str | None],
+           unparsed: list[tuple[str, ...]] | None = None) -> None:
+    """Apply a field rule to every row of a column (the slow path, when some value is bad)."""
+    for i, value in enumerate(column):
+        problem = rule(value, unparsed[i]) if unparsed is not None else rule(value)
+        if problem:
+            found.setdefault(i, []).append(problem)
+
+
+def _record(batch: RecordBatch, found: dict[int, list[str]]) -> None:
+    for i in sorted(found):
+        batch.violations.setdefault(i, []).extend(found[i])
+        for flag in found[i]:
+            batch.add_flag(i, flag)
