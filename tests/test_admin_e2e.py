@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
 from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
-from tests.test_service import RecordingDownstream, logs_request
+from tests.otlp_doubles import logs_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 TOKEN = "e2e-token"
@@ -34,14 +34,6 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-@pytest.fixture
-def downstream():
-    d = RecordingDownstream()
-    d.server.start()
-    yield d
-    d.server.stop(0)
 
 
 @pytest.fixture

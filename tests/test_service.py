@@ -14,14 +14,12 @@ import sys
 import threading
 import time
 import urllib.request
-from concurrent import futures
 
 import grpc
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
 from processor.config import load_settings
 from processor.demo.procs import free_port, port_open, wait_until
@@ -29,57 +27,13 @@ from processor.otlp.exporter import SpanExporter
 from processor.otlp.server import OtlpServer
 from processor.pipeline import Pipeline
 from processor.telemetry import Telemetry
+from tests.otlp_doubles import logs_request
 
 LINE = orjson.dumps(
     {"msec": "1764165600.5", "request_id": "4bf92f3577b34da6a3ce929d0e0e4736",
      "request_method": "GET", "uri": "/v1/parameters", "status": "200",
      "user_id": "u1", "app_id": "a1"}
 ).decode()
-
-
-class RecordingDownstream(trace_service_pb2_grpc.TraceServiceServicer):
-    """Test double for the span backend: records requests, can fail on demand."""
-
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-        self.fail_with: grpc.StatusCode | None = None
-        self.reject = 0
-        self.delay = 0.0
-        self.port = free_port()
-        self.server = grpc.server(futures.ThreadPoolExecutor(4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
-
-    def Export(self, request, context):  # noqa: N802
-        time.sleep(self.delay)
-        if self.fail_with is not None:
-            context.abort(self.fail_with, "test double failing on purpose")
-        self.requests.append(request)
-        resp = trace_service_pb2.ExportTraceServiceResponse()
-        if self.reject:
-            resp.partial_success.rejected_spans = self.reject
-            resp.partial_success.error_message = "test double rejects"
-        return resp
-
-    def spans(self) -> list:
-        return [s for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans
-                for s in ss.spans]
-
-
-def logs_request(*bodies: str) -> logs_service_pb2.ExportLogsServiceRequest:
-    req = logs_service_pb2.ExportLogsServiceRequest()
-    scope = req.resource_logs.add().scope_logs.add()
-    for body in bodies:
-        scope.log_records.add().body.string_value = body
-    return req
-
-
-@pytest.fixture
-def downstream():
-    d = RecordingDownstream()
-    d.server.start()
-    yield d
-    d.server.stop(0)
 
 
 @pytest.fixture

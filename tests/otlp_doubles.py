@@ -1,0 +1,56 @@
+"""Test doubles for OTLP peers, shared by the service tests.
+
+`RecordingDownstream` is a real gRPC TraceService server on loopback standing in for the span
+backend (Jaeger/the collector): it records what it receives and can fail on demand. The
+end-to-end tests use the real programs instead.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent import futures
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from processor.demo.procs import free_port
+
+__all__ = ["RecordingDownstream", "logs_request"]
+
+
+class RecordingDownstream(trace_service_pb2_grpc.TraceServiceServicer):
+    """Test double for the span backend: records requests, can fail on demand."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.fail_with: grpc.StatusCode | None = None
+        self.reject = 0
+        self.delay = 0.0
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+
+    def Export(self, request, context):  # noqa: N802
+        time.sleep(self.delay)
+        if self.fail_with is not None:
+            context.abort(self.fail_with, "test double failing on purpose")
+        self.requests.append(request)
+        resp = trace_service_pb2.ExportTraceServiceResponse()
+        if self.reject:
+            resp.partial_success.rejected_spans = self.reject
+            resp.partial_success.error_message = "test double rejects"
+        return resp
+
+    def spans(self) -> list:
+        return [s for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans
+                for s in ss.spans]
+
+
+def logs_request(*bodies: str) -> logs_service_pb2.ExportLogsServiceRequest:
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    scope = req.resource_logs.add().scope_logs.add()
+    for body in bodies:
+        scope.log_records.add().body.string_value = body
+    return req
