@@ -174,6 +174,8 @@ class Pipeline:
         numbers: list[int] | None = None,
     ) -> RecordBatch:
         """Raw records of one source → RecordBatch (`numbers`: their line numbers, replay)."""
+        if source == NGINX_ERROR:
+            raise ValueError("nginx error-log lines are events, not records: see process_logs")
         if source == APP:
             batch = app.parse_lines(bodies, self._app_mapping)
         elif source == PGAUDIT:

@@ -210,11 +210,13 @@ def _batches(path: Path, source: str, pipeline: Pipeline) -> Iterator[RecordBatc
     """Parsed (not yet checked) batches of one file."""
     if source == "pgaudit":
         # Multi-line entries (TAB continuations, quoted newlines): the whole file at once.
-        yield pipeline.parse("pgaudit", *_unzip(_lines(path)))
+        numbered = list(_lines(path))
+        yield pipeline.parse("pgaudit", [line for _, line in numbered],
+                             numbers=[number for number, _ in numbered])
         return
     if source not in CONTAINER_FORMATS:
         for numbers, lines in _chunks(path):
-            yield pipeline.parse(source, list(lines), numbers=numbers)
+            yield pipeline.parse(source, lines, numbers=numbers)
         return
     if source == container.DOCKER:
         entries = container.recombine_docker(_lines(path))
@@ -231,14 +233,6 @@ def _batches(path: Path, source: str, pipeline: Pipeline) -> Iterator[RecordBatc
             if entry.malformed:
                 batch.add_flag(i, flags.MALFORMED)
         yield batch
-
-
-def _unzip(pairs: Iterator[tuple[int, bytes]]) -> tuple[list[bytes], None, list[int]]:
-    numbers, lines = [], []
-    for number, line in pairs:
-        numbers.append(number)
-        lines.append(line)
-    return lines, None, numbers
 
 
 def replay(
