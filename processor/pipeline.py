@@ -291,9 +291,7 @@ class Pipeline:
         if expired:
             extra.append(events_batch(expired))
         for batch in extra:
-            spans = SpanBatch(self.service_names[NGINX_ERROR])
-            spans.spans = self.span_builder.spans(batch, now_ns)
-            parts.append(spans.request_bytes())
+            parts.append(self.to_traces(batch, now_ns))
             if stats is not None:
                 stats.add_batch(batch)
         return b"".join(parts), count

@@ -41,7 +41,6 @@ from .correlate.errorlog import ErrorLogIndex
 from .pipeline import CHUNK_ROWS, Pipeline
 from .record import RecordBatch
 from .sources import app, container, nginx_error, pgaudit
-from .spans import SpanBatch
 
 __all__ = ["ReplayError", "detect_source", "record_fields", "replay"]
 
@@ -276,10 +275,8 @@ def replay(
             _write(batch, out, stats, name)
             expectations.note(batch, audited)
             if exporter is not None:
-                spans = SpanBatch(pipeline.service_names.get(batch.source, batch.source))
                 # A record without a time gets the replay's time (as the service's receive time).
-                spans.spans = pipeline.span_builder.spans(batch, now_ns=time.time_ns())
-                exporter.export(spans.request_bytes(), len(batch))
+                exporter.export(pipeline.to_traces(batch, time.time_ns()), len(batch))
             progress.advance(sum(len(r) if isinstance(r, bytes | str) else 0 for r in batch.raw))
     progress.done()
     stats.joined_errors = errors.joined

@@ -147,3 +147,11 @@ def test_replay_flags_equal_service_spans(tmp_path, pipeline) -> None:
             if "audit.flags" in attrs else []
         assert (record["trace_id"], record["span_id"]) == (span.trace_id.hex(), span.span_id.hex())
         assert record["flags"] == span_flags
+
+
+def test_export_sends_the_spans(tmp_path, downstream) -> None:
+    log = write(tmp_path / "access.log", *(orjson.dumps(x).decode() for x in (CLEAN, ANON_CUT)))
+    result = run("--export", f"127.0.0.1:{downstream.port}", log)
+    assert result.returncode == 1, result.stderr
+    spans = downstream.spans()
+    assert [s.trace_id.hex() for s in spans] == [RID.format(1), RID.format(2)]
