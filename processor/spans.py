@@ -106,6 +106,11 @@ class _KeyCache:
         self.values: dict[AttrValue | None, bytes] = {None: b""}
         self.max = max_entries
 
+    def one(self, value: AttrValue | None) -> bytes:
+        """The encoded attribute for one value (sparse rows)."""
+        blob = self.values.get(value)
+        return blob if blob is not None else self.column([value])[0]
+
     def column(self, values: list[AttrValue | None]) -> list[bytes]:
         """Encoded attributes for a column of values (cache lookups are one C-level map)."""
         out = list(map(self.values.get, values))
@@ -238,10 +243,10 @@ class SpanBuilder:
             parts = []
             if attrs:
                 for key, value in attrs.items():
-                    parts.append(self._cache(key).column([value])[0])
+                    parts.append(self._cache(key).one(value))
             if has_lag and observed[i] is not None and ends[i] is not None:
                 lag_ms = (observed[i] - ends[i]) // 1_000_000
-                parts.append(self._cache("audit.ingest_lag_ms").column([lag_ms])[0])
+                parts.append(self._cache("audit.ingest_lag_ms").one(lag_ms))
             out[i] = b"".join(parts)
         return out
 
@@ -268,7 +273,7 @@ class SpanBuilder:
         columns += [
             self._names_of(batch, methods),
             map(_KIND_TIMES, self._kinds(batch), repeat(_START), starts, repeat(_END), ends),
-            repeat(self._cache("audit.source").column([batch.source])[0]),
+            repeat(self._cache("audit.source").one(batch.source)),
             self._cache("http.request.method").column(methods),
             self._cache("url.path").column(batch.path),
             self._cache("http.route").column(batch.route),
@@ -298,7 +303,7 @@ class SpanBuilder:
             cache = self._cache("audit.violations")
             for i, found in batch.violations.items():
                 valid[i] = self._valid[False]
-                violations[i] = cache.column([tuple(found)])[0]
+                violations[i] = cache.one(tuple(found))
             sparse.append(violations)
         columns.append(valid)
         columns += sparse
@@ -306,7 +311,7 @@ class SpanBuilder:
             truncated = [b""] * n
             cache = self._cache("audit.truncation.reason")
             for i, reasons in batch.truncation_reasons.items():
-                truncated[i] = self._truncated + cache.column([",".join(reasons)])[0]
+                truncated[i] = self._truncated + cache.one(",".join(reasons))
             columns.append(truncated)
         if batch.flags:
             flagged = [b""] * n
