@@ -11,7 +11,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -101,6 +108,55 @@ class TelemetryConfig(BaseModel):
         return None if value is None else _check_hostport(value)
 
 
+class CounterTarget(BaseModel):
+    """An nginx status endpoint audit-guard reads itself (VTS Prometheus metrics usually come
+    through the collector instead: its prometheus/nginx_vts receiver)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str  # e.g. http://127.0.0.1:8081/stub_status
+    format: Literal["stub_status", "vts_json", "vts_prometheus"]
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
+        return value
+
+
+class ReconcileConfig(BaseModel):
+    """Completeness: Nginx requests ⇄ app records, Nginx counters ⇄ access log, silence."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    # An audited, proxied Nginx request waits this long for its app record.
+    window_s: Seconds = 30.0
+    # How long a request reported missing is remembered, to count a late app record as late.
+    late_horizon_s: Seconds = 3600.0
+    # Requests tracked at once (≤ 300 bytes each); past it the oldest are evicted and counted.
+    max_pending: int = Field(200_000, ge=100)
+    # Where the pending requests are persisted (SQLite, WAL), so a restart neither forgets nor
+    # invents missing records. Unset: kept in memory only (a warning says so at start-up).
+    state_dir: Path | None = None
+    # Nginx status endpoints read by audit-guard itself, every scrape_interval_s.
+    counter_targets: list[CounterTarget] = Field(default_factory=list)
+    scrape_interval_s: Seconds = 15.0
+    # A counter interval is compared with the access log only this long after it closed, so
+    # records still on their way (collector batching, ingest lag) are counted in it.
+    settle_s: Seconds = 10.0
+    # audit_log_completeness_ratio covers the decisions of this last span of time.
+    completeness_span_s: Seconds = 300.0
+    # A source that sent records and then none for this long while traffic continued is silent.
+    silence_threshold_s: Seconds = 120.0
+
+    @model_validator(mode="after")
+    def _horizon(self) -> ReconcileConfig:
+        if self.late_horizon_s < self.window_s:
+            raise ValueError(f"late_horizon_s ({self.late_horizon_s}) must be at least "
+                             f"window_s ({self.window_s})")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AUDIT_GUARD_", env_nested_delimiter="__", extra="forbid"
@@ -110,6 +166,7 @@ class Settings(BaseSettings):
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     # Paths whose requests must carry an identity (user_id, app_id); regular expressions,
     # matched from the start of the path. Defaults: Dify's service API, console and web app.
     audited_paths: list[str] = Field(

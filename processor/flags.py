@@ -11,6 +11,7 @@ __all__ = [
     "DELAYED",
     "DUPLICATE",
     "MALFORMED",
+    "LATE_RECORD",
     "MISSING_RECORD",
     "TRUNCATION_REASONS",
     "invalid_field",
@@ -33,6 +34,7 @@ TRUNCATION_REASONS = frozenset(
 DELAYED = "delayed"  # ingest lag above the configured threshold
 DUPLICATE = "duplicate"  # the same source reported the same request twice
 MISSING_RECORD = "missing_record"  # an expected record never arrived (synthetic span)
+LATE_RECORD = "late_record"  # came after its request was already reported missing_record
 MALFORMED = "malformed"  # not a record of its format at all (e.g. not JSON); kept and exported
 
 

@@ -23,6 +23,7 @@ from .checks.validate import AuditFieldValidator
 from .config import Settings
 from .correlate.duplicates import Deduplicator
 from .correlate.errorlog import ErrorLogJoin, events_batch
+from .correlate.reconcile import RequestReconciler, expectations, expected_app_records
 from .correlate.traces import assign_ids
 from .record import AuditRecord, RecordBatch
 from .routes import DIFY_ROUTES, RouteTable
@@ -107,6 +108,10 @@ class Pipeline:
             PGAUDIT: settings.pgaudit_service_name,
         }
         self.span_builder = SpanBuilder()
+        self._audited = settings.audited_path_regex().match
+        # Set by `serve` when request reconciliation is on: app records that come after their
+        # request was reported missing are flagged late_record.
+        self.reconciler: RequestReconciler | None = None
 
     # decode + parse ------------------------------------------------------------------------
     def group_logs(self, request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
@@ -250,6 +255,19 @@ class Pipeline:
         spans.spans = self.span_builder.spans(batch, now_ns)
         return spans.request_bytes()
 
+    def _note_app(self, batch: RecordBatch, stats: BatchStats | None) -> None:
+        """App records: their trace ids resolve pending requests (once handed on); one whose
+        request was already reported missing is flagged late_record."""
+        joinable = [t for t, g in zip(batch.trace_id, batch.trace_id_generated, strict=True)
+                    if not g]
+        if stats is not None:
+            stats.app_seen += joinable
+        reconciler = self.reconciler
+        if reconciler is not None and reconciler.has_missing():
+            for i, trace_id in enumerate(batch.trace_id):
+                if reconciler.is_missing(trace_id):
+                    batch.add_flag(i, flags.LATE_RECORD)
+
     def process_logs(
         self, request: ExportLogsServiceRequest, now_ns: int, stats: BatchStats | None = None
     ) -> tuple[bytes, int]:
@@ -282,6 +300,11 @@ class Pipeline:
                 batch = self.check(batch)
                 if source == NGINX:
                     self._errors.remember(batch)
+                    if stats is not None:
+                        stats.expected += expectations(
+                            batch, expected_app_records(batch, self._audited))
+                elif source == APP:
+                    self._note_app(batch, stats)
                 spans.spans += self.span_builder.spans(batch, now_ns)
                 if stats is not None:
                     stats.add_batch(batch, self.rules.current)

@@ -28,12 +28,13 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from . import __version__
+from .flags import MISSING_RECORD
 from .record import RecordBatch
 
 __all__ = ["SpanBatch", "SpanBuilder", "encode_attribute", "varint"]
 
 SCOPE_NAME = "audit-guard"
-AttrValue = str | int | bool | tuple[str, ...]
+AttrValue = str | int | float | bool | tuple[str, ...]
 
 
 def varint(n: int) -> bytes:
@@ -86,6 +87,8 @@ def _any_value(value: AttrValue) -> AnyValue:
         return AnyValue(bool_value=value)
     if isinstance(value, int):
         return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
     if isinstance(value, tuple):
         return AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=v) for v in value]))
     return AnyValue(string_value=value)
@@ -289,12 +292,18 @@ class SpanBuilder:
         if extra is not None:
             columns.append(extra)
         # 5xx: error.type and status Error (the HTTP conventions: 4xx is not a server error).
+        # A synthetic span for a record that never came is an error too.
         errors = [i for i, code in enumerate(batch.status) if code is not None and code >= 500
                   and code <= 599]
+        missing = [i for i, found in batch.flags.items() if MISSING_RECORD in found]
+        if missing:
+            errors = sorted({*errors, *missing})
         if errors:
-            error_type = [None] * n
+            error_type: list[str | None] = [None] * n
             for i in errors:
                 error_type[i] = str(batch.status[i])
+            for i in missing:
+                error_type[i] = MISSING_RECORD
             columns.append(self._cache("error.type").column(error_type))
         valid = [self._valid[True]] * n
         sparse: list[list[bytes]] = []

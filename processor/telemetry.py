@@ -31,7 +31,7 @@ __all__ = [
 @dataclass(frozen=True)
 class Instrument:
     name: str  # the Prometheus name (counters end in _total)
-    kind: str  # counter | histogram
+    kind: str  # counter | histogram | gauge
     unit: str
     description: str
     labels: tuple[str, ...] = ()
@@ -68,6 +68,29 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "Export calls answered UNAVAILABLE because the in-flight limit was reached"),
     Instrument("audit_metrics_received_total", "counter", "{metric}",
                "metrics received from the collector (nginx VTS / stub_status)"),
+    Instrument("audit_records_missing_total", "counter", "{record}",
+               "records that should exist but never arrived: source=app, audited Nginx "
+               "requests with no app record in the window (each also a missing_record span); "
+               "source=nginx, requests nginx counted (VTS / stub_status) beyond the access-log "
+               "records received", ("source",)),
+    Instrument("audit_records_late_total", "counter", "{record}",
+               "records that arrived after their request was reported missing (counted once)",
+               ("source",)),
+    Instrument("audit_reconcile_evicted_total", "counter", "{request}",
+               "pending requests dropped to stay within reconcile.max_pending (never checked)"),
+    Instrument("audit_counter_scrape_errors_total", "counter", "{scrape}",
+               "failed reads of an nginx status endpoint (reconcile.counter_targets)",
+               ("target",)),
+    Instrument("audit_reconcile_pending", "gauge", "{request}",
+               "audited requests waiting for their app record"),
+    Instrument("audit_log_completeness_ratio", "gauge", "1",
+               "share of the requests that should have an audit record which got one, over "
+               "reconcile.completeness_span_s (source=nginx: access log vs nginx's counters, "
+               "per server zone; source=app: app records vs audited Nginx requests)",
+               ("source", "host")),
+    Instrument("audit_stream_silent", "gauge", "1",
+               "1 when a source sent records, then none for reconcile.silence_threshold_s "
+               "while traffic continued", ("source",)),
 )}
 FLAGGED_PER_BATCH = 100
 LAG_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -104,10 +127,21 @@ class BatchStats:
     rule_matches: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Up to FLAGGED_PER_BATCH flagged records per batch, for the admin API's recent-flags view.
     flagged: list[dict[str, object]] = field(default_factory=list)
+    # For reconciliation (processor.completeness), applied once the spans were handed on:
+    # audited Nginx requests that expect an app record (trace id, packed request), the trace ids
+    # of the app records that came, and Nginx records per (server name, second of their time).
+    expected: list[tuple[bytes, bytes]] = field(default_factory=list)
+    app_seen: list[bytes] = field(default_factory=list)
+    served: Counter[tuple[str | None, int | None]] = field(default_factory=Counter)
 
     def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
         self.records[source] += len(batch)
+        if source == "nginx":
+            hosts = [f.get("server_name") or a
+                     for f, a in zip(batch.fields, batch.server_address, strict=True)]
+            seconds = [t // 1_000_000_000 if t else None for t in batch.time_unix_nano]
+            self.served.update(zip(hosts, seconds, strict=True))
         for reasons in batch.truncation_reasons.values():
             for reason in reasons:
                 self.truncated[(source, reason)] += 1
@@ -141,12 +175,16 @@ class Telemetry:
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         self._lock = threading.Lock()
         self._totals = dict.fromkeys(INSTRUMENTS, 0.0)
+        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._otel: dict[str, object] = {}
         if meter_provider is not None:
             meter = meter_provider.get_meter("audit-guard")
             for inst in INSTRUMENTS.values():
                 if inst.kind == "counter":
                     self._otel[inst.name] = meter.create_counter(
+                        inst.name, unit=inst.unit, description=inst.description)
+                elif inst.kind == "gauge":
+                    self._otel[inst.name] = meter.create_gauge(
                         inst.name, unit=inst.unit, description=inst.description)
                 else:
                     buckets = (LAG_BUCKETS_S if inst.name == "audit_ingest_lag_seconds"
@@ -175,6 +213,20 @@ class Telemetry:
         histogram = self._otel.get(name)
         if histogram is not None:
             histogram.record(value, labels)  # type: ignore[attr-defined]
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """A gauge's current value for these labels."""
+        self._check(name, labels)
+        with self._lock:
+            self._gauges[(name, tuple(sorted(labels.items())))] = value
+        gauge = self._otel.get(name)
+        if gauge is not None:
+            gauge.set(value, labels)  # type: ignore[attr-defined]
+
+    def gauge(self, name: str, **labels: str) -> float | None:
+        """A gauge's last value for exactly these labels (None: never set)."""
+        with self._lock:
+            return self._gauges.get((name, tuple(sorted(labels.items()))))
 
     def record_stats(self, stats: BatchStats) -> None:
         for source, n in stats.records.items():

@@ -33,8 +33,9 @@ class SourceStatus:
     last_lag_s: float | None = None  # ingest lag of the last record that had one
     lag_sum_s: float = 0.0
     lag_count: int = 0
-    # Filled by the completeness work (a later issue): the share of the requests nginx counted
-    # that arrived, and whether the stream went quiet while traffic continued. None = unknown.
+    # From processor.completeness: the share of the records that should exist which arrived
+    # (nginx: against its counters; app: against audited requests), and whether the stream
+    # went quiet while traffic continued. None = unknown (nothing to compare with yet).
     completeness: float | None = None
     silent: bool | None = None
 
@@ -96,6 +97,15 @@ class AdminState:
                 status = self._source(str(flagged.get("source")))
                 status.flagged_total += 1
                 status.last_flag_unix_nano = now
+
+    def set_completeness(self, source: str, ratio: float | None, silent: bool | None) -> None:
+        """The latest completeness findings of a source (None: unknown)."""
+        with self._lock:
+            if ratio is None and silent is None and source not in self._sources:
+                return
+            status = self._source(source)
+            status.completeness = ratio
+            status.silent = silent
 
     def note_export(self, ok: bool, now_ns: int | None = None) -> None:
         """Whether handing spans downstream just worked (ok) or ended in UNAVAILABLE."""

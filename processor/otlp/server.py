@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -28,6 +29,9 @@ from ..config import ServerConfig
 from ..pipeline import Pipeline
 from ..telemetry import BatchStats, Telemetry
 from .exporter import DownstreamUnavailable, SpanExporter
+
+if TYPE_CHECKING:
+    from ..completeness import Completeness
 
 __all__ = ["OtlpServer"]
 
@@ -95,6 +99,8 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
                 s.telemetry.record_stats(stats)
                 if s.on_export is not None:
                     s.on_export(True)
+                if s.completeness is not None:  # persisted before the Export is acknowledged
+                    s.completeness.on_handed_on(stats, time.time_ns())
                 if s.on_handed_on is not None:
                     s.on_handed_on(stats)
                 s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
@@ -107,7 +113,7 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
-    """Accepts the collector's scraped Nginx metrics (used by reconciliation, a later stage)."""
+    """The collector's scraped Nginx metrics: VTS request counters for reconciliation."""
 
     def __init__(self, server: OtlpServer) -> None:
         self._s = server
@@ -120,6 +126,8 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
             for _ in sm.metrics
         )
         self._s.telemetry.inc("audit_metrics_received_total", points)
+        if self._s.completeness is not None:
+            self._s.completeness.on_metrics(request)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
@@ -166,6 +174,8 @@ class OtlpServer:
         # hand-off downstream worked (True) or ended in UNAVAILABLE (False), for /readyz.
         self.on_handed_on: Callable[[BatchStats], None] | None = None
         self.on_export: Callable[[bool], None] | None = None
+        # Reconciliation (set by `serve`): told every handed-on Export and the Nginx metrics.
+        self.completeness: Completeness | None = None
         # Threads beyond the in-flight limit only answer UNAVAILABLE (with RetryInfo: the client
         # retries) quickly. gRPC's own cap bounds the calls queued for a thread; past it gRPC
         # answers RESOURCE_EXHAUSTED itself, which clients do not retry — so it is set high.

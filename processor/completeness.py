@@ -1,0 +1,248 @@
+"""Completeness in the running service: what should exist against what arrived.
+
+- Request level (processor.correlate.reconcile): every audited, proxied Nginx request expects an
+  app audit record within `reconcile.window_s`; when none comes, a `missing_record` span is
+  sent in the request's trace and counted in `audit_records_missing_total{source="app"}`.
+- Counter level (processor.correlate.counters): nginx's request counters (VTS through the
+  collector's metrics, or status endpoints read here) against the access-log records received
+  → `audit_log_completeness_ratio{source="nginx",host}` and
+  `audit_records_missing_total{source="nginx"}`.
+- Silence: a source that sent records and then none for `reconcile.silence_threshold_s` while
+  traffic went on → `audit_stream_silent{source}` = 1.
+
+The OTLP server calls `on_handed_on` for every Export whose spans were handed on, before the
+Export is acknowledged; a ticker thread does the rest once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import CounterTarget, ReconcileConfig
+from .correlate.counters import ALL_ZONES, CounterReconciler, Reading
+from .correlate.reconcile import RequestReconciler, missing_spans_batch
+from .otlp.exporter import DownstreamUnavailable
+from .sources import nginx_counters
+from .telemetry import BatchStats, Telemetry
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    from .otlp.exporter import SpanExporter
+    from .pipeline import Pipeline
+
+__all__ = ["STATE_FILE", "Completeness"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "reconcile.sqlite"
+_NS = 1_000_000_000
+_TICK_S = 1.0
+_SCRAPE_TIMEOUT_S = 5.0
+# Sources watched for silence, and what shows traffic went on while one was quiet.
+_WATCHED = ("nginx", "app", "pgaudit")
+
+
+class Completeness:
+    def __init__(
+        self,
+        config: ReconcileConfig,
+        pipeline: Pipeline,
+        exporter: SpanExporter,
+        telemetry: Telemetry,
+        *,
+        lock: AbstractContextManager[object] | None = None,
+        on_handed_on: Callable[[BatchStats], None] | None = None,
+        on_status: Callable[[str, float | None, bool | None], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._pipeline = pipeline
+        self._exporter = exporter
+        self._telemetry = telemetry
+        self._lock = lock or nullcontext()  # serialises span building with the OTLP server
+        self._on_handed_on = on_handed_on  # the admin state, for the missing spans' flags
+        self._on_status = on_status  # (source, completeness, silent) for the admin API
+        state_file = Path(config.state_dir) / STATE_FILE if config.state_dir else None
+        self.requests = RequestReconciler(
+            window_s=config.window_s, late_horizon_s=config.late_horizon_s,
+            max_pending=config.max_pending, state_file=state_file,
+        )
+        self.counters = CounterReconciler(config.settle_s, config.completeness_span_s)
+        self._last_records: dict[str, int] = {}  # source → when its records last came
+        self._last_expected: int | None = None  # when audited Nginx requests last came
+        self._next_scrape = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        pipeline.reconciler = self.requests
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self, now_ns: int | None = None) -> None:
+        now = time.time_ns() if now_ns is None else now_ns
+        restored = self.requests.restore(now)
+        if self.config.state_dir is None:
+            log.warning("reconcile.state_dir is not set: requests waiting for their app record "
+                        "are kept in memory only and forgotten on restart")
+        elif restored:
+            log.info("reconcile: %d tracked requests restored from %s", restored,
+                     self.config.state_dir)
+        self._thread = threading.Thread(target=self._run, name="completeness", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.requests.close(time.time_ns())
+
+    def _run(self) -> None:
+        while not self._stop.wait(_TICK_S):
+            try:
+                self.tick(time.time_ns())
+            except Exception:  # keep ticking: a bug here must not end reconciliation for good
+                log.exception("completeness check failed; retrying next second")
+
+    # -- inputs ----------------------------------------------------------------------------
+    def on_handed_on(self, stats: BatchStats, now_ns: int) -> None:
+        """An Export's findings once its spans were handed on (before it is acknowledged)."""
+        result = self.requests.commit(stats.expected, stats.app_seen, now_ns)
+        if result.late:
+            self._telemetry.inc("audit_records_late_total", result.late, source="app")
+        if result.evicted:
+            self._telemetry.inc("audit_reconcile_evicted_total", result.evicted)
+        if stats.served:
+            self.counters.add_records(stats.served)
+        for source, n in stats.records.items():
+            if n:
+                self._last_records[source] = now_ns
+        if stats.expected:
+            self._last_expected = now_ns
+
+    def on_metrics(self, request: ExportMetricsServiceRequest) -> int:
+        """Metrics from the collector (its prometheus/nginx_vts receiver); returns how many
+        request-counter samples they held."""
+        try:
+            samples = nginx_counters.samples_from_otlp(request)
+        except nginx_counters.CounterFormatError as exc:
+            log.warning("nginx VTS metrics from the collector not understood: %s", exc)
+            return 0
+        if samples:
+            self.counters.add_readings("collector", [_reading(s) for s in samples])
+        return len(samples)
+
+    def scrape(self, target: CounterTarget, now_ns: int) -> None:
+        """Read one status endpoint (reconcile.counter_targets)."""
+        try:
+            with urllib.request.urlopen(target.url, timeout=_SCRAPE_TIMEOUT_S) as reply:
+                body = reply.read()
+            text = body.decode("utf-8", "replace")
+            if target.format == "stub_status":
+                samples = nginx_counters.parse_stub_status(text, now_ns)
+            elif target.format == "vts_json":
+                samples = nginx_counters.parse_vts_json(body, now_ns)
+            else:
+                samples = nginx_counters.parse_vts_prometheus(text, now_ns)
+        except (OSError, ValueError) as exc:
+            self._telemetry.inc("audit_counter_scrape_errors_total", target=target.url)
+            log.warning("cannot read nginx counters from %s (%s): %s", target.url,
+                        target.format, exc)
+            return
+        # stub_status counts our own status request, which is not logged (access_log off).
+        own = 1 if target.format == "stub_status" else 0
+        self.counters.add_readings(target.url, [_reading(s) for s in samples], own)
+
+    # -- the ticker ------------------------------------------------------------------------
+    def tick(self, now_ns: int) -> None:
+        self.report_missing(now_ns)
+        if self.config.counter_targets and now_ns >= self._next_scrape:
+            self._next_scrape = now_ns + int(self.config.scrape_interval_s * _NS)
+            for target in self.config.counter_targets:
+                self.scrape(target, now_ns)
+        for host, n in self.counters.evaluate(now_ns).items():
+            log.warning("nginx counted %d requests for %s that reached no access-log record",
+                        n, host)
+            self._telemetry.inc("audit_records_missing_total", n, source="nginx")
+        self._report_gauges(now_ns)
+
+    def report_missing(self, now_ns: int) -> int:
+        """Send a missing_record span for every request whose window passed; returns how many
+        were reported. Kept pending (retried next tick) when downstream is unavailable."""
+        due = self.requests.due(now_ns)
+        if not due:
+            return 0
+        batch = missing_spans_batch(due, self.requests.window_s)
+        with self._lock:
+            traces = self._pipeline.to_traces(batch, now_ns)
+        try:
+            outcome = self._exporter.export(traces, len(batch))
+        except DownstreamUnavailable as exc:
+            log.warning("%d missing_record spans not handed on, retrying: %s", len(batch), exc)
+            return 0
+        self._telemetry.inc("audit_spans_exported_total", outcome.accepted)
+        if outcome.rejected:
+            self._telemetry.inc("audit_spans_dropped_total", outcome.rejected,
+                                reason=outcome.reason)
+        changed = self.requests.declare_missing([d.trace_id for d in due], now_ns)
+        self._telemetry.inc("audit_records_missing_total", changed, source="app")
+        if self._on_handed_on is not None:
+            stats = BatchStats()
+            stats.add_batch(batch)
+            self._on_handed_on(stats)
+        log.warning("%d audited requests have no app audit record after %.0f s "
+                    "(missing_record spans sent)", changed, self.requests.window_s)
+        return changed
+
+    def _report_gauges(self, now_ns: int) -> None:
+        t = self._telemetry
+        t.set("audit_reconcile_pending", self.requests.pending())
+        span = int(self.config.completeness_span_s * _NS)
+        app_ratio = self.requests.completeness(now_ns, span)
+        if app_ratio is not None:
+            t.set("audit_log_completeness_ratio", app_ratio, source="app", host=ALL_ZONES)
+        ratios = self.counters.ratios()
+        for host, ratio in ratios.items():
+            t.set("audit_log_completeness_ratio", ratio, source="nginx", host=host)
+        silent = self.silent(now_ns)
+        for source in _WATCHED:
+            if source in silent or source in self._last_records:
+                t.set("audit_stream_silent", int(silent.get(source, False)), source=source)
+        if self._on_status is not None:
+            nginx_ratio = min(ratios.values()) if ratios else None
+            for source, ratio in (("nginx", nginx_ratio), ("app", app_ratio)):
+                self._on_status(source, ratio, silent.get(source))
+            self._on_status("pgaudit", None, silent.get("pgaudit"))
+
+    def silent(self, now_ns: int) -> dict[str, bool]:
+        """Per source that has sent records: whether it has been quiet for longer than the
+        threshold while traffic went on (nginx: its counters; app and pgaudit: Nginx records)."""
+        threshold = int(self.config.silence_threshold_s * _NS)
+        out: dict[str, bool] = {}
+        for source in _WATCHED:
+            last = self._last_records.get(source)
+            if last is None:
+                continue
+            if now_ns - last <= threshold:
+                out[source] = False
+                continue
+            if source == "nginx":
+                traffic = self.counters.traffic_since(last)
+            elif source == "app":
+                traffic = self._last_expected is not None and self._last_expected > last
+            else:
+                nginx_last = self._last_records.get("nginx")
+                traffic = nginx_last is not None and nginx_last > last
+            out[source] = bool(traffic)
+        return out
+
+
+def _reading(sample: nginx_counters.CounterSample) -> Reading:
+    return Reading(sample.host, sample.requests, sample.time_unix_nano,
+                   sample.start_time_unix_nano)
