@@ -3,20 +3,25 @@
 `RecordingDownstream` is a real gRPC TraceService server on loopback standing in for the span
 backend (Jaeger/the collector): it records what it receives and can fail on demand. The
 end-to-end tests use the real programs instead.
+
+`RecordingMetrics` is the same for metrics: a gRPC MetricsService on loopback recording what a
+real collector's OTLP exporter sends it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent import futures
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from processor.demo.procs import free_port
 
-__all__ = ["RecordingDownstream", "logs_request"]
+__all__ = ["RecordingDownstream", "RecordingMetrics", "logs_request"]
 
 
 class RecordingDownstream(trace_service_pb2_grpc.TraceServiceServicer):
@@ -54,3 +59,45 @@ def logs_request(*bodies: str) -> logs_service_pb2.ExportLogsServiceRequest:
     for body in bodies:
         scope.log_records.add().body.string_value = body
     return req
+
+
+class RecordingMetrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """Test double for an OTLP metrics backend: records every Export request it accepts.
+
+    Not started on creation (like RecordingDownstream): `start()` / `stop()`, or use it as a
+    context manager. `requests` is appended to from gRPC threads; read it via `snapshot()`.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
+        self._lock = threading.Lock()
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def Export(self, request, context):  # noqa: N802
+        with self._lock:
+            self.requests.append(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def snapshot(self) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
+        with self._lock:
+            return list(self.requests)
+
+    def start(self) -> RecordingMetrics:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+    def __enter__(self) -> RecordingMetrics:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
