@@ -138,8 +138,9 @@ class Completeness:
             self.counters.add_readings("collector", [_reading(s) for s in samples])
         return len(samples)
 
-    def scrape(self, target: CounterTarget, now_ns: int) -> None:
+    def scrape(self, target: CounterTarget) -> None:
         """Read one status endpoint (reconcile.counter_targets)."""
+        now_ns = time.time_ns()  # the reading's time: when it was asked for (as Prometheus)
         try:
             with urllib.request.urlopen(target.url, timeout=_SCRAPE_TIMEOUT_S) as reply:
                 body = reply.read()
@@ -165,7 +166,7 @@ class Completeness:
         if self.config.counter_targets and now_ns >= self._next_scrape:
             self._next_scrape = now_ns + int(self.config.scrape_interval_s * _NS)
             for target in self.config.counter_targets:
-                self.scrape(target, now_ns)
+                self.scrape(target)
         for host, n in self.counters.evaluate(now_ns).items():
             log.warning("nginx counted %d requests for %s that reached no access-log record",
                         n, host)
@@ -245,4 +246,4 @@ class Completeness:
 
 def _reading(sample: nginx_counters.CounterSample) -> Reading:
     return Reading(sample.host, sample.requests, sample.time_unix_nano,
-                   sample.start_time_unix_nano)
+                   sample.start_time_unix_nano, sample.in_flight)

@@ -129,10 +129,10 @@ class BatchStats:
     flagged: list[dict[str, object]] = field(default_factory=list)
     # For reconciliation (processor.completeness), applied once the spans were handed on:
     # audited Nginx requests that expect an app record (trace id, packed request), the trace ids
-    # of the app records that came, and Nginx records per (server name, second of their time).
+    # of the app records that came, and the times of the Nginx records per server name.
     expected: list[tuple[bytes, bytes]] = field(default_factory=list)
     app_seen: list[bytes] = field(default_factory=list)
-    served: Counter[tuple[str | None, int | None]] = field(default_factory=Counter)
+    served: dict[str | None, list[int]] = field(default_factory=dict)
 
     def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
@@ -140,8 +140,13 @@ class BatchStats:
         if source == "nginx":
             hosts = [f.get("server_name") or a
                      for f, a in zip(batch.fields, batch.server_address, strict=True)]
-            seconds = [t // 1_000_000_000 if t else None for t in batch.time_unix_nano]
-            self.served.update(zip(hosts, seconds, strict=True))
+            served = self.served
+            if len(set(hosts)) == 1:
+                served.setdefault(hosts[0], []).extend(t for t in batch.time_unix_nano if t)
+            else:
+                for host, t in zip(hosts, batch.time_unix_nano, strict=True):
+                    if t:
+                        served.setdefault(host, []).append(t)
         for reasons in batch.truncation_reasons.values():
             for reason in reasons:
                 self.truncated[(source, reason)] += 1

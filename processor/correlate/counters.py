@@ -5,24 +5,27 @@ nginx counts every request it serves, whether or not an access-log line is writt
 collector and survives the trip. Between two readings of a counter (VTS
 `nginx_vts_server_requests_total{host}`, VTS JSON `serverZones.<zone>.requestCounter`, or
 stub_status `requests` for all zones together) the increase is the number of requests served;
-the access-log records received for that zone whose time falls in the same interval should
-match it. The shortfall is counted as missing nginx records.
+the access-log records received for that zone whose time ($msec, the log write) falls in the
+same interval should match it. The shortfall is counted as missing nginx records.
 
-- An interval is compared only `settle_ns` after it closed: records still on their way through
+- An interval is compared only `settle_s` after it closed: records still on their way through
   the collector count in it.
-- Records are bucketed per second of their own time ($msec, the log write), so boundaries are
-  fuzzy by up to a second: a surplus in one interval (a request counted in the previous one)
-  offsets the next interval's shortfall, and never more than its own size.
+- A request at a boundary can land on either side (nginx's clock vs the reading's): a shortfall
+  is counted only when it outlasts the next interval too (the running shortfall is counted at
+  the smaller of two consecutive values), and counted once.
 - A counter that went down, or whose start time changed (OTLP), was reset (nginx restart or
   reload of a VTS zone without persistence): the interval counts from zero.
 - stub_status counts a request when it starts and VTS when it is logged. For stub_status the
   change in requests in progress (`Reading + Writing`, when given) is taken off, as is the
   status request audit-guard itself made (it is not in the access log: `access_log off`).
+- A series with no reading for longer than the span starts afresh (its endpoint was down).
 """
 
 from __future__ import annotations
 
 import threading
+from array import array
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -49,9 +52,10 @@ class _Series:
     self_requests: int  # requests per reading the reader itself adds and nginx does not log
     last: Reading | None = None  # the last reading already compared
     waiting: list[Reading] = field(default_factory=list)  # newer readings, not yet settled
-    balance: int = 0  # shortfall (>0) or surplus (<0) carried to the next interval
+    shortfall: int = 0  # running: requests served minus records logged, since the first reading
+    counted: int = 0  # how much of it was counted missing
     intervals: deque[tuple[int, int, int]] = field(default_factory=deque)  # (end, exp., obs.)
-    traffic_at: int | None = None  # end of the last interval in which requests were served
+    traffic_at: int | None = None  # start of the last interval in which requests were served
 
 
 class CounterReconciler:
@@ -60,20 +64,20 @@ class CounterReconciler:
         self._span = int(span_s * _NS)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
-        # Access-log records received, per host and second of their time; ALL_ZONES = all.
-        self._served: dict[str, Counter[int]] = {}
+        # Times of the access-log records received, per server name; ALL_ZONES = all of them.
+        self._times: dict[str, array[int]] = {}
         self.unmatched_hosts: set[str] = set()
 
-    def add_records(self, served: Counter[tuple[str | None, int | None]]) -> None:
-        """Access-log records handed on: counts per (server name, second of their time)."""
+    def add_records(self, served: dict[str | None, list[int]]) -> None:
+        """Access-log records handed on: their times (ns) per server name."""
         with self._lock:
-            everything = self._served.setdefault(ALL_ZONES, Counter())
-            for (host, second), n in served.items():
-                if second is None:
-                    continue
-                everything[second] += n
+            if not self._series:  # nothing to compare with: keep nothing
+                return
+            everything = self._times.setdefault(ALL_ZONES, array("q"))
+            for host, times in served.items():
+                everything.extend(times)
                 if host:
-                    self._served.setdefault(host, Counter())[second] += n
+                    self._times.setdefault(host, array("q")).extend(times)
 
     def add_readings(self, origin: str, readings: list[Reading], self_requests: int = 0) -> None:
         """Counter readings from one origin (a scraped URL, or the collector). When an origin
@@ -93,14 +97,21 @@ class CounterReconciler:
                     series.waiting.append(reading)
 
     def evaluate(self, now_ns: int) -> dict[str, int]:
-        """Compare every settled interval; returns the new shortfall per host."""
+        """Compare every settled interval; returns the newly counted shortfall per host."""
         missing: Counter[str] = Counter()
         with self._lock:
+            for times in self._times.values():
+                if len(times) > 1:
+                    times[:] = array("q", sorted(times))
             for series in self._series.values():
                 while series.waiting and series.waiting[0].time_unix_nano + self._settle <= now_ns:
                     reading = series.waiting.pop(0)
-                    if series.last is not None:
-                        missing[series.host] += self._compare(series, series.last, reading)
+                    last = series.last
+                    if last is not None and (
+                            reading.time_unix_nano - last.time_unix_nano > self._span):
+                        last = None  # no reading for too long: start afresh
+                    if last is not None:
+                        missing[series.host] += self._compare(series, last, reading)
                     series.last = reading
                 while series.intervals and series.intervals[0][0] < now_ns - self._span:
                     series.intervals.popleft()
@@ -118,27 +129,32 @@ class CounterReconciler:
             served -= after.in_flight - (0 if reset or before.in_flight is None
                                          else before.in_flight)
         served = max(served - series.self_requests, 0)
-        counts = self._served.get(series.host)
-        if counts is None and served:
-            self.unmatched_hosts.add(series.host)
-        first, last = before.time_unix_nano // _NS, after.time_unix_nano // _NS
-        logged = sum(counts.get(s, 0) for s in range(first + 1, last + 1)) if counts else 0
-        balance = series.balance + served - logged
-        shortfall = max(balance, 0)
-        # A surplus offsets at most one interval's worth of a later shortfall.
-        series.balance = max(min(balance, 0), -logged)
+        times = self._times.get(series.host)
+        if times is None:
+            if served:
+                self.unmatched_hosts.add(series.host)
+            logged = 0
+        else:
+            logged = (bisect_right(times, after.time_unix_nano)
+                      - bisect_right(times, before.time_unix_nano))
+        previous = series.shortfall
+        series.shortfall += served - logged
+        lasting = min(previous, series.shortfall)  # a boundary effect is gone one interval on
+        new = max(lasting - series.counted, 0)
+        series.counted += new
         series.intervals.append((after.time_unix_nano, served, logged))
         if served:
-            series.traffic_at = after.time_unix_nano
-        return shortfall
+            series.traffic_at = before.time_unix_nano
+        return new
 
     def _prune(self, now_ns: int) -> None:
-        """Forget per-second counts no interval can still need."""
-        oldest = [s.last.time_unix_nano for s in self._series.values() if s.last is not None]
-        keep_from = (min(oldest) if oldest else now_ns - self._span - self._settle) // _NS
-        for counts in self._served.values():
-            for second in [s for s in counts if s <= keep_from - 1]:
-                del counts[second]
+        """Forget record times no interval can still need."""
+        lasts = [s.last.time_unix_nano for s in self._series.values() if s.last is not None]
+        keep_after = max(min(lasts) if lasts else now_ns, now_ns - self._span - self._settle)
+        for times in self._times.values():
+            cut = bisect_right(times, keep_after)
+            if cut:
+                del times[:cut]
 
     def ratios(self) -> dict[str, float]:
         """Per host, the share of the requests nginx served (over the last span) that arrived
@@ -157,7 +173,8 @@ class CounterReconciler:
         return out
 
     def traffic_since(self, since_ns: int) -> bool | None:
-        """Whether the counters show requests served after `since_ns` (None: no counters)."""
+        """Whether the counters show requests served in an interval that began after
+        `since_ns` (None: no counters)."""
         with self._lock:
             if not self._series:
                 return None

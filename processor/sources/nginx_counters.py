@@ -106,6 +106,9 @@ class CounterSample:
     time_unix_nano: int  # when the counter was read
     # When the counter started (OTLP cumulative start time); a new start = a counter reset.
     start_time_unix_nano: int | None = None
+    # Requests in progress when it was read (stub_status `Reading` + `Writing`): stub_status
+    # counts a request when it starts, the access log when it ends. None when not reported.
+    in_flight: int | None = None
 
 
 def _excerpt(text: str | bytes) -> str:
@@ -162,6 +165,9 @@ def _count(value: object, what: str) -> int:
 _STUB_REQUESTS = re.compile(r"server\s+accepts\s+handled\s+requests\s+(\S+)\s+(\S+)\s+(\S+)")
 
 
+_STUB_IN_PROGRESS = re.compile(r"Reading:\s*(\d+)\s+Writing:\s*(\d+)")
+
+
 def parse_stub_status(text: str, time_unix_nano: int) -> list[CounterSample]:
     """stub_status page → one sample, host "*", requests = the third number after
     `server accepts handled requests`.
@@ -176,7 +182,9 @@ def parse_stub_status(text: str, time_unix_nano: int) -> list[CounterSample]:
     for label, raw in zip(("accepts", "handled", "requests"), m.groups(), strict=True):
         if not (raw.isascii() and raw.isdigit()):  # all three: a garbled page is not half-read
             raise _fail(f"a number for stub_status '{label}'", raw)
-    return [CounterSample(ALL_ZONES, int(m.group(3)), time_unix_nano)]
+    busy = _STUB_IN_PROGRESS.search(text)
+    in_flight = int(busy.group(1)) + int(busy.group(2)) if busy else None
+    return [CounterSample(ALL_ZONES, int(m.group(3)), time_unix_nano, in_flight=in_flight)]
 
 
 # ------------------------------------------------------------------------------------ VTS JSON
