@@ -19,13 +19,15 @@ COPY pyproject.toml README.md* ./
 COPY processor ./processor
 RUN pip install . && rm -rf /src
 
-# Non-root, fixed uid so volume ownership is predictable. /var/log/app exists in the image owned by
-# that user, so a named volume mounted there (the demo upstream's app log) starts out writable.
+# Non-root, fixed uid so volume ownership is predictable. /var/log/app and /var/lib/audit-guard
+# exist in the image owned by that user, so a named volume mounted there (the demo upstream's app
+# log; the processor's reconcile.state_dir) starts out writable: Docker gives a new, empty named
+# volume the owner of the directory it is mounted over.
 RUN groupadd --system --gid 10002 audit-guard \
     && useradd --system --uid 10002 --gid audit-guard --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin audit-guard \
-    && mkdir -p /var/log/app \
-    && chown audit-guard:audit-guard /var/log/app
+    && mkdir -p /var/log/app /var/lib/audit-guard \
+    && chown audit-guard:audit-guard /var/log/app /var/lib/audit-guard
 USER 10002:10002
 WORKDIR /
 
