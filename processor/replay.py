@@ -7,7 +7,8 @@ stages, in the same batches), and writes JSON Lines to stdout, one object per in
      "flags": [str], "fields": {...normalized audit fields present in the record...}}
 
 plus, when both Nginx and app records are given, one synthetic object per Nginx request to an
-audited path with no app audit record within the window:
+audited path that the app answered (the service's rule: processor.correlate.reconcile) with no
+app audit record within the window:
 
     {"file": null, "line": null, "source": "app", "trace_id": <the request's>, "span_id": ...,
      "flags": ["missing_record"], "fields": {...the Nginx request's fields...}}
@@ -38,6 +39,7 @@ import orjson
 from . import flags
 from .config import Settings
 from .correlate.errorlog import ErrorLogIndex
+from .correlate.reconcile import expected_app_records, missing_span_id
 from .pipeline import CHUNK_ROWS, Pipeline
 from .record import RecordBatch
 from .sources import app, container, nginx_error, pgaudit
@@ -175,10 +177,10 @@ class _Expectations:
     def note(self, batch: RecordBatch, audited: Any) -> None:
         self.sources.add(batch.source)
         if batch.source == "nginx":
-            for i, path in enumerate(batch.path):
-                if path is not None and audited(path):
-                    self.requests.setdefault(
-                        batch.trace_id[i], (batch.time_unix_nano[i], record_fields(batch, i)))
+            # The service's rule: audited path, a request id, and answered by the app.
+            for i in expected_app_records(batch, audited):
+                self.requests.setdefault(
+                    batch.trace_id[i], (batch.time_unix_nano[i], record_fields(batch, i)))
         elif batch.source == "app":
             for i, trace_id in enumerate(batch.trace_id):
                 self.app_times.setdefault(trace_id, []).append(batch.time_unix_nano[i])
@@ -288,7 +290,7 @@ def replay(
         stats.flags[flags.MISSING_RECORD] += 1
         out.write(orjson.dumps({
             "file": None, "line": None, "source": "app", "trace_id": trace_id.hex(),
-            "span_id": blake2b(trace_id + b"missing:app", digest_size=8).hexdigest(),
+            "span_id": missing_span_id(trace_id).hex(),
             "flags": [flags.MISSING_RECORD], "fields": fields,
         }) + b"\n")
     _summary(err, files, sources, stats)

@@ -38,7 +38,7 @@ def served(host: str, *seconds: float) -> dict[str, list[int]]:
 def test_matching_counts_leave_nothing_missing() -> None:
     c = CounterReconciler(settle_s=5, span_s=300)
     c.add_readings("vts", [Reading("a.example", 100, T0)])
-    c.add_records(served("a.example", *range(1, 11)))  # 10 records in (T0, T0+10s]
+    c.add_records(served("a.example", *range(10)))  # 10 records in [T0, T0+10s)
     c.add_readings("vts", [Reading("a.example", 110, T0 + 10 * S)])
     assert c.evaluate(T0 + 14 * S) == {}  # not settled yet: nothing compared
     assert c.ratios() == {}

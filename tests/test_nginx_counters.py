@@ -71,7 +71,13 @@ STUB_DOCS = (
     ],
 )
 def test_stub_status_variants(text: str) -> None:
-    assert parse_stub_status(text, T) == [CounterSample("*", 31070465, T)]
+    # in_flight: Reading + Writing, the requests in progress (counted, not yet logged)
+    assert parse_stub_status(text, T) == [CounterSample("*", 31070465, T, in_flight=6 + 179)]
+
+
+def test_stub_status_without_the_connection_states_has_no_in_flight() -> None:
+    text = "Active connections: 1\nserver accepts handled requests\n 1 1 7\n"
+    assert parse_stub_status(text, T) == [CounterSample("*", 7, T)]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -33,6 +33,11 @@ __all__ = ["ALL_ZONES", "CounterReconciler", "Reading"]
 
 ALL_ZONES = "*"
 _NS = 1_000_000_000
+_MS = 1_000_000
+
+
+def _ms(time_unix_nano: int) -> int:
+    return time_unix_nano - time_unix_nano % _MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +140,10 @@ class CounterReconciler:
                 self.unmatched_hosts.add(series.host)
             logged = 0
         else:
-            logged = (bisect_right(times, after.time_unix_nano)
-                      - bisect_right(times, before.time_unix_nano))
+            # [before, after) in whole milliseconds: $msec is the log write time cut to the
+            # millisecond, so a request after a reading is logged at or after its millisecond.
+            logged = (bisect_left(times, _ms(after.time_unix_nano))
+                      - bisect_left(times, _ms(before.time_unix_nano)))
         previous = series.shortfall
         series.shortfall += served - logged
         lasting = min(previous, series.shortfall)  # a boundary effect is gone one interval on
@@ -150,9 +157,9 @@ class CounterReconciler:
     def _prune(self, now_ns: int) -> None:
         """Forget record times no interval can still need."""
         lasts = [s.last.time_unix_nano for s in self._series.values() if s.last is not None]
-        keep_after = max(min(lasts) if lasts else now_ns, now_ns - self._span - self._settle)
+        keep_from = max(min(lasts) if lasts else now_ns, now_ns - self._span - self._settle)
         for times in self._times.values():
-            cut = bisect_right(times, keep_after)
+            cut = bisect_left(times, _ms(keep_from))
             if cut:
                 del times[:cut]
 

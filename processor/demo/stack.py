@@ -6,13 +6,14 @@ whatever happened.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import JaegerClient, JaegerPorts, start_collector, start_jaeger
 from .nginx import NginxPaths, nginx_argv, render_nginx_conf
-from .procs import ManagedProcess, free_port, http_ok, port_open
+from .procs import ManagedProcess, free_port, port_open
 
 __all__ = ["Stack"]
 
@@ -60,7 +61,11 @@ class Stack:
             app_log=self.app_log,
             processor_endpoint=f"127.0.0.1:{self.processor_port}",
             traces_endpoint=self.jaeger_ports.otlp_endpoint,
-            vts_target=f"127.0.0.1:{self.status_port}",
+            # Debian's nginx has no VTS module, so there is nothing for the collector to scrape:
+            # a closed port (one failed connect per scrape, no request). A scrape of the status
+            # server would be a request stub_status counts and nobody logs. audit-guard reads
+            # stub_status itself (reconcile.counter_targets below).
+            vts_target=f"127.0.0.1:{free_port()}",
         )
         self.procs.append(collector)
 
@@ -72,6 +77,12 @@ class Stack:
                 "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{self.processor_port}",
                 "AUDIT_GUARD_EXPORTER__ENDPOINT": endpoints.egress,
                 "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{self.admin_port}",
+                # Pending requests survive a processor restart within the demo's workdir.
+                "AUDIT_GUARD_RECONCILE__STATE_DIR": str(wd / "processor-state"),
+                "AUDIT_GUARD_RECONCILE__COUNTER_TARGETS": json.dumps([{
+                    "url": f"http://127.0.0.1:{self.status_port}/stub_status",
+                    "format": "stub_status",
+                }]),
                 **self.processor_env,
             },
         ).start()
@@ -89,8 +100,9 @@ class Stack:
 
         nginx = ManagedProcess("nginx", nginx_argv(self.nginx_paths.conf), log_dir=wd).start()
         self.procs.append(nginx)
+        # A TCP connect, not a request: stub_status would count a request nobody logs.
         nginx.wait_ready(
-            lambda: http_ok(f"http://127.0.0.1:{self.status_port}/stub_status"), timeout=30
+            lambda: port_open(self.nginx_port) and port_open(self.status_port), timeout=30
         )
 
     @property
