@@ -83,6 +83,7 @@ class Completeness:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         pipeline.reconciler = self.requests
+        pipeline.counters = self.counters
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self, now_ns: int | None = None) -> None:

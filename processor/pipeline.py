@@ -21,6 +21,7 @@ from .checks.lag import check_lag
 from .checks.truncation import check_truncation
 from .checks.validate import AuditFieldValidator
 from .config import Settings
+from .correlate.counters import CounterReconciler, served_by_host
 from .correlate.duplicates import Deduplicator
 from .correlate.errorlog import ErrorLogJoin, events_batch
 from .correlate.reconcile import RequestReconciler, expectations, expected_app_records
@@ -112,6 +113,7 @@ class Pipeline:
         # Set by `serve` when request reconciliation is on: app records that come after their
         # request was reported missing are flagged late_record.
         self.reconciler: RequestReconciler | None = None
+        self.counters: CounterReconciler | None = None  # set by `serve`, as the reconciler
 
     # decode + parse ------------------------------------------------------------------------
     def group_logs(self, request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
@@ -255,6 +257,15 @@ class Pipeline:
         spans.spans = self.span_builder.spans(batch, now_ns)
         return spans.request_bytes()
 
+    def _note_nginx(self, batch: RecordBatch, stats: BatchStats) -> None:
+        """Nginx records, for reconciliation: the audited requests that expect an app record
+        (once an app record was ever seen) and the record times per server (once nginx's
+        counters were read). Neither costs anything while it has nothing to compare with."""
+        if self.reconciler is not None and self.reconciler.armed:
+            stats.expected += expectations(batch, expected_app_records(batch, self._audited))
+        if self.counters is not None and self.counters.active:
+            served_by_host(batch, stats.served)
+
     def _note_app(self, batch: RecordBatch, stats: BatchStats | None) -> None:
         """App records: their trace ids resolve pending requests (once handed on); one whose
         request was already reported missing is flagged late_record."""
@@ -301,8 +312,7 @@ class Pipeline:
                 if source == NGINX:
                     self._errors.remember(batch)
                     if stats is not None:
-                        stats.expected += expectations(
-                            batch, expected_app_records(batch, self._audited))
+                        self._note_nginx(batch, stats)
                 elif source == APP:
                     self._note_app(batch, stats)
                 spans.spans += self.span_builder.spans(batch, now_ns)

@@ -137,16 +137,6 @@ class BatchStats:
     def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
         self.records[source] += len(batch)
-        if source == "nginx":
-            hosts = [f.get("server_name") or a
-                     for f, a in zip(batch.fields, batch.server_address, strict=True)]
-            served = self.served
-            if len(set(hosts)) == 1:
-                served.setdefault(hosts[0], []).extend(t for t in batch.time_unix_nano if t)
-            else:
-                for host, t in zip(hosts, batch.time_unix_nano, strict=True):
-                    if t:
-                        served.setdefault(host, []).append(t)
         for reasons in batch.truncation_reasons.values():
             for reason in reasons:
                 self.truncated[(source, reason)] += 1

@@ -76,6 +76,9 @@ def found(pipeline: Pipeline, source: str, *bodies: str):
     from processor.telemetry import BatchStats
 
     stats = BatchStats()
+    if pipeline.reconciler is None:  # the pipeline collects expectations once armed
+        pipeline.reconciler = reconciler()
+        pipeline.reconciler.armed = True
     pipeline.process_logs(logs(source, *bodies), T0, stats)
     return stats.expected, stats.app_seen
 

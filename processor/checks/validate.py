@@ -58,11 +58,10 @@ class AuditFieldValidator:
         if audited:
             for name, column in (("user_id", batch.user_id), ("app_id", batch.app_id)):
                 values = list(map(column.__getitem__, audited))
-                if any(_identity_problem(name, v) for v in set(values)):
-                    for i, v in zip(audited, values, strict=True):
-                        problem = _identity_problem(name, v)
-                        if problem:
-                            found.setdefault(i, []).append(problem)
+                bad = {v: p for v in set(values) if (p := _identity_problem(name, v))}
+                if bad:
+                    for i in compress(audited, map(bad.__contains__, values)):
+                        found.setdefault(i, []).append(bad[column[i]])
         _record(batch, found)
 
     def _other_source(self, batch: RecordBatch) -> None:

@@ -29,7 +29,9 @@ from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-__all__ = ["ALL_ZONES", "CounterReconciler", "Reading"]
+from ..record import RecordBatch
+
+__all__ = ["ALL_ZONES", "CounterReconciler", "Reading", "served_by_host"]
 
 ALL_ZONES = "*"
 _NS = 1_000_000_000
@@ -38,6 +40,19 @@ _MS = 1_000_000
 
 def _ms(time_unix_nano: int) -> int:
     return time_unix_nano - time_unix_nano % _MS
+
+
+def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]]) -> None:
+    """Add the times of a checked Nginx batch's records, per server name ($server_name, which
+    VTS names its zones by; else the Host), to `into`."""
+    hosts = [f.get("server_name") or a
+             for f, a in zip(batch.fields, batch.server_address, strict=True)]
+    if len(set(hosts)) == 1:
+        into.setdefault(hosts[0], []).extend(t for t in batch.time_unix_nano if t)
+        return
+    for host, t in zip(hosts, batch.time_unix_nano, strict=True):
+        if t:
+            into.setdefault(host, []).append(t)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,11 @@ class CounterReconciler:
         # Times of the access-log records received, per server name; ALL_ZONES = all of them.
         self._times: dict[str, array[int]] = {}
         self.unmatched_hosts: set[str] = set()
+
+    @property
+    def active(self) -> bool:
+        """Whether any counter was read: until then record times are not worth collecting."""
+        return bool(self._series)
 
     def add_records(self, served: dict[str | None, list[int]]) -> None:
         """Access-log records handed on: their times (ns) per server name."""

@@ -31,10 +31,11 @@ import logging
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from itertools import islice
+from itertools import compress, islice
+from operator import itemgetter
 from pathlib import Path
 
 from .. import flags
@@ -64,19 +65,19 @@ def missing_span_id(trace_id: bytes) -> bytes:
     return blake2b(trace_id + b"missing:app", digest_size=8).digest()
 
 
-def _proxied(fields: dict[str, object]) -> bool:
+def _last(value: object) -> str:
+    """The last attempt's value of an upstream_* list ("502, 200" → "200")."""
+    return str(value).rpartition(" ")[2]
+
+
+def _answered(status: object, received: object) -> bool:
     """Whether the app answered: nginx logged an upstream status and (when logged) received
     bytes from it. Empty upstream_status = nginx answered itself (no app record expected); 0
-    bytes received = the connection failed before the app said anything."""
-    status = fields.get("upstream_status")
-    if status is None:  # not in this log format: assume proxied
-        return True
-    if not isinstance(status, str | int) or str(status).rpartition(" ")[2] in ("", "-"):
+    bytes received = the connection failed before the app said anything. A log format without
+    upstream_status: assume the request was proxied."""
+    if status is not None and (not isinstance(status, str | int) or _last(status) in ("", "-")):
         return False
-    received = fields.get("upstream_bytes_received")
-    if received is None:
-        return True
-    return str(received).rpartition(" ")[2] not in ("", "-", "0")
+    return received is None or _last(received) not in ("", "-", "0")
 
 
 def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -> list[int]:
@@ -86,23 +87,38 @@ def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -
     audited_paths = {p for p in set(paths) if p is not None and audited(p)}
     if not audited_paths:
         return []
-    generated, fields = batch.trace_id_generated, batch.fields
-    return [
-        i for i, p in enumerate(paths)
-        if p in audited_paths and not generated[i] and _proxied(fields[i])
-    ]
+    rows = compress(range(len(paths)), map(audited_paths.__contains__, paths))
+    if True in batch.trace_id_generated:
+        generated = batch.trace_id_generated
+        rows = (i for i in rows if not generated[i])
+    rows = list(rows)
+    # Upstream status and bytes received take few distinct values: decide per distinct pair.
+    fields = batch.fields
+    pairs = [(f.get("upstream_status"), f.get("upstream_bytes_received"))
+             for f in map(fields.__getitem__, rows)]
+    try:
+        answered = {pair: _answered(*pair) for pair in set(pairs)}
+    except TypeError:  # an unhashable (mapped) value: decide row by row
+        return [i for i, pair in zip(rows, pairs, strict=True) if _answered(*pair)]
+    if all(answered.values()):
+        return rows
+    return list(compress(rows, map(answered.__getitem__, pairs)))
 
 
-def expectations(batch: RecordBatch, rows: Iterable[int]) -> list[tuple[bytes, bytes]]:
+def expectations(batch: RecordBatch, rows: list[int]) -> list[tuple[bytes, bytes]]:
     """(trace id, packed request) for the given rows: what the missing span will need."""
-    out = []
-    for i in rows:
-        method = batch.method[i] or "HTTP"
-        path = (batch.path[i] or "").encode("utf-8", "replace")[:MAX_PATH_BYTES]
-        request = _REQUEST.pack(batch.span_id[i], batch.time_unix_nano[i] or 0,
-                                batch.status[i] or 0)
-        out.append((batch.trace_id[i], request + method.encode()[:16] + b"\0" + path))
-    return out
+    if not rows:
+        return []
+    pick = itemgetter(*rows) if len(rows) > 1 else (lambda col: (col[rows[0]],))
+    statuses = [s or 0 for s in pick(batch.status)]
+    ends = [t or 0 for t in pick(batch.time_unix_nano)]
+    heads = map(_REQUEST.pack, pick(batch.span_id), ends, statuses)
+    names = dict.fromkeys(zip(pick(batch.method), pick(batch.path), strict=True))
+    for method, path in names:
+        names[(method, path)] = ((method or "HTTP").encode()[:16] + b"\0"
+                                 + (path or "").encode("utf-8", "replace")[:MAX_PATH_BYTES])
+    tails = map(names.__getitem__, zip(pick(batch.method), pick(batch.path), strict=True))
+    return list(zip(pick(batch.trace_id), map(bytes.__add__, heads, tails), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
