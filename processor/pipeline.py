@@ -257,11 +257,12 @@ class Pipeline:
         spans.spans = self.span_builder.spans(batch, now_ns)
         return spans.request_bytes()
 
-    def _note_nginx(self, batch: RecordBatch, stats: BatchStats) -> None:
+    def _note_nginx(self, batch: RecordBatch, stats: BatchStats, with_app: bool) -> None:
         """Nginx records, for reconciliation: the audited requests that expect an app record
-        (once an app record was ever seen) and the record times per server (once nginx's
-        counters were read). Neither costs anything while it has nothing to compare with."""
-        if self.reconciler is not None and self.reconciler.armed:
+        (once an app record was ever seen, or is in this request: `with_app`) and the record
+        times per server (once nginx's counters were read). Neither costs anything while it
+        has nothing to compare with."""
+        if self.reconciler is not None and (self.reconciler.armed or with_app):
             stats.expected += expectations(batch, expected_app_records(batch, self._audited))
         if self.counters is not None and self.counters.active:
             served_by_host(batch, stats.served)
@@ -312,7 +313,7 @@ class Pipeline:
                 if source == NGINX:
                     self._errors.remember(batch)
                     if stats is not None:
-                        self._note_nginx(batch, stats)
+                        self._note_nginx(batch, stats, APP in groups)
                 elif source == APP:
                     self._note_app(batch, stats)
                 spans.spans += self.span_builder.spans(batch, now_ns)

@@ -122,6 +122,12 @@ def test_dropped_app_audit_lines_fire_the_alert(stack, prometheus) -> None:
     assert float(alert["value"]) == 3
     assert prometheus.value(ratio) == pytest.approx(4 / 7)
 
+    # The status page's API says so too.
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.admin_port}/api/status") as reply:
+        sources = {s["name"]: s for s in orjson.loads(reply.read())["sources"]}
+    assert sources["app"]["completeness"] == pytest.approx(4 / 7)
+    assert sources["app"]["silent"] is False
+
     # Each dropped request has its missing_record span, in its own trace, under nginx's span.
     lines = [orjson.loads(x) for x in stack.nginx_paths.access_log.read_bytes().splitlines()]
     request_ids = [line["request_id"] for line in lines if "noaudit=1" in line["request_uri"]]

@@ -264,3 +264,67 @@ def test_unreachable_status_endpoint_is_counted_not_fatal(tmp_path) -> None:
         tmp_path, [{"url": f"http://127.0.0.1:{free_port()}/stub_status", "format": "stub_status"}])
     completeness.tick(time.time_ns())
     assert completeness._telemetry.snapshot()["audit_counter_scrape_errors_total"] == 1
+
+
+def _vts_metrics(totals: dict[str, int], when_ns: int):
+    """VTS counters as the collector's prometheus receiver sends them (see
+    tests/test_nginx_counters.py, which checks this shape against the real collector): a
+    cumulative Sum nginx_vts_server_requests_total, double values, one point per host and
+    status class, start time 0."""
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+
+    req = metrics_service_pb2.ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    for key, value in (("service.name", "nginx_vts"), ("service.instance.id", "nginx:8081")):
+        kv = rm.resource.attributes.add()
+        kv.key, kv.value.string_value = key, value
+    metric = rm.scope_metrics.add().metrics.add()
+    metric.name = "nginx_vts_server_requests_total"
+    metric.sum.aggregation_temporality = 2  # cumulative
+    metric.sum.is_monotonic = True
+    for host, total in totals.items():
+        for code, share in (("2xx", total - total // 10), ("4xx", total // 10)):
+            point = metric.sum.data_points.add()
+            point.time_unix_nano, point.as_double = when_ns, float(share)
+            for key, value in (("host", host), ("code", code)):
+                kv = point.attributes.add()
+                kv.key, kv.value.string_value = key, value
+    return req
+
+
+def test_vts_counters_from_the_collector_through_the_otlp_service(downstream, tmp_path) -> None:
+    """The collector's VTS metrics reach reconciliation through the processor's OTLP
+    MetricsService, on a real gRPC server."""
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+
+    from processor.otlp.exporter import SpanExporter
+    from processor.otlp.server import OtlpServer
+
+    port = free_port()
+    settings = load_settings(server={"listen": f"127.0.0.1:{port}"},
+                             exporter={"endpoint": f"127.0.0.1:{downstream.port}"},
+                             reconcile={"settle_s": 1, "state_dir": str(tmp_path)})
+    pipeline = Pipeline(settings)
+    server = OtlpServer(settings.server, pipeline, SpanExporter(settings.exporter), Telemetry())
+    server.completeness = Completeness(settings.reconcile, pipeline, server.exporter,
+                                       server.telemetry)
+    server.start()
+    try:
+        stub = metrics_service_pb2_grpc.MetricsServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{port}"))
+        t0 = time.time_ns() - 60 * S
+        stub.Export(_vts_metrics({"api.example": 100}, t0), timeout=10)
+        lines = [orjson.dumps({"msec": f"{(t0 + S) / S:.3f}", "request_id": f"{i:032x}",
+                               "request_method": "GET", "uri": "/v1/x", "status": "200",
+                               "server_name": "api.example"}).decode() for i in range(18)]
+        _hand_on(server.completeness, pipeline, lines)
+        stub.Export(_vts_metrics({"api.example": 120}, t0 + 10 * S), timeout=10)
+        stub.Export(_vts_metrics({"api.example": 120}, t0 + 20 * S), timeout=10)
+        server.completeness.tick(time.time_ns())
+        t = server.telemetry
+        assert t.snapshot()["audit_records_missing_total"] == 2
+        assert t.gauge("audit_log_completeness_ratio", source="nginx",
+                       host="api.example") == 18 / 20
+    finally:
+        server.stop()

@@ -312,3 +312,19 @@ def test_service_sends_a_missing_record_span_in_the_request_trace(service, downs
     late = downstream.spans()[-2]
     late_flags = {kv.key: kv.value for kv in late.attributes}["audit.flags"]
     assert flags.LATE_RECORD in [v.string_value for v in late_flags.array_value.values]
+
+
+def test_the_first_app_records_arm_the_request_they_come_in(pipeline) -> None:
+    """At start-up the collector often sends the first app and Nginx records in one Export:
+    its Nginx requests are tracked too."""
+    from processor.telemetry import BatchStats
+
+    pipeline.reconciler = reconciler()
+    request = logs("app", app_line(rid()))
+    request.resource_logs.extend(logs("nginx", nginx_line(rid())).resource_logs)
+    stats = BatchStats()
+    pipeline.process_logs(request, T0, stats)
+    assert len(stats.expected) == 1 and len(stats.app_seen) == 1
+    alone = BatchStats()
+    pipeline.process_logs(logs("nginx", nginx_line(rid())), T0, alone)
+    assert alone.expected == []  # still not armed: nothing was committed

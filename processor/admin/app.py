@@ -170,8 +170,14 @@ class SourceOut(BaseModel):
     last_flag_unix_nano: int | None
     last_lag_s: float | None
     avg_lag_s: float | None
-    completeness: float | None = Field(description="not measured yet: always null for now")
-    silent: bool | None = Field(description="not measured yet: always null for now")
+    completeness: float | None = Field(
+        description="share of the records that should exist which arrived, over "
+                    "reconcile.completeness_span_s (nginx: against its VTS/stub_status counters, "
+                    "the lowest server zone; app: against audited Nginx requests); null when "
+                    "there is nothing to compare with yet")
+    silent: bool | None = Field(
+        description="the source sent records, then none for reconcile.silence_threshold_s "
+                    "while traffic continued; null before it sent any")
     health: Literal["green", "amber", "red"]
     health_reason: str
 
@@ -508,9 +514,8 @@ def create_app(
 
     @app.get("/api/status", summary="Per-source status", tags=["status"],
              response_model=StatusOut,
-             description="Records, last seen, ingest lag and health per source, and readiness. "
-                         "`completeness` and `silent` are null until the completeness work "
-                         "fills them.")
+             description="Records, last seen, ingest lag, completeness, silence and health "
+                         "per source, and readiness.")
     def get_status() -> StatusOut:
         return status_view()
 

@@ -11,9 +11,12 @@ from pathlib import Path
 
 from .procs import repo_root, tool_path
 from .stack import Stack
-from .traffic import burst, send
+from .traffic import DemoRequest, burst, send
 
 __all__ = ["run_demo", "summarize"]
+
+MISSING_WINDOW_S = 5
+DROPPED = DemoRequest("GET", "/v1/datasets/ds-5/documents?noaudit=1", expect="missing")
 
 
 def _tag(span: dict, key: str) -> object:
@@ -21,8 +24,9 @@ def _tag(span: dict, key: str) -> object:
 
 
 def summarize(stack: Stack, expected: int, timeout: float = 90) -> dict[str, int]:
-    """Wait until Jaeger holds an nginx span and an app span per request, then count what was
-    flagged (on the nginx spans) and how many requests form one nginx → app trace."""
+    """Wait until Jaeger holds an nginx span and an app span per request (for a request whose
+    app record was dropped: the missing_record span), then count what was flagged and how many
+    requests form one nginx → app trace."""
     jaeger = stack.jaeger
     deadline = time.monotonic() + timeout
     spans: list[dict] = []
@@ -51,6 +55,7 @@ def summarize(stack: Stack, expected: int, timeout: float = 90) -> dict[str, int
         "truncated": sum(1 for s in spans if tag(s, "audit.truncated") is True),
         "invalid": sum(1 for s in spans if tag(s, "audit.valid") is False),
         "server_errors": sum(1 for s in spans if (tag(s, "http.response.status_code") or 0) >= 500),
+        "missing": sum(1 for s in app_spans if tag(s, "audit.missing") is True),
     }
 
 
@@ -66,15 +71,20 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
     workdir = repo_root() / ".cache" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"starting the demo stack in {workdir} (logs: *.log there) ...", flush=True)
-    with Stack(workdir) as stack:
+    # A short reconciliation window, so the dropped audit line is reported within the demo.
+    with Stack(workdir, processor_env={"AUDIT_GUARD_RECONCILE__WINDOW_S": str(MISSING_WINDOW_S)}
+               ) as stack:
         print(f"  nginx         {stack.base_url}  (access log {stack.nginx_paths.access_log})")
         print(f"  jaeger        {stack.jaeger_ports.query_url}")
         print(f"  processor     127.0.0.1:{stack.processor_port} (OTLP/gRPC), status page "
               f"http://127.0.0.1:{stack.admin_port}/")
-        plan = burst(requests)
+        # The last request's audit line is dropped by the upstream (Docker's non-blocking mode,
+        # an unflushed buffer): audit-guard reports it as missing_record after the window.
+        plan = [*burst(requests - 1), DROPPED]
         statuses = [send(stack.base_url, r) for r in plan]
         expected_trunc = sum(1 for r in plan if r.expect == "truncated")
         expected_invalid = sum(1 for r in plan if r.expect == "invalid")
+        expected_missing = sum(1 for r in plan if r.expect == "missing")
         print(f"sent {len(plan)} requests ({statuses.count(None)} cut on purpose); "
               "waiting for their spans in Jaeger ...", flush=True)
         found = summarize(stack, len(plan))
@@ -83,6 +93,7 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
             and found["joined_traces"] == len(plan)
             and found["truncated"] == expected_trunc
             and found["invalid"] == expected_invalid
+            and found["missing"] == expected_missing
         )
         print()
         print("audit-guard demo summary")
@@ -91,6 +102,8 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
         print(f"  nginx → app traces {found['joined_traces']}  (the app record is a child span)")
         print(f"  truncated          {found['truncated']}  (expected {expected_trunc})")
         print(f"  invalid            {found['invalid']}  (expected {expected_invalid})")
+        print(f"  missing app record {found['missing']}  (expected {expected_missing}: the "
+              f"upstream dropped its audit line; reported after {MISSING_WINDOW_S} s)")
         print(f"  5xx                {found['server_errors']}")
         print(f"  Jaeger UI/API      {stack.jaeger_ports.query_url}/search?service=nginx")
         print(f"  status page        http://127.0.0.1:{stack.admin_port}/")

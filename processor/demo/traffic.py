@@ -21,7 +21,7 @@ class DemoRequest:
     user: str = "u1"
     app: str = "a1"
     body: dict[str, object] | None = None
-    expect: str = "clean"  # clean | truncated | invalid
+    expect: str = "clean"  # clean | truncated | invalid | missing (no app audit record)
 
 
 def _scenarios() -> list[DemoRequest]:
