@@ -328,3 +328,53 @@ def test_the_first_app_records_arm_the_request_they_come_in(pipeline) -> None:
     alone = BatchStats()
     pipeline.process_logs(logs("nginx", nginx_line(rid())), T0, alone)
     assert alone.expected == []  # still not armed: nothing was committed
+
+
+def test_killed_service_still_reports_after_restart(downstream, tmp_path) -> None:
+    """SIGKILL right after the Export was acknowledged (no clean stop, no checkpoint): the
+    restarted `audit-guard serve` still reports the request as missing, and only it — the
+    request whose app record came is not invented."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from processor.demo.procs import port_open, wait_until
+
+    port = free_port()
+    env = {**os.environ, "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{port}",
+           "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",
+           "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}",
+           "AUDIT_GUARD_RECONCILE__WINDOW_S": "2",
+           "AUDIT_GUARD_RECONCILE__STATE_DIR": str(tmp_path)}
+
+    def serve() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve"], env=env,
+                                stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(port), 30, "audit-guard serve to listen")
+        return proc
+
+    answered, dropped = rid(), rid()
+    first = serve()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = logs_service_pb2_grpc.LogsServiceStub(channel)
+        stub.Export(logs("app", app_line(answered)), timeout=10)
+        stub.Export(logs("nginx", nginx_line(answered), nginx_line(dropped)), timeout=10)
+        channel.close()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert not [s for s in downstream.spans() if s.span_id == missing_span_id(s.trace_id)]
+    second = serve()
+    try:
+        # A fresh window after the restart (2 s), then the ticker reports it.
+        wait_until(lambda: any(s.span_id == missing_span_id(s.trace_id)
+                               for s in downstream.spans()), 30, "the missing_record span")
+        time.sleep(3)  # long enough for a wrongly invented second one to show up
+        missing = [s for s in downstream.spans() if s.span_id == missing_span_id(s.trace_id)]
+        assert [s.trace_id.hex() for s in missing] == [dropped]
+    finally:
+        second.terminate()
+        second.wait(30)

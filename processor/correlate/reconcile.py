@@ -56,6 +56,9 @@ _REQUEST = struct.Struct("<8sqH")
 _TRACE_ID = 16
 _COMMIT, _MISSING = b"C", b"M"
 _RESOLVED = bytes([RESOLVED])
+# The journal is folded into the snapshot every checkpoint_interval_s, or sooner when this much
+# was appended (a busy server: the disk and the restart time stay bounded).
+_MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 _U32 = struct.Struct("<I")
 _ENTRY_HEAD = struct.Struct("<cqII")  # kind, now, number of expectations, number of sightings
 
@@ -183,6 +186,7 @@ class _Journal:
                          "taken_unix_nano INTEGER NOT NULL, entries BLOB NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, "
                          "entry BLOB NOT NULL)")
+        self.appended_bytes = 0  # since the last checkpoint
 
     def load(self) -> tuple[bytes | None, list[bytes]]:
         row = self._db.execute("SELECT entries FROM snapshot WHERE id = 1").fetchone()
@@ -191,6 +195,7 @@ class _Journal:
 
     def append(self, entry: bytes) -> None:
         self._db.execute("INSERT INTO journal (entry) VALUES (?)", (entry,))
+        self.appended_bytes += len(entry)
 
     def checkpoint(self, snapshot: bytes, now_ns: int) -> None:
         with self._db:  # one transaction: the snapshot replaces exactly the journal it folds
@@ -199,6 +204,7 @@ class _Journal:
                              (now_ns, snapshot))
             self._db.execute("DELETE FROM journal")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.appended_bytes = 0
 
     def journal_rows(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM journal").fetchone()[0])
@@ -447,7 +453,8 @@ class RequestReconciler:
     def checkpoint(self, now_ns: int, force: bool = False) -> None:
         if self._journal is None:
             return
-        if not force and now_ns - self._last_checkpoint < self._checkpoint_every:
+        if (not force and now_ns - self._last_checkpoint < self._checkpoint_every
+                and self._journal.appended_bytes < _MAX_JOURNAL_BYTES):
             return
         with self._lock:
             parts = [b"\x01" if self.armed else b"\x00"]
