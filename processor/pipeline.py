@@ -319,7 +319,7 @@ class Pipeline:
                 spans.spans += self.span_builder.spans(batch, now_ns)
                 if stats is not None:
                     stats.add_batch(batch, self.rules.current)
-            parts.append(spans.request_bytes())
+            parts += spans.request_parts()
             count += len(rows.bodies)
         expired = self._errors.expired(now_ns)
         if expired:

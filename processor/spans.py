@@ -157,18 +157,23 @@ class SpanBatch:
 
     def request_bytes(self) -> bytes:
         """The serialized ExportTraceServiceRequest (empty request when there are no spans)."""
+        return b"".join(self.request_parts())
+
+    def request_parts(self) -> list[bytes]:
+        """`request_bytes` as pieces to join: the caller joins the pieces of several batches
+        once (one copy of the whole request instead of one per nesting level)."""
         if not self.spans:
-            return b""
-        sizes = map(_VARINTS.get, map(len, self.spans), repeat(None))
-        lengths = [v if v is not None else varint(len(s)) for v, s in zip(sizes, self.spans,
-                                                                          strict=True)]
-        scope_spans = b"".join(
-            (self._scope, *chain.from_iterable(zip(repeat(_SPANS_TAG), lengths, self.spans)))
-        )
-        resource_spans = b"".join(
-            (self._resource, _SCOPE_SPANS_TAG, varint(len(scope_spans)), scope_spans)
-        )
-        return b"".join((_RESOURCE_SPANS_TAG, varint(len(resource_spans)), resource_spans))
+            return []
+        spans = self.spans
+        sizes = list(map(len, spans))
+        lengths = [v if v is not None else varint(n)
+                   for v, n in zip(map(_VARINTS.get, sizes, repeat(None)), sizes, strict=True)]
+        scope_size = (len(self._scope) + len(spans) * len(_SPANS_TAG) + sum(sizes)
+                      + sum(map(len, lengths)))
+        scope_head = b"".join((_SCOPE_SPANS_TAG, varint(scope_size), self._scope))
+        resource_size = len(self._resource) + scope_size + len(scope_head) - len(self._scope)
+        return [_RESOURCE_SPANS_TAG, varint(resource_size), self._resource, scope_head,
+                *chain.from_iterable(zip(repeat(_SPANS_TAG), lengths, spans))]
 
 
 class SpanBuilder:
