@@ -53,8 +53,10 @@ AUDIT_COUNTERS = {
     "audit_records_missing_total",
     "audit_records_late_total",
     "audit_rule_matches_total",
+    "audit_reconcile_evicted_total",
+    "audit_counter_scrape_errors_total",
 }
-AUDIT_GAUGES = {"audit_log_completeness_ratio", "audit_stream_silent"}
+AUDIT_GAUGES = {"audit_log_completeness_ratio", "audit_stream_silent", "audit_reconcile_pending"}
 AUDIT_HISTOGRAMS = {"audit_ingest_lag_seconds", "audit_export_duration_seconds"}
 AUDIT_METRICS = (
     AUDIT_COUNTERS
@@ -88,6 +90,8 @@ EXPECTED_ALERTS = {
     "AuditRecordsTruncated",
     "AuditFieldViolations",
     "AuditIngestLagHigh",
+    "AuditReconcileEvictions",
+    "AuditCounterScrapeFailing",
     "OtelcolExporterSendFailed",
     "OtelcolExporterEnqueueFailed",
     "OtelcolReceiverRefused",
@@ -346,6 +350,10 @@ def test_alert_severities_match_what_they_mean() -> None:
         "OtelcolExporterEnqueueFailed",
     ):
         assert severity[name] == "critical", name
+    # Reconciliation partly blind (evicted requests, an unreadable nginx counter endpoint): the
+    # records still flow and other checks still run, so these warn.
+    for name in ("AuditReconcileEvictions", "AuditCounterScrapeFailing"):
+        assert severity[name] == "warning", name
 
 
 def test_metric_name_extraction() -> None:
@@ -377,6 +385,8 @@ def test_alerts_use_only_documented_metrics() -> None:
         "audit_field_violations_total",
         "audit_stream_silent",
         "audit_ingest_lag_seconds_bucket",
+        "audit_reconcile_evicted_total",
+        "audit_counter_scrape_errors_total",
     } <= used
 
 
@@ -429,6 +439,7 @@ def test_dashboard_is_valid_and_has_the_panels() -> None:
     missing_late = exprs("Missing vs late")
     assert "audit_records_missing_total" in missing_late
     assert "audit_records_late_total" in missing_late
+    assert "audit_reconcile_pending" in missing_late
     assert "audit_spans_dropped_total" in exprs("Dropped spans")
     lag = exprs("Ingest lag p50 / p95")
     assert "histogram_quantile(0.5," in lag and "histogram_quantile(0.95," in lag
