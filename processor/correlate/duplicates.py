@@ -19,18 +19,20 @@ __all__ = ["Deduplicator"]
 class Deduplicator:
     def __init__(self, max_records: int) -> None:
         self._max = max_records
-        self._seen: dict[str, set[tuple[bytes, bytes]]] = {}
-        self._batches: dict[str, deque[list[tuple[bytes, bytes]]]] = {}
-        self._repeats: dict[tuple[bytes, bytes], int] = {}  # keys seen more than once
+        self._seen: dict[str, set[bytes]] = {}
+        self._batches: dict[str, deque[set[bytes]]] = {}
+        self._repeats: dict[bytes, int] = {}  # keys seen more than once
 
     def __call__(self, batch: RecordBatch) -> None:
-        # A record is the same as another when its source, trace and span id all are.
+        # A record is the same as another when its source, trace and span id all are. The key
+        # is trace id + span id as one bytes object: bytes cache their hash, so the set
+        # operations below hash each key once (a tuple would be re-hashed by every one).
         seen = self._seen.setdefault(batch.source, set())
         batches = self._batches.setdefault(batch.source, deque())
-        keys = list(zip(batch.trace_id, batch.span_id, strict=True))
+        keys = list(map(bytes.__add__, batch.trace_id, batch.span_id))
         distinct = set(keys)
         if len(distinct) < len(keys) or not seen.isdisjoint(distinct):
-            seen_here: set[tuple[bytes, bytes]] = set()
+            seen_here: set[bytes] = set()
             for i, key in enumerate(keys):
                 if key in seen or key in seen_here:
                     # The n-th sighting gets the same id however the records were batched.
@@ -38,7 +40,7 @@ class Deduplicator:
                     self._repeats[key] = n
                     batch.add_flag(i, flags.DUPLICATE)
                     batch.span_id[i] = blake2b(
-                        b"".join((batch.source.encode(), *key, b"dup", str(n).encode())),
+                        b"".join((batch.source.encode(), key, b"dup", str(n).encode())),
                         digest_size=8,
                     ).digest()
                 else:
@@ -46,6 +48,6 @@ class Deduplicator:
             if len(self._repeats) > self._max:
                 self._repeats.clear()
         seen |= distinct
-        batches.append(keys)
+        batches.append(distinct)
         while len(seen) > self._max and len(batches) > 1:
             seen.difference_update(batches.popleft())
