@@ -35,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from itertools import compress, islice
-from operator import itemgetter
+from operator import itemgetter, methodcaller
 from pathlib import Path
+from typing import Any
 
 from .. import flags
 from ..record import RecordBatch
@@ -73,46 +74,63 @@ def _last(value: object) -> str:
     return str(value).rpartition(" ")[2]
 
 
-def _answered(status: object, received: object) -> bool:
-    """Whether the app answered: nginx logged an upstream status and (when logged) received
-    bytes from it. Empty upstream_status = nginx answered itself (no app record expected); 0
-    bytes received = the connection failed before the app said anything. A log format without
-    upstream_status: assume the request was proxied."""
-    if status is not None and (not isinstance(status, str | int) or _last(status) in ("", "-")):
-        return False
+def _status_answered(status: object) -> bool:
+    """Empty upstream_status = nginx answered itself (no app record expected). A log format
+    without upstream_status (None): assume the request was proxied."""
+    return status is None or (isinstance(status, str | int) and _last(status) not in ("", "-"))
+
+
+def _bytes_answered(received: object) -> bool:
+    """0 bytes received from the upstream = the connection failed before the app said
+    anything. Not logged (None): assume it answered."""
     return received is None or _last(received) not in ("", "-", "0")
+
+
+_UPSTREAM_STATUS = methodcaller("get", "upstream_status")
+_UPSTREAM_RECEIVED = methodcaller("get", "upstream_bytes_received")
 
 
 def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -> list[int]:
     """Rows of a checked Nginx batch for which an app audit record is expected: an audited path,
-    a request id to join on, and a request the app answered."""
+    a request id to join on, and a request the app answered (see the two rules above)."""
     paths = batch.path
     audited_paths = {p for p in set(paths) if p is not None and audited(p)}
     if not audited_paths:
         return []
-    rows = compress(range(len(paths)), map(audited_paths.__contains__, paths))
+    rows = list(compress(range(len(paths)), map(audited_paths.__contains__, paths)))
     if True in batch.trace_id_generated:
         generated = batch.trace_id_generated
-        rows = (i for i in rows if not generated[i])
-    rows = list(rows)
-    # Upstream status and bytes received take few distinct values: decide per distinct pair.
-    fields = batch.fields
-    pairs = [(f.get("upstream_status"), f.get("upstream_bytes_received"))
-             for f in map(fields.__getitem__, rows)]
+        rows = [i for i in rows if not generated[i]]
+    if not rows:
+        return []
+    fields = batch.fields if len(rows) == len(paths) else list(map(batch.fields.__getitem__, rows))
+    statuses = list(map(_UPSTREAM_STATUS, fields))
+    received = list(map(_UPSTREAM_RECEIVED, fields))
+    # Both take few distinct values: decide per distinct value, visit rows only if one fails.
     try:
-        answered = {pair: _answered(*pair) for pair in set(pairs)}
+        bad_status = {v for v in set(statuses) if not _status_answered(v)}
+        bad_received = {v for v in set(received) if not _bytes_answered(v)}
     except TypeError:  # an unhashable (mapped) value: decide row by row
-        return [i for i, pair in zip(rows, pairs, strict=True) if _answered(*pair)]
-    if all(answered.values()):
+        bad_status = bad_received = None
+    if bad_status is not None and not bad_status and not bad_received:
         return rows
-    return list(compress(rows, map(answered.__getitem__, pairs)))
+    keep = [_status_answered(st) and _bytes_answered(rb)
+            for st, rb in zip(statuses, received, strict=True)]
+    return list(compress(rows, keep))
 
 
 def expectations(batch: RecordBatch, rows: list[int]) -> list[tuple[bytes, bytes]]:
     """(trace id, packed request) for the given rows: what the missing span will need."""
     if not rows:
         return []
-    pick = itemgetter(*rows) if len(rows) > 1 else (lambda col: (col[rows[0]],))
+    if len(rows) == len(batch):  # the usual case: every row expects one
+        def pick(col: list[Any]) -> list[Any]:
+            return col
+    elif len(rows) > 1:
+        pick = itemgetter(*rows)
+    else:
+        def pick(col: list[Any]) -> list[Any]:
+            return [col[rows[0]]]
     statuses = [s or 0 for s in pick(batch.status)]
     ends = [t or 0 for t in pick(batch.time_unix_nano)]
     heads = map(_REQUEST.pack, pick(batch.span_id), ends, statuses)
