@@ -55,7 +55,8 @@ def make_line(i: int) -> bytes:
     sent = 2048 if i % 50 else 512  # every 50th response is cut short
     return orjson.dumps({
         "time_iso8601": "2026-11-26T14:00:00+00:00",
-        "msec": f"{1764165600 + i // 1000}.{i % 1000:03d}",
+        # Bare JSON numbers, as otel/nginx/audit_log_format.conf writes $msec and $request_time.
+        "msec": round(1764165600 + i // 1000 + (i % 1000) / 1000, 3),
         "request_id": blake2b(i.to_bytes(8, "big"), digest_size=16).hexdigest(),  # as random
         "connection": i // 3,
         "connection_requests": i % 3 + 1,
@@ -71,7 +72,7 @@ def make_line(i: int) -> bytes:
         "sent_http_content_length": "2048",
         "upstream_status": str(status),
         "upstream_response_length": "2048",
-        "request_time": "0.042",
+        "request_time": 0.042,
         "http_user_agent": "Mozilla/5.0 (bench)",
         "user_id": "" if i % 97 == 0 else USERS[i % len(USERS)],
         "app_id": APPS[i % len(APPS)],

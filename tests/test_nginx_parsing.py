@@ -113,3 +113,18 @@ def test_zero_padded_status_keeps_the_rest_of_the_line(pipeline) -> None:
 def test_invalid_utf8_is_salvaged() -> None:
     rec = parse_line(b'{"uri":"/v1/\xff","status":"200"}')
     assert rec.status == 200 and rec.path is not None and "malformed" in rec.flags
+
+
+@pytest.mark.parametrize("col", [
+    [1764165600.123, 1764165600.5, 0.0],  # bare JSON numbers, as the shipped format writes msec
+    ["0.042", "0.042", "0.5", "0.042"],  # $request_time: few distinct values
+    ["1764165600.123", "inf", "1e400", "nan", "-", "", "x"],  # not finite, not numbers
+    [0.042, float("inf"), float("nan")],  # mapped bodies can carry what JSON cannot
+    [True, 1, 1.0, "1"],  # equal as dict keys, not as times
+])
+def test_time_columns_convert_like_each_value(col) -> None:
+    from processor.sources.columns import seconds_ns, to_ns
+
+    expected = [to_ns(v) for v in col]
+    assert seconds_ns(col) == expected
+    assert seconds_ns(col, few_distinct=True) == expected

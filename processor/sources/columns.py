@@ -78,16 +78,28 @@ def to_ns(value: Any) -> int | None:
     if value.__class__ is str or value.__class__ is int or value.__class__ is float:
         try:
             return round(float(value) * 1_000_000) * 1000
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, NaN, infinity
             return None
     return None
 
 
-def seconds_ns(col: list[Any]) -> list[int | None]:
-    if set(map(type, col)) <= {str, int, float}:
+def seconds_ns(col: list[Any], few_distinct: bool = False) -> list[int | None]:
+    """`to_ns` over a column. `few_distinct`: the values repeat (e.g. $request_time, in ms), so
+    each distinct value is converted once."""
+    kinds = set(map(type, col))
+    if few_distinct and (kinds == {str} or kinds == {float}):  # one type: no 1 == 1.0 clash
+        converted = {v: to_ns(v) for v in set(col)}
+        return list(map(converted.__getitem__, col))
+    if kinds == {float}:  # bare JSON numbers, as the shipped log format writes $msec
+        try:
+            return list(map(mul, map(round, map(mul, col, repeat(1_000_000.0))),
+                            repeat(1000)))
+        except (ValueError, OverflowError):  # NaN, infinity (not from JSON, but mapped bodies)
+            return list(map(to_ns, col))
+    if kinds <= {str, int, float}:
         try:
             micros = map(round, map(mul, map(float, col), repeat(1_000_000.0)))
             return list(map(mul, micros, repeat(1000)))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, "inf", "1e400"
             pass
     return list(map(to_ns, col))

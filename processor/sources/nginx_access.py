@@ -188,7 +188,7 @@ def parse_mappings(objs: list[dict[str, Any]]) -> RecordBatch:
                 ends[i] = _iso_to_ns(times[i])
                 if ends[i] is None and (times[i] is not None or msec_text[i] is not None):
                     unparsed.setdefault(i, []).append("time")
-    durations = seconds_ns(request_time)
+    durations = seconds_ns(request_time, few_distinct=True)  # ms values repeat
     durations = (
         [d if d is not None and d > 0 else 0 for d in durations] if None in durations
         else list(map(max, durations, repeat(0)))
