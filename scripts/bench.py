@@ -50,30 +50,39 @@ PATHS = (
 
 
 def make_line(i: int) -> bytes:
+    """One line exactly as otel/nginx/audit_log_format.conf makes nginx write it (every key of
+    the shipped format; numbers bare, the rest strings)."""
     method, path = PATHS[(i * 37) % len(PATHS)]
     status = 200 if i % 10 else (403 if i % 20 else 502)
     sent = 2048 if i % 50 else 512  # every 50th response is cut short
+    uri = path.format(f"ds-{i % 300}")
     return orjson.dumps({
         "time_iso8601": "2026-11-26T14:00:00+00:00",
-        # Bare JSON numbers, as otel/nginx/audit_log_format.conf writes $msec and $request_time.
         "msec": round(1764165600 + i // 1000 + (i % 1000) / 1000, 3),
         "request_id": blake2b(i.to_bytes(8, "big"), digest_size=16).hexdigest(),  # as random
         "connection": i // 3,
         "connection_requests": i % 3 + 1,
         "remote_addr": f"10.0.{i % 7}.{i % 250}",
         "request_method": method,
-        "request_uri": path.format(f"ds-{i % 300}"),
-        "uri": path.format(f"ds-{i % 300}"),
+        "request_uri": uri,
+        "uri": uri,
+        "server_protocol": "HTTP/1.1",
         "host": "api.example.com",
+        "server_name": "api.example.com",
         "status": str(status),
         "request_completion": "OK",
         "body_bytes_sent": sent,
         "bytes_sent": sent + 200,
         "sent_http_content_length": "2048",
+        "sent_http_content_type": "application/json",
         "upstream_status": str(status),
         "upstream_response_length": "2048",
+        "upstream_bytes_received": "2248",
+        "upstream_response_time": "0.040",
+        "upstream_addr": "172.18.0.5:5001",
         "request_time": 0.042,
         "http_user_agent": "Mozilla/5.0 (bench)",
+        "http_traceparent": "",
         "user_id": "" if i % 97 == 0 else USERS[i % len(USERS)],
         "app_id": APPS[i % len(APPS)],
     })

@@ -99,3 +99,63 @@ def test_pipeline_batch_equals_one_by_one(pipeline) -> None:
         decoded = ExportTraceServiceRequest.FromString(alone)
         (single,) = decoded.resource_spans[0].scope_spans[0].spans
         assert span == single, line
+
+
+# -- the fast path for the shipped format ----------------------------------------------------
+def shipped_line(rng: random.Random, i: int) -> dict:
+    """A line with exactly the keys of otel/nginx/audit_log_format.conf, values as nginx
+    writes them (numbers bare, the rest strings, "" for an empty variable) plus odd ones."""
+    from processor.sources.nginx_access import AUDIT_JSON_KEYS
+
+    rec = {key: rng.choice(["", "-", "x", "a, b : c"]) for key in AUDIT_JSON_KEYS}
+    rec.update({
+        "msec": rng.choice([1764165600.123, 1764165600.5, "1764165600.250"]),
+        "request_time": rng.choice([0.042, 0.0, 1.5, "0.042"]),
+        "connection": i, "connection_requests": rng.choice([1, 2]),
+        "body_bytes_sent": rng.choice([0, 100, 2048]), "bytes_sent": rng.choice([0, 300]),
+        "status": rng.choice(["200", "000", "403", "502", "", 200]),
+        "request_method": rng.choice(["GET", "post", ""]),
+        "request_uri": rng.choice(["/v1/chat-messages?x=1", "/v1/datasets/d1/documents", ""]),
+        "uri": rng.choice(["/v1/chat-messages", "/static/a.js"]),
+        "request_id": rng.choice([f"{i + 1:032x}", ""]),
+        "request_completion": rng.choice(["OK", ""]),
+        "sent_http_content_length": rng.choice(["100", "", "2048"]),
+        "upstream_response_length": rng.choice(["100", "50, 100", ""]),
+        "user_id": rng.choice(["u1", "", "\u0007"]), "app_id": rng.choice(["a1", ""]),
+        "http_traceparent": rng.choice(
+            ["", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]),
+    })
+    if rng.random() < 0.1:
+        rec[rng.choice(list(rec))] = rng.choice(ODD)
+    keys = list(rec)
+    rng.shuffle(keys)  # key order does not matter to either path
+    return {k: rec[k] for k in keys}
+
+
+def test_shipped_format_fast_path_equals_the_general_path() -> None:
+    from processor.sources.nginx_access import AuditJsonLine, decode_lines, parse_mappings
+
+    rng = random.Random(11)
+    lines = [orjson.dumps(shipped_line(rng, i)) for i in range(2000)]
+    fast = parse_lines(lines)
+    assert all(isinstance(f, AuditJsonLine) for f in fast.fields)  # it did take the fast path
+    objs, cut, malformed = decode_lines(lines)
+    assert not cut and not malformed
+    general = parse_mappings(objs)
+    for i in range(len(lines)):
+        a, b = fast.row(i), general.row(i)
+        assert a.fields.to_dict() == b.fields
+        a.fields = b.fields
+        a.raw = b.raw = None
+        assert _diff(a, b) == {}, lines[i]
+
+
+def test_a_line_of_another_format_sends_the_batch_the_general_way() -> None:
+    from processor.sources.nginx_access import AuditJsonLine
+
+    rng = random.Random(3)
+    shipped = [orjson.dumps(shipped_line(rng, i)) for i in range(10)]
+    for odd in (b'{"uri":"/v1/x","status":"200"}', shipped[0][:-9], b"not json"):
+        batch = parse_lines([*shipped, odd])
+        assert not any(isinstance(f, AuditJsonLine) for f in batch.fields)
+        assert batch.path[-1] is not None or odd == b"not json"

