@@ -169,6 +169,16 @@ def test_broken_set_is_refused_whole_naming_rule_and_position(client, registry) 
     assert "fine" not in registry.current.names
 
 
+def test_refusal_quoting_a_lone_surrogate_is_still_json(client, registry) -> None:
+    """JSON may carry a lone surrogate (found by schemathesis); the refusal quotes it escaped
+    instead of failing to encode it (a 500)."""
+    body = b'[{"name": "ok", "when": "status", "severity": "low", "\\ud800": 1}]'
+    resp = client.put("/api/rules", content=body, headers={
+        **bearer(TOKEN), "Content-Type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert "\\ud800" in "\n".join(resp.json()["details"])
+
+
 def test_put_json_list_of_rules(client, registry) -> None:
     rules = [{"name": "teapot", "when": "status == `418`", "severity": "low"}]
     resp = client.put("/api/rules", json=rules, headers=bearer(TOKEN))

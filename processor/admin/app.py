@@ -189,6 +189,12 @@ class StatusOut(BaseModel):
     sources: list[SourceOut]
 
 
+def _utf8(text: str) -> str:
+    """Messages quote what the client sent, which JSON may carry as a lone surrogate (\\ud800):
+    written as an escape, not an encoding error (a 500)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class AdminError(Exception):
     """An error answered as JSON {"error", "details"} with the given status."""
 
@@ -319,8 +325,8 @@ def create_app(
     # -- errors: always JSON -----------------------------------------------------------------
     @app.exception_handler(AdminError)
     async def _admin_error(_: Request, exc: AdminError) -> JSONResponse:
-        return JSONResponse({"error": exc.error, "details": exc.details}, exc.status,
-                            headers=exc.headers)
+        return JSONResponse({"error": _utf8(exc.error), "details": list(map(_utf8, exc.details))},
+                            exc.status, headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -330,7 +336,7 @@ def create_app(
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return JSONResponse({"error": message, "details": []}, exc.status_code,
+        return JSONResponse({"error": _utf8(message), "details": []}, exc.status_code,
                             headers=headers)
 
     @app.exception_handler(RequestValidationError)
