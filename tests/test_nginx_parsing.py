@@ -128,3 +128,16 @@ def test_time_columns_convert_like_each_value(col) -> None:
     expected = [to_ns(v) for v in col]
     assert seconds_ns(col) == expected
     assert seconds_ns(col, few_distinct=True) == expected
+
+
+@pytest.mark.parametrize("col", [
+    ["200", "200", "403", "502", "200"],
+    ["200", "", "-", "abc", " 200", "1_000", "000"],
+    [200, "200", 200.0, True, None],
+])
+def test_int_columns_convert_like_each_value(col) -> None:
+    from processor.sources.columns import ints, to_int
+
+    expected = [to_int(v) for v in col]
+    assert ints(col) == expected
+    assert ints(col, few_distinct=True) == expected

@@ -48,9 +48,16 @@ def to_int(value: Any) -> int | None:
         return None
 
 
-def ints(col: list[Any], one: Callable[[Any], int | None] = to_int) -> list[int | None]:
-    """Integers; `one` converts a value when the fast path (all plain digits) does not apply."""
-    if set(map(type, col)) <= {str, int}:
+def ints(col: list[Any], one: Callable[[Any], int | None] = to_int,
+         few_distinct: bool = False) -> list[int | None]:
+    """Integers; `one` converts a value when the fast path (all plain digits) does not apply.
+    `few_distinct`: the values repeat (e.g. status codes), so each distinct one is converted
+    once."""
+    kinds = set(map(type, col))
+    if few_distinct and kinds == {str}:  # one type: no 1 == 1.0 == True clash
+        converted = {v: one(v) for v in set(col)}
+        return list(map(converted.__getitem__, col))
+    if kinds <= {str, int}:
         try:
             return list(map(int, col))
         except ValueError:

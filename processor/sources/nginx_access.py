@@ -239,10 +239,11 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
     ) = (none if col is None else col for col in columns)
 
     methods = texts_of(method)
-    methods = (
-        list(map(str.upper, methods)) if None not in methods
-        else [m.upper() if m is not None else None for m in methods]
-    )
+    if None not in methods:  # a handful of distinct methods: upper-case each once
+        upper = {m: m.upper() for m in set(methods)}
+        methods = list(map(upper.__getitem__, methods))
+    else:
+        methods = [m.upper() if m is not None else None for m in methods]
     targets = texts_of(request_uri)
     if None in targets:
         targets = [t if t is not None else p for t, p in zip(targets, texts_of(path), strict=True)]
@@ -253,7 +254,7 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
     )
 
     unparsed: dict[int, list[str]] = {}
-    statuses = ints(status)
+    statuses = ints(status, few_distinct=True)
     if None in statuses:
         status_text = texts_of(status)
         for i, (code, raw) in enumerate(zip(statuses, status_text, strict=True)):
