@@ -440,3 +440,25 @@ def test_replace_is_atomic_under_concurrent_evaluation() -> None:
     assert seen <= {("one",), ("two",)}  # never a mix: each batch sees one whole set
     with pytest.raises(TypeError):
         registry.replace([])  # type: ignore[arg-type]
+
+
+def test_rules_read_fields_of_shipped_format_lines() -> None:
+    """Nginx lines of the shipped format decode into AuditJsonLine structs, not dicts: a rule
+    over `fields.*` reads them the same, batch-wise and record by record."""
+    import orjson
+
+    from processor.sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine, parse_lines
+
+    line = dict.fromkeys(AUDIT_JSON_KEYS, "")
+    line.update(msec=1764165600.5, request_time=0.01, connection=1, connection_requests=1,
+                body_bytes_sent=10, bytes_sent=99, status="200", request_method="GET",
+                request_uri="/v1/x", uri="/v1/x", server_protocol="HTTP/1.0")
+    other = {**line, "server_protocol": "HTTP/1.1"}
+    batch = parse_lines([orjson.dumps(line), orjson.dumps(other)])
+    assert isinstance(batch.fields[0], AuditJsonLine)
+    rules = RuleSet.from_yaml(
+        "- {name: old_http, when: \"fields.server_protocol == 'HTTP/1.0'\", severity: low}",
+        "r.yaml")
+    assert rules.evaluate(batch, Counter()) == {0: ["old_http"]}
+    assert rules.evaluate_record(record_view(batch.row(0))) == ["old_http"]
+    assert rules.evaluate_record(record_view(batch.row(1))) == []
