@@ -94,8 +94,26 @@ def _any_value(value: AttrValue) -> AnyValue:
     return AnyValue(string_value=value)
 
 
+# Wire tags: Span.attributes (9), KeyValue.key (1) / .value (2), AnyValue.string_value (1); all
+# length-delimited. Checked against the stubs' encoding by tests/test_spans.py.
+_ATTRIBUTE_TAG, _KEY_TAG, _VALUE_TAG, _STRING_TAG = b"\x4a", b"\x0a", b"\x12", b"\x0a"
+
+
 def encode_attribute(key: str, value: AttrValue) -> bytes:
-    """One attribute as the bytes of a Span holding only it (concatenable into any Span)."""
+    """One attribute as the bytes of a Span holding only it (concatenable into any Span).
+
+    A string value (the usual case, and the one whose values rarely repeat: paths, client
+    addresses) is framed by hand, ~4x faster than building the message: each new value of a
+    cached column is encoded once, so that cost is paid per distinct value. Others go through
+    the stubs. A lone surrogate (not valid UTF-8) is written as "?", not an error.
+    """
+    if value.__class__ is str:
+        raw = value.encode("utf-8", "replace") if not value.isascii() else value.encode()
+        any_value = b"".join((_STRING_TAG, varint(len(raw)), raw))
+        name = key.encode()
+        kv = b"".join((_KEY_TAG, varint(len(name)), name, _VALUE_TAG, varint(len(any_value)),
+                       any_value))
+        return b"".join((_ATTRIBUTE_TAG, varint(len(kv)), kv))
     return Span(attributes=[KeyValue(key=key, value=_any_value(value))]).SerializeToString()
 
 

@@ -220,3 +220,26 @@ def test_same_record_twice_is_flagged_duplicate_once_exported(pipeline) -> None:
     assert attrs(first[0])["audit.flags"] == ["truncated:response_short"]
     assert attrs(again[0])["audit.flags"] == ["truncated:response_short", "duplicate"]
     assert again[0].span_id != first[0].span_id and again[0].trace_id == first[0].trace_id
+
+
+def test_hand_framed_string_attributes_equal_the_stubs_encoding() -> None:
+    """encode_attribute frames string values by hand: byte for byte what the stubs write."""
+    import random
+
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from processor.spans import encode_attribute
+
+    rng = random.Random(5)
+    alphabet = "abcXYZ09/-_.: \t\"\\é漢🙂\u0000\u007f"
+    values = ["", "x", "a" * 127, "a" * 128, "b" * 16_383, "c" * 16_384, "é" * 70_000]
+    values += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300)))
+               for _ in range(300)]
+    for key in ("url.path", "k", "k" * 200, "ключ"):
+        for value in values:
+            expected = Span(attributes=[KeyValue(
+                key=key, value=AnyValue(string_value=value))]).SerializeToString()
+            assert encode_attribute(key, value) == expected, (key, value[:40])
+    assert Span.FromString(encode_attribute("k", "a\udc80b")).attributes[0].value.string_value \
+        == "a?b"
