@@ -53,9 +53,16 @@ class RecordingDownstream(trace_service_pb2_grpc.TraceServiceServicer):
                 for s in ss.spans]
 
 
-def logs_request(*bodies: str) -> logs_service_pb2.ExportLogsServiceRequest:
+def logs_request(*bodies: str, source: str | None = None
+                 ) -> logs_service_pb2.ExportLogsServiceRequest:
+    """A logs request with these bodies; `source`: the resource attribute `audit.source`, as
+    collector-config/ sets it (none: the processor reads them as Nginx access records)."""
     req = logs_service_pb2.ExportLogsServiceRequest()
-    scope = req.resource_logs.add().scope_logs.add()
+    resource_logs = req.resource_logs.add()
+    if source is not None:
+        kv = resource_logs.resource.attributes.add()
+        kv.key, kv.value.string_value = "audit.source", source
+    scope = resource_logs.scope_logs.add()
     for body in bodies:
         scope.log_records.add().body.string_value = body
     return req

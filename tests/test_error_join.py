@@ -8,6 +8,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from processor.config import load_settings
 from processor.pipeline import Pipeline
+from tests.otlp_doubles import logs_request
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"
 T = 1764165600  # 2025-11-26 14:00:00 UTC
@@ -25,14 +26,7 @@ NOW = (T + 3) * 10**9
 
 
 def request(source: str, *bodies: str) -> ExportLogsServiceRequest:
-    req = ExportLogsServiceRequest()
-    rl = req.resource_logs.add()
-    kv = rl.resource.attributes.add()
-    kv.key, kv.value.string_value = "audit.source", source
-    scope = rl.scope_logs.add()
-    for body in bodies:
-        scope.log_records.add().body.string_value = body
-    return req
+    return logs_request(*bodies, source=source)
 
 
 def spans(pipeline: Pipeline, req: ExportLogsServiceRequest, now: int = NOW) -> list:

@@ -30,6 +30,7 @@ from processor.otlp.exporter import SpanExporter
 from processor.otlp.server import OtlpServer
 from processor.pipeline import Pipeline
 from processor.telemetry import Telemetry
+from tests.otlp_doubles import logs_request
 
 S = 1_000_000_000
 T0 = 1_764_165_600 * S
@@ -57,14 +58,7 @@ def app_line(rid: str, path: str = "/v1/chat-messages") -> str:
 
 
 def logs(source: str, *bodies: str) -> logs_service_pb2.ExportLogsServiceRequest:
-    req = logs_service_pb2.ExportLogsServiceRequest()
-    rl = req.resource_logs.add()
-    kv = rl.resource.attributes.add()
-    kv.key, kv.value.string_value = "audit.source", source
-    scope = rl.scope_logs.add()
-    for body in bodies:
-        scope.log_records.add().body.string_value = body
-    return req
+    return logs_request(*bodies, source=source)
 
 
 def rid() -> str:
