@@ -32,7 +32,7 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import blake2b
 from itertools import compress, islice
 from operator import itemgetter, methodcaller
@@ -187,7 +187,6 @@ class CommitResult:
     matched: int = 0  # app records that matched a pending request in time
     late: int = 0  # app records that resolved a request already reported missing
     evicted: int = 0  # pending requests dropped to stay within max_pending
-    late_ids: list[bytes] = field(default_factory=list)
 
 
 class _Journal:
@@ -372,7 +371,6 @@ class RequestReconciler:
                 if missing.pop(trace_id, None) is not None:
                     live[trace_id] = _HEAD.pack(RESOLVED, deadline)
                     result.late += 1
-                    result.late_ids.append(trace_id)
                 else:
                     live[trace_id] = _HEAD.pack(APP_FIRST, deadline)
             elif value[0] == PENDING:
