@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import CounterTarget, ReconcileConfig
-from .correlate.counters import ALL_ZONES, CounterReconciler, Reading
+from .correlate.counters import CounterReconciler
 from .correlate.reconcile import RequestReconciler, missing_spans_batch
 from .otlp.exporter import DownstreamUnavailable
 from .sources import nginx_counters
@@ -136,7 +136,7 @@ class Completeness:
             log.warning("nginx VTS metrics from the collector not understood: %s", exc)
             return 0
         if samples:
-            self.counters.add_readings("collector", [_reading(s) for s in samples])
+            self.counters.add_readings("collector", samples)
         return len(samples)
 
     def scrape(self, target: CounterTarget) -> None:
@@ -159,7 +159,7 @@ class Completeness:
             return
         # stub_status counts our own status request, which is not logged (access_log off).
         own = 1 if target.format == "stub_status" else 0
-        self.counters.add_readings(target.url, [_reading(s) for s in samples], own)
+        self.counters.add_readings(target.url, samples, own)
 
     # -- the ticker ------------------------------------------------------------------------
     def tick(self, now_ns: int) -> None:
@@ -208,7 +208,8 @@ class Completeness:
         span = int(self.config.completeness_span_s * _NS)
         app_ratio = self.requests.completeness(now_ns, span)
         if app_ratio is not None:
-            t.set("audit_log_completeness_ratio", app_ratio, source="app", host=ALL_ZONES)
+            t.set("audit_log_completeness_ratio", app_ratio, source="app",
+                  host=nginx_counters.ALL_ZONES)
         ratios = self.counters.ratios()
         for host, ratio in ratios.items():
             t.set("audit_log_completeness_ratio", ratio, source="nginx", host=host)
@@ -244,7 +245,3 @@ class Completeness:
             out[source] = bool(traffic)
         return out
 
-
-def _reading(sample: nginx_counters.CounterSample) -> Reading:
-    return Reading(sample.host, sample.requests, sample.time_unix_nano,
-                   sample.start_time_unix_nano, sample.in_flight)

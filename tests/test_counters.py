@@ -18,10 +18,12 @@ import pytest
 
 from processor.completeness import Completeness
 from processor.config import load_settings
-from processor.correlate.counters import ALL_ZONES, CounterReconciler, Reading
+from processor.correlate.counters import CounterReconciler
 from processor.demo.nginx import nginx_binary, snippet_dir
 from processor.demo.procs import ManagedProcess, free_port, http_ok
 from processor.pipeline import Pipeline
+from processor.sources.nginx_counters import ALL_ZONES
+from processor.sources.nginx_counters import CounterSample as Reading
 from processor.telemetry import BatchStats, Telemetry
 from tests.otlp_doubles import logs_request
 from tests.vts_double import VtsDouble

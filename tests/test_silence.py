@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from processor.completeness import Completeness
 from processor.config import load_settings
-from processor.correlate.counters import ALL_ZONES, Reading
 from processor.pipeline import Pipeline
+from processor.sources.nginx_counters import ALL_ZONES
+from processor.sources.nginx_counters import CounterSample as Reading
 from processor.telemetry import BatchStats, Telemetry
 
 S = 1_000_000_000

@@ -30,10 +30,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from ..record import RecordBatch
+from ..sources.nginx_counters import ALL_ZONES, CounterSample
 
-__all__ = ["ALL_ZONES", "CounterReconciler", "Reading", "served_by_host"]
+__all__ = ["CounterReconciler", "served_by_host"]
 
-ALL_ZONES = "*"
 _NS = 1_000_000_000
 _MS = 1_000_000
 
@@ -55,23 +55,12 @@ def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]]) -> Non
             into.setdefault(host, []).append(t)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One reading of a request counter."""
-
-    host: str  # server zone (server_name); ALL_ZONES for every zone together
-    requests: int
-    time_unix_nano: int
-    start_time_unix_nano: int | None = None
-    in_flight: int | None = None  # requests in progress (stub_status Reading + Writing)
-
-
 @dataclass
 class _Series:
     host: str
     self_requests: int  # requests per reading the reader itself adds and nginx does not log
-    last: Reading | None = None  # the last reading already compared
-    waiting: list[Reading] = field(default_factory=list)  # newer readings, not yet settled
+    last: CounterSample | None = None  # the last reading already compared
+    waiting: list[CounterSample] = field(default_factory=list)  # newer ones, not yet settled
     shortfall: int = 0  # running: requests served minus records logged, since the first reading
     counted: int = 0  # how much of it was counted missing
     intervals: deque[tuple[int, int, int]] = field(default_factory=deque)  # (end, exp., obs.)
@@ -104,7 +93,8 @@ class CounterReconciler:
                 if host:
                     self._times.setdefault(host, array("q")).extend(times)
 
-    def add_readings(self, origin: str, readings: list[Reading], self_requests: int = 0) -> None:
+    def add_readings(self, origin: str, readings: list[CounterSample], self_requests: int = 0
+                     ) -> None:
         """Counter readings from one origin (a scraped URL, or the collector). When an origin
         reports zones, its ALL_ZONES total (VTS's "*") is not compared: it also counts the
         status server, which does not log."""
@@ -143,7 +133,7 @@ class CounterReconciler:
             self._prune(now_ns)
         return {host: n for host, n in missing.items() if n}
 
-    def _compare(self, series: _Series, before: Reading, after: Reading) -> int:
+    def _compare(self, series: _Series, before: CounterSample, after: CounterSample) -> int:
         reset = after.requests < before.requests or (
             before.start_time_unix_nano is not None
             and after.start_time_unix_nano is not None
