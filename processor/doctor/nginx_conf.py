@@ -13,7 +13,7 @@ import glob
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ class Directive:
     file: str
     line: int
     block: list[Directive] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def value(self) -> str:
         return " ".join([self.name, *self.args]).strip()
