@@ -98,6 +98,12 @@ def _format_text(fmt: Directive) -> tuple[str, str]:
     return escape, "".join(parts)
 
 
+def _log_format(log: Directive, formats: dict[str, Directive]) -> tuple[str, Directive | None]:
+    """(format name, its log_format; None for the built-in `combined`) of an access_log."""
+    name = log.args[1] if len(log.args) > 1 and "=" not in log.args[1] else "combined"
+    return name, formats.get(name)
+
+
 def _access_log_findings(log: Directive | None, formats: dict[str, Directive]) -> list[Finding]:
     if log is None or log.args == ["off"]:
         ev = _ev(log) if log else Evidence(None, None, "no access_log: logs/access.log combined")
@@ -107,8 +113,7 @@ def _access_log_findings(log: Directive | None, formats: dict[str, Directive]) -
                         "default `combined` format lacks request id, completion and identity.",
                         "Include otel/nginx/audit_log_format.conf in http{} and set "
                         "`access_log /var/log/nginx/audit.json.log audit_json;`.")]
-    name = log.args[1] if len(log.args) > 1 and "=" not in log.args[1] else "combined"
-    fmt = formats.get(name)
+    name, fmt = _log_format(log, formats)
     escape, text = _format_text(fmt) if fmt else ("default", COMBINED)
     found: list[Finding] = []
     missing = [v for v in REQUIRED_VARS if not re.search(rf"\${v}\b", text)]
@@ -179,8 +184,8 @@ def _buffering_finding(
     join the error line that shows the cut to its request."""
     assert ctx.buffering is not None
     where = f"location {' '.join(loc.args)}"
-    fmt_names = [log.args[1] if len(log.args) > 1 else "combined" for log in ctx.access_logs]
-    texts = ["".join(formats[n].args[1:]) for n in fmt_names if n in formats]
+    fmts = [_log_format(log, formats)[1] for log in ctx.access_logs]
+    texts = [_format_text(fmt)[1] for fmt in fmts if fmt is not None]
     logs_connection = bool(texts) and all("$connection" in t for t in texts)
     if error_log_at_info and logs_connection:
         return Finding(
