@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -96,7 +97,11 @@ class Pipeline:
         self.rules = rules or RuleRegistry(
             RuleSet.from_files(settings.rules_files, include_builtin=settings.builtin_rules)
         )
-        self._validate = AuditFieldValidator(settings.audited_path_regex())
+        # One memoised matcher for validation and reconciliation: both ask, per batch, about
+        # the same distinct paths (and busy paths repeat across batches).
+        audited = settings.audited_path_regex().match
+        self._audited = lru_cache(maxsize=65_536)(lambda path: audited(path) is not None)
+        self._validate = AuditFieldValidator(self._audited)
         self._routes = RouteTable([*DIFY_ROUTES, *settings.routes])
         self._dedup = Deduplicator(settings.dedup_max_records)
         self._lag_ns = int(settings.lag_threshold_s * 1_000_000_000)
@@ -109,7 +114,6 @@ class Pipeline:
             PGAUDIT: settings.pgaudit_service_name,
         }
         self.span_builder = SpanBuilder()
-        self._audited = settings.audited_path_regex().match
         # Set by `serve` when request reconciliation is on: app records that come after their
         # request was reported missing are flagged late_record.
         self.reconciler: RequestReconciler | None = None

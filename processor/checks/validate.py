@@ -31,8 +31,8 @@ class AuditFieldValidator:
     a static asset or health check has no user, and flagging it would drown the real gaps.
     """
 
-    def __init__(self, audited_paths: re.Pattern[str]) -> None:
-        self._audited = audited_paths.match
+    def __init__(self, audited: Callable[[str], object]) -> None:
+        self._audited = audited  # path → truthy when the path is audited
 
     def __call__(self, batch: RecordBatch) -> None:
         if batch.source != "nginx":
