@@ -144,6 +144,9 @@ class BatchStats:
             for violation in found:
                 self.violations[violation.partition(":")[2]] += 1
         room = FLAGGED_PER_BATCH
+        # rule name → severity, looked up once per batch (not a tuple of names per flag).
+        severities = ({r.name: r.severity for r in rules}
+                      if rules is not None and batch.flags else {})
         for i, found in batch.flags.items():
             if room:
                 self.flagged.append(flagged_record(batch, i))
@@ -154,10 +157,12 @@ class BatchStats:
                 self.duplicates[source] += 1
             if flags.MALFORMED in found:
                 self.malformed[source] += 1
-            if rules is not None:
+            if severities:
                 for flag in found:
-                    if flag.startswith("rule:") and flag[5:] in rules.names:
-                        self.rule_matches[(flag[5:], rules[flag[5:]].severity)] += 1
+                    if flag.startswith("rule:"):
+                        severity = severities.get(flag[5:])
+                        if severity is not None:
+                            self.rule_matches[(flag[5:], severity)] += 1
         if any(batch.observed_time_unix_nano):
             lags = self.lags_s.setdefault(source, [])
             for seen, logged in zip(batch.observed_time_unix_nano, batch.time_unix_nano,
