@@ -24,8 +24,8 @@ from .columns import ints, last_ints, seconds_ns, texts
 from .jsonline import decode_json_object
 
 __all__ = [
-    "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "canonical_fields", "parse_line", "parse_lines",
-    "parse_mapping", "parse_mappings",
+    "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "parse_line", "parse_lines", "parse_mapping",
+    "parse_mappings",
 ]
 
 SOURCE = "nginx"
@@ -159,13 +159,6 @@ _AUDIT_JSON = msgspec.json.Decoder(AuditJsonLine)
 # The struct field (by position) of each canonical field, in _CANON order.
 _AUDIT_JSON_COLUMNS = tuple(None if key is None else AUDIT_JSON_KEYS.index(key)
                             for key in _plan(AUDIT_JSON_KEYS))
-
-
-def canonical_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """The record's fields under their canonical names (for replay output and debugging)."""
-    keys = tuple(obj)
-    plan = _PLANS.get(keys) or _plan(keys)
-    return {c: obj[k] for c, k in zip(_CANON, plan, strict=True) if k is not None}
 
 
 def _iso_to_ns(value: Any) -> int | None:
