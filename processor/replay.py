@@ -279,7 +279,7 @@ def replay(
             if exporter is not None:
                 # A record without a time gets the replay's time (as the service's receive time).
                 exporter.export(pipeline.to_traces(batch, time.time_ns()), len(batch))
-            progress.advance(sum(len(r) if isinstance(r, bytes | str) else 0 for r in batch.raw))
+            progress.advance(batch)
     progress.done()
     stats.joined_errors = errors.joined
     for event in errors.leftover():
@@ -348,9 +348,9 @@ class _Progress:
         self._err, self._total, self._done = err, total, 0
         self._on = total > 20 * 1024 * 1024 and err.isatty()
 
-    def advance(self, nbytes: int) -> None:
-        if self._on:
-            self._done += nbytes
+    def advance(self, batch: RecordBatch) -> None:
+        if self._on:  # sizing the batch's lines is work only a shown progress line needs
+            self._done += sum(len(r) if isinstance(r, bytes | str) else 0 for r in batch.raw)
             pct = min(100, self._done * 100 // max(self._total, 1))
             bar = "#" * (pct // 4)
             self._err.write(f"\r  replaying [{bar:<25}] {pct:3d}%")
