@@ -48,12 +48,8 @@ def observed_rate(log_path: Path) -> float | None:
     return sum(st.st_size for st in stats if st.st_mtime > oldest) / (newest - oldest)
 
 
-def _rotation_at_rate(opts: dict[str, str], rate: float, ev: Evidence, who: str
-                      ) -> Finding | None:
-    size = parse_size(opts.get("max-size", ""))
-    if size is None:
-        return None
-    files = int(opts.get("max-file", "1") or 1)
+def _rotation_at_rate(opts: dict[str, str], size: int, files: int, rate: float, ev: Evidence,
+                      who: str) -> Finding:
     held = size * files / rate
     if held >= MIN_ROTATION_SECONDS:
         return Finding("docker.log_rotation", SUB, Level.OK,
@@ -94,21 +90,20 @@ def _log_findings(driver: str, opts: dict[str, str], src: str, who: str,
             "When the ring buffer is full Docker DROPS the new log line: silently, no error, "
             "no counter. A burst of requests loses audit lines and only gaps show it.",
             'Remove "mode": "non-blocking" (the default `blocking` never drops).'))
-    if driver == "json-file" and "max-size" in opts and rate is not None:
-        at_rate = _rotation_at_rate(opts, rate, ev, who)
-        if at_rate is not None:
-            found.append(at_rate)
-    elif driver == "json-file" and "max-size" in opts:
-        size = parse_size(opts["max-size"])
-        files = int(opts.get("max-file", "1") or 1)
-        if size is not None and size * files < MIN_ROTATION:
-            found.append(Finding(
-                "docker.log_rotation", SUB, Level.WARN,
-                f"{who}: only {size * files // 1024**2} MiB of logs kept "
-                f"({opts['max-size']} x {files})", ev,
-                "A burst can rotate a file away before the collector has read it (or while it "
-                "is down): those lines are gone.",
-                'Keep >= 100 MB per container, e.g. "max-size": "50m", "max-file": "5".'))
+    size = parse_size(opts.get("max-size", "")) if driver == "json-file" else None
+    if size is None:
+        return found
+    files = int(opts.get("max-file", "1") or 1)
+    if rate is not None:
+        found.append(_rotation_at_rate(opts, size, files, rate, ev, who))
+    elif size * files < MIN_ROTATION:
+        found.append(Finding(
+            "docker.log_rotation", SUB, Level.WARN,
+            f"{who}: only {size * files // 1024**2} MiB of logs kept "
+            f"({opts['max-size']} x {files})", ev,
+            "A burst can rotate a file away before the collector has read it (or while it "
+            "is down): those lines are gone.",
+            'Keep >= 100 MB per container, e.g. "max-size": "50m", "max-file": "5".'))
     return found
 
 
