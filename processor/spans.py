@@ -13,7 +13,7 @@ Tests decode every result with the official stubs.
 
 from __future__ import annotations
 
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from operator import sub
 from struct import Struct
 
@@ -316,8 +316,11 @@ class SpanBuilder:
             columns.append(extra)
         # 5xx: error.type and status Error (the HTTP conventions: 4xx is not a server error).
         # A synthetic span for a record that never came is an error too.
-        errors = [i for i, code in enumerate(batch.status) if code is not None and code >= 500
-                  and code <= 599]
+        # Decided on the batch's distinct statuses: rows are only visited when a 5xx is there.
+        server_errors = {code for code in set(batch.status)
+                         if code is not None and 500 <= code <= 599}
+        errors = (list(compress(range(n), map(server_errors.__contains__, batch.status)))
+                  if server_errors else [])
         missing = [i for i, found in batch.flags.items() if MISSING_RECORD in found]
         if missing:
             errors = sorted({*errors, *missing})
