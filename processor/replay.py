@@ -282,9 +282,9 @@ def replay(
             progress.advance(batch)
     progress.done()
     stats.joined_errors = errors.joined
+    origin = {id(e): str(p) for p, evs in events.items() for e in evs}
     for event in errors.leftover():
-        path = next(p for p, evs in events.items() if any(e is event for e in evs))
-        _write_event(event, out, stats, str(path))
+        _write_event(event, out, stats, origin[id(event)])
     for trace_id, fields in expectations.missing(int(window_s * 1_000_000_000)):
         stats.missing += 1
         stats.flags[flags.MISSING_RECORD] += 1
