@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from itertools import compress
+from itertools import chain, compress
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -594,9 +594,7 @@ class RuleRegistry:
     def _count(
         self, rule_set: RuleSet, matched: Iterable[list[str]], errors: Counter[str]
     ) -> None:
-        per_rule: Counter[str] = Counter()
-        for names in matched:
-            per_rule.update(names)
+        per_rule = Counter(chain.from_iterable(matched))
         if not per_rule and not errors:
             return
         with self._lock:
