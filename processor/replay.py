@@ -106,10 +106,8 @@ def detect_source(path: Path) -> str:
         return "nginx_error"
     source = _content_source(sample)
     if source == "app":
-        batch = app.parse_lines(list(sample))
-        if sum(1 for i in range(len(batch)) if "malformed" in batch.flags.get(i, ())) * 2 > len(
-            sample
-        ):
+        found = app.parse_lines(list(sample)).flags.values()
+        if sum(flags.MALFORMED in f for f in found) * 2 > len(sample):
             raise ReplayError(
                 f"{path}: format not recognized from its first lines (expected an Nginx JSON "
                 "access log, an app log, a PostgreSQL log or a Docker/CRI container log); "
