@@ -26,7 +26,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from itertools import chain, compress
 from pathlib import Path
@@ -182,16 +182,21 @@ def _parse_rule(raw: Any, source: str, index: int, errors: list[str]) -> Rule | 
         if not isinstance(when, str):
             found.append(f"{where}: `when` must be a string, got {type(when).__name__}")
         else:
-            try:
-                compiled = compile_expression(when)
-            except ExpressionError as exc:
-                found.append(f"{where}: `when` is not valid JMESPath {exc} (expression: {when!r})")
+            compiled = _compile(when, where, found)
     if found:
         errors.extend(found)
         return None
     return Rule(name=name, when=when, severity=severity, description=description,
                 labels=MappingProxyType(dict(labels)), source=source, index=index,
                 compiled=compiled)
+
+
+def _compile(when: str, where: str, errors: list[str]) -> CompiledExpression | None:
+    try:
+        return compile_expression(when)
+    except ExpressionError as exc:
+        errors.append(f"{where}: `when` is not valid JMESPath {exc} (expression: {when!r})")
+        return None
 
 
 def _parse_text(
@@ -426,14 +431,11 @@ class RuleSet:
         compiled = []
         for rule in rules:
             if rule.compiled is None:  # a Rule built by hand: compile it here
-                try:
-                    rule = Rule(rule.name, rule.when, rule.severity, rule.description,
-                                rule.labels, rule.source, rule.index,
-                                compile_expression(rule.when))
-                except ExpressionError as exc:
-                    errors.append(f"{_where(rule.name, rule.source, rule.index)}: `when` is "
-                                  f"not valid JMESPath {exc} (expression: {rule.when!r})")
+                expression = _compile(rule.when, _where(rule.name, rule.source, rule.index),
+                                      errors)
+                if expression is None:
                     continue
+                rule = replace(rule, compiled=expression)
             compiled.append(rule)
         if errors:
             raise RuleError(errors)
