@@ -46,16 +46,15 @@ def summarize(stack: Stack, expected: int, timeout: float = 90) -> dict[str, int
         if any(r.get("spanID") == s["traceID"][:16] for r in s.get("references") or [])
     }
 
-    def tag(span: dict, key: str) -> object:
-        return next((t["value"] for t in span.get("tags", []) if t["key"] == key), None)
-
     return {
         "spans_in_jaeger": len(spans),
         "joined_traces": len(joined),
-        "truncated": sum(1 for s in spans if tag(s, "audit.truncated") is True),
-        "invalid": sum(1 for s in spans if tag(s, "audit.valid") is False),
-        "server_errors": sum(1 for s in spans if (tag(s, "http.response.status_code") or 0) >= 500),
-        "missing": sum(1 for s in app_spans if tag(s, "audit.missing") is True),
+        "truncated": sum(1 for s in spans if _tag(s, "audit.truncated") is True),
+        "invalid": sum(1 for s in spans if _tag(s, "audit.valid") is False),
+        "server_errors": sum(
+            1 for s in spans if (_tag(s, "http.response.status_code") or 0) >= 500
+        ),
+        "missing": sum(1 for s in app_spans if _tag(s, "audit.missing") is True),
     }
 
 
