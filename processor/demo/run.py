@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from .nginx import nginx_binary
 from .procs import repo_root, tool_path
 from .stack import Stack
 from .traffic import DemoRequest, burst, send
@@ -62,7 +63,7 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
     try:
         for tool in ("otelcol-audit-guard", "jaeger"):
             tool_path(tool)
-        if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        if not Path(nginx_binary()).exists():
             raise FileNotFoundError("nginx not found: run `make setup`")
     except FileNotFoundError as exc:
         print(f"audit-guard demo: {exc}", file=sys.stderr)
