@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 from processor.demo.procs import free_port, port_open, wait_until  # noqa: E402
 
 LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
-TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 USERS = [f"user-{i}" for i in range(200)]
 APPS = [f"app-{i}" for i in range(20)]
 # A service-API mix (weights per 100 requests): chat dominates; a model configuration change
