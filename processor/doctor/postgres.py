@@ -178,7 +178,7 @@ def _covered_until(ranges: list[tuple[datetime | None, datetime | None]],
     return t
 
 
-def _partitions(cur: psycopg.Cursor[Any], src: str) -> list[Finding]:
+def _partitions(cur: psycopg.Cursor[Any], src: str, now: datetime) -> list[Finding]:
     cur.execute(PARTITIONS_SQL)
     tables: dict[str, dict[str, Any]] = {}
     for parent, child, bound, strat, natts, keytype in cur.fetchall():
@@ -187,8 +187,6 @@ def _partitions(cur: psycopg.Cursor[Any], src: str) -> list[Finding]:
         if child is not None:
             t["parts"].append((child, bound))
     found: list[Finding] = []
-    cur.execute("SELECT now()")
-    now = cur.fetchone()[0]  # type: ignore[index]
     for parent, t in tables.items():
         default = next((c for c, b in t["parts"] if b == "DEFAULT"), None)
         if default is not None:
@@ -229,7 +227,7 @@ def _partitions(cur: psycopg.Cursor[Any], src: str) -> list[Finding]:
     return found
 
 
-def _partman(cur: psycopg.Cursor[Any], src: str) -> list[Finding]:
+def _partman(cur: psycopg.Cursor[Any], src: str, now: datetime) -> list[Finding]:
     """pg_partman keeps `premake` partitions ahead of now — if its maintenance runs."""
     cur.execute("SELECT extnamespace::regnamespace::text FROM pg_extension "
                 "WHERE extname = 'pg_partman'")
@@ -238,8 +236,6 @@ def _partman(cur: psycopg.Cursor[Any], src: str) -> list[Finding]:
         return []
     schema = row[0]
     found: list[Finding] = []
-    cur.execute("SELECT now()")
-    now = cur.fetchone()[0]  # type: ignore[index]
     for parent, premake in cur.execute(
             f"SELECT parent_table, premake FROM {schema}.part_config").fetchall():  # noqa: S608
         cur.execute(
@@ -282,5 +278,7 @@ def check_postgres(dsn: str) -> list[Finding]:
     with conn, conn.cursor() as cur:
         host = conn.info.host
         local = host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")
+        cur.execute("SELECT now()")  # one instant for both partition checks
+        now = cur.fetchone()[0]  # type: ignore[index]
         return [*_pgaudit(cur, src), *_logging(cur, src, local), *_archiver(cur, src),
-                *_partitions(cur, src), *_partman(cur, src)]
+                *_partitions(cur, src, now), *_partman(cur, src, now)]
