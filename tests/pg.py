@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from processor.demo.procs import free_port
 
 __all__ = [
     "BIN",
@@ -89,12 +90,6 @@ class PgInstance:
             raise ValueError(f"unknown log kind {kind!r}; one of {sorted(LOG_FILES)}")
         path = self.log_dir / LOG_FILES[kind]
         return [path] if path.exists() else []
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_postgres(*argv: str) -> list[str]:
@@ -210,7 +205,7 @@ def running_postgres(tmp_path: Path, settings: Sequence[str] = ()) -> Iterator[P
         startup_log = base / "postmaster.stderr"
         server: subprocess.Popen[bytes] | None = None
         for _attempt in range(3):
-            port = _free_port()
+            port = free_port()
             with startup_log.open("ab") as err:
                 # cwd: the postgres user must be able to enter it (not so /root or /work/...).
                 server = subprocess.Popen(
