@@ -195,6 +195,10 @@ def test_rotation_is_judged_at_the_observed_log_rate(tmp_path: Path) -> None:
     assert quiet.level is Level.OK and "5.0 h" in quiet.title
     (busy,) = [f for f in check_inspect(inspect(180)) if f.check == "docker.log_rotation"]
     assert busy.level is Level.WARN and "10 min" in busy.title and "180 MiB/h" in busy.title
+    # Empty files (nothing written in the span): no rate to judge by, the fixed 100 MB rule
+    # applies (it was a division by zero).
+    (idle,) = [f for f in check_inspect(inspect(0)) if f.check == "docker.log_rotation"]
+    assert idle.level is Level.WARN and "observed" not in idle.title
 
 
 def test_header_buffer_too_small_is_found(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ MIN_ROTATION_SECONDS = 3600
 def observed_rate(log_path: Path) -> float | None:
     """Bytes per second written to a container's json-file log, from the current file and its
     rotated siblings on this host (size over the span of their modification times); None when
-    the files are not readable here or span too little time to tell."""
+    the files are not readable here, span too little time, or grew by nothing."""
     files = [p for p in [log_path, *log_path.parent.glob(log_path.name + ".*")] if p.is_file()]
     if not files:
         return None
@@ -45,7 +45,8 @@ def observed_rate(log_path: Path) -> float | None:
     if len(files) < 2 or newest - oldest < 60:
         return None
     # the oldest file's bytes were written before its mtime: count the span of the others
-    return sum(st.st_size for st in stats if st.st_mtime > oldest) / (newest - oldest)
+    rate = sum(st.st_size for st in stats if st.st_mtime > oldest) / (newest - oldest)
+    return rate or None  # nothing written since: no rate to judge the rotation by
 
 
 def _rotation_at_rate(opts: dict[str, str], size: int, files: int, rate: float, ev: Evidence,
