@@ -13,17 +13,22 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
-from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
-from processor.demo.upstream import CUT_PROMISED, CUT_SENT, DemoServer, serve
+from processor.demo.nginx import nginx_argv, render_nginx_conf
+from processor.demo.procs import free_port, wait_until
+from processor.demo.upstream import CUT_PROMISED, CUT_SENT
 from processor.sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine, parse_lines
+from tests.nginx_upstream import (
+    NginxUpstream,
+    nginx_with_upstream,
+    read_json_lines,
+    wait_for_lines,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -67,28 +72,6 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 CLIENT_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@dataclass
-class Stack:
-    paths: NginxPaths
-    upstream: DemoServer
-    app_log: Path
-    base_url: str
-    status_url: str
-
-
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    # Only complete lines: nginx writes each line with one write(), but we may read mid-write.
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
-
-
-def wait_for_lines(path: Path, count: int, timeout: float = 15) -> list[dict[str, Any]]:
-    wait_until(lambda: len(read_json_lines(path)) >= count, timeout, f"{count} lines in {path}")
-    return read_json_lines(path)
-
-
 def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     paths = render_nginx_conf(tmp_path, free_port(), free_port(), free_port())
     result = subprocess.run(
@@ -103,34 +86,12 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    app_log = tmp_path / "app.log"
-    upstream = serve(0, app_log)
-    nginx: ManagedProcess | None = None
-    try:
-        listen_port, status_port = free_port(), free_port()
-        paths = render_nginx_conf(
-            tmp_path / "nginx", listen_port, upstream.server_address[1], status_port
-        )
-        nginx = ManagedProcess("nginx", nginx_argv(paths.conf), tmp_path)
-        nginx.start().wait_ready(
-            lambda: port_open(listen_port) and port_open(status_port), timeout=30
-        )
-        yield Stack(
-            paths=paths,
-            upstream=upstream,
-            app_log=app_log,
-            base_url=f"http://127.0.0.1:{listen_port}",
-            status_url=f"http://127.0.0.1:{status_port}/stub_status",
-        )
-    finally:
-        if nginx is not None:
-            nginx.stop()
-        upstream.shutdown()
-        upstream.server_close()
+def stack(tmp_path: Path) -> Iterator[NginxUpstream]:
+    with nginx_with_upstream(tmp_path) as s:
+        yield s
 
 
-def test_audit_log_through_real_nginx(stack: Stack) -> None:
+def test_audit_log_through_real_nginx(stack: NginxUpstream) -> None:
     with httpx.Client(base_url=stack.base_url, timeout=10) as client:
         normal = client.post(
             "/v1/chat-messages",
@@ -254,7 +215,7 @@ def test_audit_log_through_real_nginx(stack: Stack) -> None:
     wait_until(cut_in_error_log, 10, "the cut in the error log")
 
 
-def test_cut_stream_is_only_in_the_error_log(stack: Stack) -> None:
+def test_cut_stream_is_only_in_the_error_log(stack: NginxUpstream) -> None:
     events: list[str] = []
     with httpx.Client(base_url=stack.base_url, timeout=10) as client:
         whole = client.post(

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,7 @@ import httpx
 import pytest
 
 from processor import flags
-from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
-from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
-from processor.demo.upstream import DemoServer, serve
+from processor.demo.procs import wait_until
 from processor.sources.nginx_error import (
     FLAG_FOR_KIND,
     KINDS,
@@ -39,6 +36,7 @@ from processor.sources.nginx_error import (
     parse_line,
     parse_lines,
 )
+from tests.nginx_upstream import NginxUpstream, nginx_with_upstream, wait_for_lines
 
 T0 = "2026/11/26 15:45:40"
 T0_NS = int(datetime(2026, 11, 26, 15, 45, 40, tzinfo=UTC).timestamp()) * 1_000_000_000
@@ -303,35 +301,10 @@ def test_detect_format() -> None:
 # -- real nginx 1.22 --------------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    paths: NginxPaths
-    upstream: DemoServer
-    port: int
-
-
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    upstream = serve(0, tmp_path / "app.log")
-    nginx: ManagedProcess | None = None
-    try:
-        port, status_port = free_port(), free_port()
-        paths = render_nginx_conf(tmp_path / "nginx", port, upstream.server_address[1], status_port)
-        nginx = ManagedProcess("nginx", nginx_argv(paths.conf), tmp_path)
-        nginx.start().wait_ready(lambda: port_open(port) and port_open(status_port), timeout=30)
-        yield Stack(paths=paths, upstream=upstream, port=port)
-    finally:
-        if nginx is not None:
-            nginx.stop()
-        upstream.shutdown()
-        upstream.server_close()
-
-
-def access_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+def stack(tmp_path: Path) -> Iterator[NginxUpstream]:
+    with nginx_with_upstream(tmp_path) as s:
+        yield s
 
 
 def error_events(path: Path) -> list[ErrorEvent]:
@@ -363,8 +336,8 @@ def abort_download(port: int, path: str) -> int:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
-def test_real_nginx_error_log_joins_access_log(stack: Stack) -> None:
-    base = f"http://127.0.0.1:{stack.port}"
+def test_real_nginx_error_log_joins_access_log(stack: NginxUpstream) -> None:
+    base = stack.base_url
     # (1) SSE stream cut by the upstream (no final chunk).
     with (
         httpx.Client(base_url=base, timeout=10) as client,
@@ -408,8 +381,7 @@ def test_real_nginx_error_log_joins_access_log(stack: Stack) -> None:
         "normal": "/v1/parameters",
         "long": long_uri,
     }
-    wait_until(lambda: len(access_lines(stack.paths.access_log)) >= 5, 15, "5 access lines")
-    by_uri = {line["request_uri"]: line for line in access_lines(stack.paths.access_log)}
+    by_uri = {line["request_uri"]: line for line in wait_for_lines(stack.paths.access_log, 5)}
     access = {name: by_uri[uri] for name, uri in uris.items()}
 
     def events_for(name: str) -> list[ErrorEvent]:
