@@ -48,7 +48,7 @@ from jmespath.exceptions import JMESPathError, LexerError, ParseError
 from .. import flags
 from ..record import AuditRecord, RecordBatch
 from .columns import text, to_int
-from .jsonline import decode_json_object
+from .jsonline import decode_json_object, mark_decoding
 
 __all__ = [
     "CANONICAL_FIELDS",
@@ -564,7 +564,8 @@ def parse_lines(
     n = len(lines)
     columns: dict[str, list[Any]] = {name: [None] * n for name in _ROW_COLUMNS}
     unparsed: list[tuple[str, ...]] = [()] * n
-    problems: dict[int, str] = {}
+    cut: list[int] = []
+    malformed: list[int] = []
     for i, line in enumerate(lines):
         try:
             row, problem = _parse(line, mapping, local_tz)
@@ -574,15 +575,12 @@ def parse_lines(
             columns[name][i] = getattr(row, name)
         if row.unparsed:
             unparsed[i] = tuple(dict.fromkeys(row.unparsed))
-        if problem is not None:
-            problems[i] = problem
-    batch = RecordBatch(SOURCE, n, unparsed=unparsed, raw=list(lines), **columns)
-    for i, problem in problems.items():
         if problem == flags.JSON_CUT:
-            # Reasons, not flags: the pipeline's truncation stage turns them into flags.
-            batch.truncation_reasons.setdefault(i, []).append(flags.JSON_CUT)
-        else:
-            batch.add_flag(i, flags.MALFORMED)
+            cut.append(i)
+        elif problem is not None:
+            malformed.append(i)
+    batch = RecordBatch(SOURCE, n, unparsed=unparsed, raw=list(lines), **columns)
+    mark_decoding(batch, cut, malformed)
     return batch
 
 

@@ -7,11 +7,17 @@ complete `"key": value` pair before the cut is recovered, and the caller flags t
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-__all__ = ["DecodeResult", "decode_json_object"]
+from .. import flags
+
+if TYPE_CHECKING:
+    from ..record import RecordBatch
+
+__all__ = ["DecodeResult", "decode_json_object", "mark_decoding"]
 
 _STRING = r'"(?:[^"\\]|\\.)*"'
 _OTHER = r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null"
@@ -73,3 +79,13 @@ def _salvage(line: bytes | str) -> DecodeResult:
     # format without escape=json). Only an unterminated object is a cut.
     cut = not text.endswith("}")
     return DecodeResult(obj, cut=cut, malformed=not cut)
+
+
+def mark_decoding(batch: RecordBatch, cut: Iterable[int], malformed: Iterable[int]) -> None:
+    """Record what decoding found on the batch's rows: a cut line gets the truncation reason
+    json_cut (a reason, not a flag: the pipeline's truncation stage turns reasons into flags),
+    a line that is no JSON object the flag malformed."""
+    for i in cut:
+        batch.truncation_reasons.setdefault(i, []).append(flags.JSON_CUT)
+    for i in malformed:
+        batch.add_flag(i, flags.MALFORMED)

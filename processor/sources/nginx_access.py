@@ -18,10 +18,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from .. import flags
 from ..record import AuditRecord, RecordBatch
 from .columns import ints, last_ints, seconds_ns, texts
-from .jsonline import decode_json_object
+from .jsonline import decode_json_object, mark_decoding
 
 __all__ = [
     "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "parse_line", "parse_lines", "parse_mapping",
@@ -321,13 +320,6 @@ def decode_lines(lines: list[bytes | str]) -> tuple[list[dict[str, Any]], set[in
         elif decoded.malformed:
             malformed.add(i)
     return objs, cut, malformed
-
-
-def mark_decoding(batch: RecordBatch, cut: set[int], malformed: set[int]) -> None:
-    for i in cut:
-        batch.truncation_reasons.setdefault(i, []).append(flags.JSON_CUT)
-    for i in malformed:
-        batch.add_flag(i, flags.MALFORMED)
 
 
 def parse_lines(lines: list[bytes | str]) -> RecordBatch:
