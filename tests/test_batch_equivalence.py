@@ -9,12 +9,12 @@ from __future__ import annotations
 import random
 
 import orjson
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from processor.config import load_settings
 from processor.pipeline import Pipeline
 from processor.sources.nginx_access import parse_line, parse_lines
+from tests.otlp_doubles import logs_request
 
 KEYSETS = [
     {"method": "request_method", "path": "request_uri", "status": "status", "time": "msec",
@@ -80,22 +80,14 @@ def _diff(a, b) -> dict:
     return {f: (getattr(a, f), getattr(b, f)) for f in names if getattr(a, f) != getattr(b, f)}
 
 
-def _request(lines: list[str]) -> ExportLogsServiceRequest:
-    req = ExportLogsServiceRequest()
-    scope = req.resource_logs.add().scope_logs.add()
-    for line in lines:
-        scope.log_records.add().body.string_value = line
-    return req
-
-
 def test_pipeline_batch_equals_one_by_one(pipeline) -> None:
     lines = corpus(1500, seed=11)
     batch_pipeline = Pipeline(load_settings())
-    payload, count = batch_pipeline.process_logs(_request(lines), now_ns=99)
+    payload, count = batch_pipeline.process_logs(logs_request(*lines), now_ns=99)
     together = ExportTraceServiceRequest.FromString(payload).resource_spans[0].scope_spans[0].spans
     assert count == len(together) == len(lines)
     for line, span in zip(lines, together, strict=True):
-        alone, _ = pipeline.process_logs(_request([line]), now_ns=99)
+        alone, _ = pipeline.process_logs(logs_request(line), now_ns=99)
         decoded = ExportTraceServiceRequest.FromString(alone)
         (single,) = decoded.resource_spans[0].scope_spans[0].spans
         assert span == single, line
