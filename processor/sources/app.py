@@ -374,17 +374,22 @@ class _Row:
             else:
                 setattr(self, field, value_text)
 
-    def request_message(self, message: Any) -> str | None:
-        """Fill method/path/status/duration from a request-log message; its trace id."""
-        if not isinstance(message, str):
-            return None
-        parts = parse_request_message(message)
-        if parts is None:
-            return None
-        method, path, status, duration_ns, trace = parts
-        self.method, self.path, self.status = method, path, status
-        self.duration_ns = duration_ns or 0
-        return trace
+    def request_log(self, message: Any, trace_id: Any) -> None:
+        """Fill method/path/status/duration from a request-log message, and the request id:
+        the message's trace id, else the line's `trace_id` when it is 32 hex chars.
+
+        The message's trace id is the OpenTelemetry one (or the caller's X-Trace-Id); Dify's
+        `trace_id` falls back to a random per-request id when OTel is off, which joins nothing,
+        so the message wins."""
+        parts = parse_request_message(message) if isinstance(message, str) else None
+        if parts is not None:
+            self.method, self.path, self.status, duration_ns, trace = parts
+            self.duration_ns = duration_ns or 0
+            if trace is not None:
+                self.request_id = trace
+                return
+        if isinstance(trace_id, str) and _HEX32.fullmatch(trace_id):
+            self.request_id = trace_id.lower()
 
 
 def parse_request_message(
@@ -452,15 +457,7 @@ def _from_dify(row: _Row, obj: dict[str, Any], local_tz: tzinfo | None) -> None:
         for field in ("app_id", "method", "path", "status"):
             if field in attributes:
                 row.set(field, attributes[field], local_tz)
-    message_trace = row.request_message(obj.get("message"))
-    trace_id = obj.get("trace_id")
-    if message_trace is not None:
-        # The message's trace id is the OpenTelemetry one (or the caller's X-Trace-Id); the
-        # `trace_id` key falls back to a random per-request id when OTel is off, which joins
-        # nothing, so the message wins.
-        row.request_id = message_trace
-    elif isinstance(trace_id, str) and _HEX32.fullmatch(trace_id):
-        row.request_id = trace_id.lower()
+    row.request_log(obj.get("message"), obj.get("trace_id"))
     row.attributes = _dify_attributes(obj, identity)
 
 
@@ -510,12 +507,7 @@ def _from_text(m: re.Match[str], local_tz: tzinfo | None) -> _Row:
     row.time_unix_nano = _civil_ns(parts, int(groups["msecs"]) * 1_000_000, None, local_tz)
     if row.time_unix_nano is None:
         row.unparsed.append("time")
-    message_trace = row.request_message(groups["message"])
-    trace_id = groups["trace_id"]
-    if message_trace is not None:
-        row.request_id = message_trace
-    elif _HEX32.fullmatch(trace_id):
-        row.request_id = trace_id.lower()
+    row.request_log(groups["message"], groups["trace_id"])
     attrs: dict[str, str | int | float | bool] = {"log.severity": groups["levelname"],
                                                   "code.file.path": groups["filename"],
                                                   "code.line.number": int(groups["lineno"])}
