@@ -53,14 +53,10 @@ TRACE_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 SPAN_ID = "0102030405060708"
 
 
-def _tool(name: str) -> Path:
-    # No skip: `make test` builds the tools first, so a missing one is a real failure.
-    return tool_path(name)
-
-
 @pytest.fixture(scope="module")
 def otelcol() -> Path:
-    return _tool("otelcol-audit-guard")
+    # No skip: `make test` builds the tools first, so a missing one is a real failure.
+    return tool_path("otelcol-audit-guard")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -230,7 +226,7 @@ def validate(otelcol: Path, config: Path, env: dict[str, str]) -> subprocess.Com
 def jaeger(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ManagedProcess, JaegerPorts]]:
-    _tool("jaeger")
+    tool_path("jaeger")
     proc, ports = start_jaeger(tmp_path_factory.mktemp("jaeger"))
     try:
         yield proc, ports
@@ -360,7 +356,7 @@ def test_collector_starts_healthy_and_serves_internal_metrics(
 
 
 def test_access_log_lines_reach_the_processor_raw(tmp_path: Path, access_log: Path) -> None:
-    _tool("otelcol-audit-guard")
+    tool_path("otelcol-audit-guard")
     lines = [
         '{"status":200,"request_id":"' + TRACE_ID + '","body_bytes_sent":30000}',
         '{"status":200,"request_id":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f","body_by',  # cut JSON
@@ -394,7 +390,7 @@ def test_lines_survive_a_restart_while_the_processor_is_down(
     tmp_path: Path, access_log: Path
 ) -> None:
     """Offsets + persistent queue: read while the processor is down, delivered once after."""
-    _tool("otelcol-audit-guard")
+    tool_path("otelcol-audit-guard")
     processor_port = free_port()
     storage = tmp_path / "storage"
     common: dict[str, Any] = {
