@@ -300,16 +300,16 @@ def _series(line: str) -> tuple[str, dict[str, str], str] | None:
     return name, labels, rest[0]
 
 
-def _requests_from_codes(codes: Mapping[str, int], host: str) -> int:
-    """code="total" when present, else the sum of 1xx..5xx; other codes are not requests
-    classes VTS writes and are left out of the sum."""
+def _counted_codes(codes: Mapping[str, object], host: str) -> list[str]:
+    """The codes whose series make up the request count: code="total" when present, else the
+    1xx..5xx present (summed); other codes are not requests classes VTS writes."""
     if _TOTAL_CODE in codes:
-        return codes[_TOTAL_CODE]
-    classes = [codes[code] for code in _CLASS_CODES if code in codes]
+        return [_TOTAL_CODE]
+    classes = [code for code in _CLASS_CODES if code in codes]
     if not classes:
         raise _fail(f'code="total" or code="1xx".."5xx" for host {host!r}',
                     ", ".join(f"code={code!r}" for code in codes))
-    return sum(classes)
+    return classes
 
 
 def parse_vts_prometheus(text: str, time_unix_nano: int) -> list[CounterSample]:
@@ -346,7 +346,8 @@ def parse_vts_prometheus(text: str, time_unix_nano: int) -> list[CounterSample]:
     if not seen_vts:
         raise _fail("VTS Prometheus output (nginx_vts_* metrics)", text)
     return [
-        CounterSample(host, _requests_from_codes(codes, host), time_unix_nano)
+        CounterSample(host, sum(map(codes.__getitem__, _counted_codes(codes, host))),
+                      time_unix_nano)
         for host, codes in by_host.items()
     ]
 
@@ -414,11 +415,8 @@ def samples_from_otlp(request: ExportMetricsServiceRequest) -> list[CounterSampl
                     codes[code] = (value, point.start_time_unix_nano)
     samples = []
     for (_, host, time_unix_nano), codes in groups.items():
-        if _TOTAL_CODE in codes:
-            starts = [codes[_TOTAL_CODE][1]]
-        else:
-            starts = [codes[code][1] for code in _CLASS_CODES if code in codes]
-        requests = _requests_from_codes({code: v for code, (v, _) in codes.items()}, host)
-        start = max(starts, default=0)
+        counted = [codes[code] for code in _counted_codes(codes, host)]
+        requests = sum(value for value, _ in counted)
+        start = max(start for _, start in counted)
         samples.append(CounterSample(host, requests, time_unix_nano, start or None))
     return samples
