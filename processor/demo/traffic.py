@@ -51,12 +51,12 @@ def send(base_url: str, req: DemoRequest, timeout: float = 10) -> int | None:
     url = urlsplit(base_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
     body = dict(req.body or {})
-    if req.body is not None or req.method in ("POST", "PUT"):
+    # Dify takes the end user from the JSON body of a POST/PUT, else from the query string.
+    user_in_body = req.body is not None or req.method in ("POST", "PUT")
+    if user_in_body:
         body.setdefault("user", req.user)
     sep = "&" if "?" in req.path else "?"
-    path = req.path if req.body is not None or req.method in ("POST", "PUT") else (
-        f"{req.path}{sep}user={req.user}"
-    )
+    path = req.path if user_in_body else f"{req.path}{sep}user={req.user}"
     headers = {"Authorization": f"Bearer app-{req.app}", "Content-Type": "application/json"}
     try:
         conn.request(req.method, path, body=json.dumps(body) if body else None, headers=headers)
