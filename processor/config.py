@@ -27,7 +27,7 @@ from pydantic_settings import (
 )
 
 __all__ = [
-    "AdminConfig", "ConfigError", "ExporterConfig", "ServerConfig", "Settings",
+    "AdminConfig", "ConfigError", "DeadLetterConfig", "ExporterConfig", "ServerConfig", "Settings",
     "TelemetryConfig", "load_settings",
 ]
 
@@ -157,6 +157,20 @@ class ReconcileConfig(BaseModel):
         return self
 
 
+class DeadLetterConfig(BaseModel):
+    """The dead-letter spool: span requests downstream refused for good (a partial success
+    naming rejected spans, or a code in exporter.permanent_codes) are kept here, fsynced, until
+    `audit-guard resend` delivers them. Without a spool such a rejection is NOT dropped: the
+    Export is answered UNAVAILABLE, so the collector keeps retrying it from its queue (and its
+    queue size shows it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Unset: `<reconcile.state_dir>/deadletter` when reconcile.state_dir is set, else no spool.
+    dir: Path | None = None
+    # Past this the spool refuses new entries and the Export is answered UNAVAILABLE instead.
+    max_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AUDIT_GUARD_", env_nested_delimiter="__", extra="forbid"
@@ -167,6 +181,7 @@ class Settings(BaseSettings):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
+    deadletter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
     # Paths whose requests must carry an identity (user_id, app_id); regular expressions,
     # matched from the start of the path. Defaults: Dify's service API, console and web app.
     audited_paths: list[str] = Field(
@@ -214,6 +229,15 @@ class Settings(BaseSettings):
             if not template.startswith("/"):
                 raise ValueError(f"route template {template!r} must start with '/'")
         return value
+
+    def deadletter_dir(self) -> Path | None:
+        """Where the dead-letter spool lives; None: no spool (permanent rejections are answered
+        UNAVAILABLE upstream instead of being spooled)."""
+        if self.deadletter.dir is not None:
+            return self.deadletter.dir
+        if self.reconcile.state_dir is not None:
+            return self.reconcile.state_dir / "deadletter"
+        return None
 
     def audited_path_regex(self) -> re.Pattern[str]:
         return re.compile("|".join(f"(?:{p})" for p in self.audited_paths) or r"(?!)")
