@@ -88,6 +88,17 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "reconcile.completeness_span_s (source=nginx: access log vs nginx's counters, "
                "per server zone; source=app: app records vs audited Nginx requests)",
                ("source", "host")),
+    Instrument("audit_spans_deadlettered_total", "counter", "{span}",
+               "spans downstream refused for good, written to the dead-letter spool (reason: "
+               "partial_success or the gRPC code); `audit-guard resend` delivers them later",
+               ("reason",)),
+    Instrument("audit_deadletter_spans", "gauge", "{span}",
+               "spans the dead-letter spool holds now (waiting for `audit-guard resend`)"),
+    Instrument("audit_deadletter_bytes", "gauge", "By",
+               "bytes the dead-letter spool holds now, entry headers included"),
+    Instrument("audit_deadletter_max_bytes", "gauge", "By",
+               "deadletter.max_bytes: past it the spool refuses entries and Exports are "
+               "answered UNAVAILABLE"),
     Instrument("audit_stream_silent", "gauge", "1",
                "1 when a source sent records, then none for reconcile.silence_threshold_s "
                "while traffic continued", ("source",)),
