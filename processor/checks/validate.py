@@ -1,6 +1,8 @@
 """Audit field validation: who (user_id), in which app (app_id), did what (method, path), with
 what result (status), when (time). Each problem becomes a `missing_field:<name>` or
 `invalid_field:<name>` flag, also listed in the record's violations (span: `audit.violations`).
+Any other field a source could not parse, or found out of range (processor.sources.ranges:
+duration, sizes, ids), is `invalid_field:<name>` too.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class AuditFieldValidator:
                 if bad:
                     for i in compress(audited, map(bad.__contains__, values)):
                         found.setdefault(i, []).append(bad[column[i]])
+        _unparsed(batch, found)
         _record(batch, found)
 
     def _other_source(self, batch: RecordBatch) -> None:
@@ -85,6 +88,7 @@ class AuditFieldValidator:
             problems = [p for p in problems if p]
             if problems:
                 found[i] = problems
+        _unparsed(batch, found)
         _record(batch, found)
 
 
@@ -132,6 +136,27 @@ def _visit(found: dict[int, list[str]], column: list[Any], rule: Callable[..., s
         problem = rule(value, unparsed[i]) if unparsed is not None else rule(value)
         if problem:
             found.setdefault(i, []).append(problem)
+
+
+def _unparsed(batch: RecordBatch, found: dict[int, list[str]]) -> None:
+    """Every field a source could not parse or found out of range (processor.sources.ranges)
+    is `invalid_field:<name>`, whichever field it is: it replaces a `missing_field:<name>` the
+    rules above gave for the now absent value."""
+    if not any(batch.unparsed):
+        return
+    for i, names in enumerate(batch.unparsed):
+        if not names:
+            continue
+        problems = found.setdefault(i, [])
+        for name in names:
+            invalid = flags.invalid_field(name)
+            if invalid in problems:
+                continue
+            missing = flags.missing_field(name)
+            if missing in problems:
+                problems[problems.index(missing)] = invalid
+            else:
+                problems.append(invalid)
 
 
 def _record(batch: RecordBatch, found: dict[int, list[str]]) -> None:

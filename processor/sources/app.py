@@ -47,6 +47,7 @@ from jmespath.exceptions import JMESPathError, LexerError, ParseError
 
 from .. import flags
 from ..record import AuditRecord, RecordBatch
+from . import ranges
 from .columns import text, to_int
 from .jsonline import decode_json_object, mark_decoding
 
@@ -113,15 +114,17 @@ _ISO = re.compile(
     r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?"
 )
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+# Fields holding an id: range-checked (processor.sources.ranges.id_ok).
+_IDS = frozenset({"request_id", "trace_id", "traceparent"})
 _CALLER = re.compile(r"(?P<file>[^:]+):(?P<line>\d+)")
 # A JMESPath expression that is one bare key with characters an identifier may not hold
 # (`@timestamp`, `user-id`): the error message suggests quoting it.
 _PLAIN_KEY = re.compile(r"[^.\[\]{}()|&!<>=,*`'\"\s]+")
 # Epoch numbers above this are milliseconds (as seconds it would be the year 5138).
 _EPOCH_MS_FROM = 100_000_000_000
-# Span times and durations are unsigned 64-bit ns (up to the year 2554): a value outside that
-# cannot be exported, so it is treated as unparseable rather than left to fail at encoding.
-_MAX_NS = 2**64 - 1
+# Times and durations outside processor.sources.ranges are treated as unparseable rather than
+# left to fail at encoding.
+_MAX_NS = ranges.MAX_TIME_NS
 
 
 # -- field mapping ---------------------------------------------------------------------------
@@ -306,7 +309,7 @@ def _duration_ns(value: Any) -> int | None:
             return None
     if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
         ns = round(value * 1_000_000)  # ms → ns, rounded at the ns
-        return ns if ns <= _MAX_NS else None
+        return ns if ranges.duration_ok(ns) else None
     return None
 
 
@@ -357,14 +360,20 @@ class _Row:
             self.time_unix_nano = ns
         elif field == "status":
             code = to_int(value) if not isinstance(value, bool) else None
+            if code is not None and not ranges.status_ok(code):
+                code = None
             if code is None and value is not None and text(value) is not None:
                 self.unparsed.append("status")
             self.status = code
         elif field == "duration_ms":
             ns = _duration_ns(value) if value is not None else None
+            if ns is None and value is not None and text(value) is not None:
+                self.unparsed.append("duration")
             self.duration_ns = ns or 0
         else:
             value_text, ok = _scalar_text(value)
+            if ok and value_text is not None and field in _IDS and not ranges.id_ok(value_text):
+                value_text, ok = None, False
             if not ok:
                 self.unparsed.append(field)
             if field == "method":

@@ -19,8 +19,10 @@ import msgspec
 import orjson
 
 from ..record import AuditRecord, RecordBatch
+from . import ranges
 from .columns import ints, last_ints, seconds_ns, texts
 from .jsonline import decode_json_object, mark_decoding
+from .ranges import check_column, check_ids, note_unparseable
 
 __all__ = [
     "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "parse_line", "parse_lines", "parse_mapping",
@@ -168,11 +170,11 @@ def _iso_to_ns(value: Any) -> int | None:
         if text.endswith("Z"):
             text = text[:-1] + "+00:00"
         return int(datetime.fromisoformat(text).timestamp() * 1_000_000) * 1000
-    except ValueError:
-        pass
+    except (ValueError, OverflowError, OSError):  # OverflowError/OSError: a naive time at the
+        pass  # edge of what the platform's local-time functions take (year 1, 9999)
     try:  # $time_local: 26/Nov/2026:14:00:00 +0000
         return int(datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").timestamp()) * 1_000_000_000
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None
 
 
@@ -245,13 +247,13 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         else [t.partition("?")[0] if t is not None else None for t in targets]
     )
 
+    # Every value is range-checked here (processor.sources.ranges): one out of range becomes
+    # absent and `invalid_field:<name>` on its record alone, never an error for the batch.
     unparsed: dict[int, list[str]] = {}
     statuses = ints(status, few_distinct=True)
     if None in statuses:
-        status_text = texts_of(status)
-        for i, (code, raw) in enumerate(zip(statuses, status_text, strict=True)):
-            if code is None and raw is not None:
-                unparsed.setdefault(i, []).append("status")
+        note_unparseable("status", statuses, texts_of(status), unparsed)
+    statuses = check_column("status", statuses, ranges.STATUSES, unparsed)
     ends = seconds_ns(msec)
     if None in ends:
         times = texts_of(time_text)
@@ -261,11 +263,21 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
                 ends[i] = _iso_to_ns(times[i])
                 if ends[i] is None and (times[i] is not None or msec_text[i] is not None):
                     unparsed.setdefault(i, []).append("time")
+    ends = check_column("time", ends, ranges.TIMES, unparsed)
     durations = seconds_ns(request_time, few_distinct=True)  # ms values repeat
-    durations = (
-        [d if d is not None and d > 0 else 0 for d in durations] if None in durations
-        else list(map(max, durations, repeat(0)))
-    )
+    if None in durations:
+        note_unparseable("duration", durations, texts_of(request_time), unparsed)
+    durations = check_column("duration", durations, ranges.DURATIONS, unparsed)
+    if None in durations:
+        durations = [d if d is not None else 0 for d in durations]
+    sizes: dict[str, list[int | None]] = {}
+    for name, col, convert in (("body_bytes_sent", body_bytes_sent, ints),
+                               ("content_length", content_length, ints),
+                               ("upstream_length", upstream_length, last_ints)):
+        values = convert(col)
+        if col is not none and None in values:
+            note_unparseable(name, values, texts_of(col), unparsed)
+        sizes[name] = check_column(name, values, ranges.SIZES, unparsed)
     # Only when the format logs it: a format without $request_completion proves nothing.
     completed: list[bool | None] = (
         none if completion is none else list(map(is_not, texts_of(completion), repeat(None)))
@@ -275,6 +287,8 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         [False] * n if encodings is none and ratios is none
         else [e is not None or r is not None for e, r in zip(encodings, ratios, strict=True)]
     )
+    request_ids = check_ids("request_id", texts_of(request_id), unparsed)
+    traceparents = check_ids("traceparent", texts_of(traceparent), unparsed)
     unparsed_col: list[tuple[str, ...]] = [()] * n
     for i, names in unparsed.items():
         unparsed_col[i] = tuple(names)
@@ -288,15 +302,15 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         status=statuses,
         user_id=texts_of(user_id),
         app_id=texts_of(app_id),
-        request_id=texts_of(request_id),
-        traceparent=texts_of(traceparent),
+        request_id=request_ids,
+        traceparent=traceparents,
         client_address=texts_of(client),
         server_address=texts_of(server),
         user_agent=texts_of(user_agent),
-        body_bytes_sent=ints(body_bytes_sent),
+        body_bytes_sent=sizes["body_bytes_sent"],
         completed=completed,
-        content_length=ints(content_length),
-        upstream_length=last_ints(upstream_length),
+        content_length=sizes["content_length"],
+        upstream_length=sizes["upstream_length"],
         compressed=compressed,
         unparsed=unparsed_col,
         fields=objs,

@@ -1,0 +1,133 @@
+"""The ranges a parsed value must fall in: one rule per kind of value, shared by every source.
+
+A value outside its range cannot be exported faithfully (an OTLP time or int64 attribute cannot
+hold it, the reconcile journal packs a status in 16 bits) and is not something a real program
+writes, so a source treats it like an unparseable value: the field becomes absent (None) and
+its name goes into the record's `unparsed`, which the validator turns into
+`invalid_field:<name>` on that record alone. The rest of the batch is untouched.
+
+The ranges:
+- times (event and observed): 1970-01-01 .. 2262-04-11 — ns since the epoch in a signed 64-bit
+  integer, the range of OTLP times and of the reconcile journal; negative is not a log time;
+- HTTP status: 0 .. 999 — what nginx prints with %03d, including 000 (no status was set) and
+  009 (HTTP/0.9); whether it is a *valid* HTTP status (100..599) is the validator's business;
+- sizes and byte counts: 0 .. 2**63-1 (an OTLP int64 attribute);
+- durations: 0 .. 30 days. Long-lived SSE or WebSocket connections last hours, sometimes days;
+  a month bounds them generously and still catches garbage (and keeps `end - duration` a time);
+- ids (request id, trace id, traceparent): at most MAX_ID_CHARS characters, printable.
+
+Each numeric range has a per-value check and bounds for `check_column`, which costs one C-level
+min/max pass when every value is in range (the usual case).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DURATIONS",
+    "MAX_DURATION_NS",
+    "MAX_ID_CHARS",
+    "MAX_INT64",
+    "MAX_STATUS",
+    "MAX_TIME_NS",
+    "SIZES",
+    "STATUSES",
+    "TIMES",
+    "check_column",
+    "check_ids",
+    "note_unparseable",
+    "duration_ok",
+    "id_ok",
+    "size_ok",
+    "status_ok",
+    "time_ok",
+]
+
+MAX_INT64 = 2**63 - 1
+MAX_TIME_NS = MAX_INT64  # 2262-04-11T23:47:16.854775807Z
+MAX_STATUS = 999
+MAX_DURATION_NS = 30 * 86_400 * 1_000_000_000
+MAX_ID_CHARS = 256
+
+
+TIMES = (0, MAX_TIME_NS)
+STATUSES = (0, MAX_STATUS)
+SIZES = (0, MAX_INT64)
+DURATIONS = (0, MAX_DURATION_NS)
+
+
+def time_ok(ns: int) -> bool:
+    return 0 <= ns <= MAX_TIME_NS
+
+
+def status_ok(code: int) -> bool:
+    return 0 <= code <= MAX_STATUS
+
+
+def size_ok(size: int) -> bool:
+    return 0 <= size <= MAX_INT64
+
+
+def duration_ok(ns: int) -> bool:
+    return 0 <= ns <= MAX_DURATION_NS
+
+
+def id_ok(value: str) -> bool:
+    return len(value) <= MAX_ID_CHARS and value.isprintable()
+
+
+def check_column(
+    name: str,
+    column: list[Any],
+    bounds: tuple[int, int],
+    unparsed: dict[int, list[str]],
+    absent: Any = None,
+) -> list[Any]:
+    """`column` with every value outside `bounds` (inclusive) replaced by `absent`, its row
+    noted in `unparsed` under `name`. None values are left alone (the field is simply not
+    there). Returns the same list object when every value is in range: then the cost is one
+    C-level min/max pass."""
+    lo, hi = bounds
+    present = column if None not in column else [v for v in column if v is not None]
+    if not present or (lo <= min(present) and max(present) <= hi):
+        return column
+    out = list(column)
+    for i, value in enumerate(column):
+        if value is not None and not lo <= value <= hi:
+            out[i] = absent
+            names = unparsed.setdefault(i, [])
+            if name not in names:
+                names.append(name)
+    return out
+
+
+def note_unparseable(
+    name: str, values: list[Any], raw: list[Any], unparsed: dict[int, list[str]]
+) -> None:
+    """Rows where a value was written (`raw` not None) but did not convert (`values` None)."""
+    if None not in values:
+        return
+    for i, (value, written) in enumerate(zip(values, raw, strict=True)):
+        if value is None and written is not None:
+            names = unparsed.setdefault(i, [])
+            if name not in names:
+                names.append(name)
+
+
+def check_ids(name: str, column: list[str | None], unparsed: dict[int, list[str]]
+              ) -> list[str | None]:
+    """`column` with every id that fails `id_ok` replaced by None, its row noted under `name`.
+    Returns the same list object when every id is fine (two C-level passes)."""
+    present = column if None not in column else [v for v in column if v is not None]
+    if not present or (max(map(len, present)) <= MAX_ID_CHARS
+                       and all(map(str.isprintable, present))):
+        return column
+    out = list(column)
+    for i, value in enumerate(column):
+        if value is not None and not id_ok(value):
+            out[i] = None
+            names = unparsed.setdefault(i, [])
+            if name not in names:
+                names.append(name)
+    return out
