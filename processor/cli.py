@@ -1,4 +1,4 @@
-"""`audit-guard` command line: serve | demo.
+"""`audit-guard` command line: serve | replay | resend | doctor | demo.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 """
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
 
     from .config import Settings
+    from .otlp.spool import DeadLetterSpool
 
 __all__ = ["main"]
 
@@ -64,10 +65,20 @@ def _serve(args: argparse.Namespace) -> int:
     except RuleError as exc:
         print(f"audit-guard: audit rules refused, not starting:\n{exc}", file=sys.stderr)
         return 2
+    try:
+        spool = _deadletter_spool(settings)
+    except OSError as exc:
+        print(f"audit-guard: deadletter.dir={settings.deadletter_dir()}: cannot keep the "
+              f"dead-letter spool there: {exc}", file=sys.stderr)
+        return 2
     server = OtlpServer(
-        settings.server, pipeline, SpanExporter(settings.exporter), Telemetry(meter_provider)
+        settings.server, pipeline, SpanExporter(settings.exporter, spool=spool),
+        Telemetry(meter_provider)
     )
     admin_state = AdminState(settings.admin.flags_buffer)
+    stop_spool_watch = threading.Event()
+    if spool is not None:
+        _watch_deadletter(spool, server.telemetry, admin_state, stop_spool_watch)
     server.on_handed_on = admin_state.record
     server.on_export = admin_state.note_export
     if settings.reconcile.enabled:
@@ -131,12 +142,48 @@ def _serve(args: argparse.Namespace) -> int:
         threading.Thread(target=_watch_files, args=(settings.rules_files, reload_rules),
                          name="rules-watch", daemon=True).start()
     server.wait()
+    stop_spool_watch.set()
     if server.completeness is not None:
         server.completeness.stop()  # after the last Export: its state is checkpointed
     admin.stop()
     meter_provider.shutdown()  # pushes the last OTLP metrics, if configured
     logging.getLogger("audit_guard").info("stopped; counters: %s", server.telemetry.snapshot())
     return 0
+
+
+def _deadletter_spool(settings: Settings) -> DeadLetterSpool | None:
+    """The dead-letter spool, or None (then a permanent rejection is answered UNAVAILABLE
+    upstream and stays in the collector's queue: said once at start)."""
+    from .otlp.spool import DeadLetterSpool
+
+    directory = settings.deadletter_dir()
+    if directory is None:
+        logging.getLogger("audit_guard").warning(
+            "no dead-letter spool (deadletter.dir and reconcile.state_dir are unset): spans "
+            "downstream refuses for good are answered UNAVAILABLE, so the collector keeps "
+            "retrying them from its queue until the cause is fixed")
+        return None
+    return DeadLetterSpool(directory, settings.deadletter.max_bytes)
+
+
+def _watch_deadletter(spool: DeadLetterSpool, telemetry: Any, admin_state: Any,
+                      stop: threading.Event) -> None:
+    """The spool's gauges at once on every change, and with the status page's summary every
+    few seconds (`resend` empties the spool from another process)."""
+    from .otlp.spool import SpoolSummary, SpoolUsage, watch_spool
+
+    telemetry.set("audit_deadletter_max_bytes", spool.max_bytes)
+
+    def gauges(usage: SpoolUsage) -> None:
+        telemetry.set("audit_deadletter_spans", usage.spans)
+        telemetry.set("audit_deadletter_bytes", usage.bytes)
+
+    def publish(summary: SpoolSummary) -> None:
+        gauges(SpoolUsage(summary.entries, summary.spans, summary.bytes))
+        admin_state.set_deadletter(summary)
+
+    spool.on_change = gauges
+    watch_spool(spool, publish, stop)
 
 
 def _rules_reloader(settings: Settings, pipeline: Any) -> Any:
@@ -230,6 +277,55 @@ def _replay(args: argparse.Namespace) -> int:
             exporter.shutdown()
 
 
+def _resend(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .config import ConfigError, ExporterConfig, load_settings
+    from .otlp.exporter import SpanExporter
+    from .otlp.resend import resend
+    from .otlp.spool import DeadLetterSpool
+
+    config_file = args.config or (
+        Path(os.environ["AUDIT_GUARD_CONFIG"]) if os.environ.get("AUDIT_GUARD_CONFIG") else None
+    )
+    try:
+        settings = load_settings(config_file)
+    except ConfigError as exc:
+        print(f"audit-guard resend: {exc}", file=sys.stderr)
+        return 2
+    directory = settings.deadletter_dir()
+    if directory is None:
+        print("audit-guard resend: no dead-letter spool is configured (set deadletter.dir, or "
+              "reconcile.state_dir for <state_dir>/deadletter, as `serve` has it)",
+              file=sys.stderr)
+        return 2
+    config = settings.exporter
+    if args.endpoint:
+        try:
+            config = ExporterConfig.model_validate(
+                {**config.model_dump(), "endpoint": args.endpoint})
+        except ValidationError:
+            print(f"audit-guard resend: --endpoint {args.endpoint!r} must be host:port, e.g. "
+                  f"127.0.0.1:4417", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spool = DeadLetterSpool(directory, settings.deadletter.max_bytes)
+    except OSError as exc:
+        print(f"audit-guard resend: cannot open the dead-letter spool {directory}: {exc}",
+              file=sys.stderr)
+        return 2
+    # No spool for this exporter: what downstream refuses again must stay in place, not be
+    # copied into the spool a second time.
+    exporter = None if args.dry_run else SpanExporter(config)
+    try:
+        return resend(spool, exporter, endpoint=config.endpoint, out=sys.stdout,
+                      dry_run=args.dry_run)
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
@@ -272,6 +368,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="also send the spans to this OTLP/gRPC endpoint")
     replay.add_argument("--config", type=Path, help="YAML config file (audited_paths, routes…)")
     replay.set_defaults(func=_replay)
+
+    resend = sub.add_parser(
+        "resend",
+        help="send the dead-letter spool (spans downstream refused for good) again, oldest first",
+        description="Lists the dead-letter spool, then sends each entry, oldest first, exactly "
+                    "as it was spooled; an entry is removed once downstream accepted it, and "
+                    "the first failure stops the run. Exit 0: the spool is empty at the end; "
+                    "1: entries remain; 2: usage or configuration error.",
+    )
+    resend.add_argument(
+        "--config", type=Path, help="YAML config file (default: $AUDIT_GUARD_CONFIG, if set)"
+    )
+    resend.add_argument("--endpoint", metavar="HOST:PORT",
+                        help="send to this OTLP/gRPC endpoint instead of exporter.endpoint")
+    resend.add_argument("--dry-run", action="store_true", help="list the spool, send nothing")
+    resend.set_defaults(func=_resend)
 
     sub.add_parser(
         "doctor", add_help=False,

@@ -33,9 +33,9 @@ from .page import render_page
 from .state import AdminState, SourceStatus
 
 __all__ = [
-    "MAX_RULES_BODY", "AdminError", "ErrorBody", "FlagOut", "FlagsOut", "ReadyOut", "RecordIn",
-    "RuleIn", "RuleOut", "RuleTestIn", "RuleTestOut", "RulesOut", "RulesReplaced", "SourceOut",
-    "StatusOut", "create_app", "health_of",
+    "MAX_RULES_BODY", "AdminError", "DeadLetterOut", "ErrorBody", "FlagOut", "FlagsOut",
+    "ReadyOut", "RecordIn", "RuleIn", "RuleOut", "RuleTestIn", "RuleTestOut", "RulesOut",
+    "RulesReplaced", "SourceOut", "StatusOut", "create_app", "health_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,11 +182,30 @@ class SourceOut(BaseModel):
     health_reason: str
 
 
+class DeadLetterOut(BaseModel):
+    """The dead-letter spool: spans downstream refused for good, waiting for `audit-guard
+    resend`."""
+
+    directory: str
+    entries: int
+    spans: int
+    bytes: int
+    max_bytes: int = Field(description="deadletter.max_bytes; past it Exports are answered "
+                                       "UNAVAILABLE instead of spooled")
+    oldest_unix_nano: int | None = Field(description="when the oldest entry was spooled")
+    reasons: dict[str, int] = Field(description="why downstream refused them → spans")
+    corrupt_files: int = Field(description="files set aside in corrupt/ (never resent)")
+
+
 class StatusOut(BaseModel):
     now_unix_nano: int
     lag_threshold_s: float
     ready: ReadyOut
     sources: list[SourceOut]
+    deadletter: DeadLetterOut | None = Field(
+        None, description="null when no spool is configured (deadletter.dir and "
+                          "reconcile.state_dir unset): permanent rejections are then answered "
+                          "UNAVAILABLE and stay in the collector's queue")
 
 
 def _utf8(text: str) -> str:
@@ -245,6 +264,15 @@ def _ready_out(state: AdminState) -> ReadyOut:
                     last_export_ok_unix_nano=r.last_export_ok_unix_nano,
                     last_export_failed_unix_nano=r.last_export_failed_unix_nano,
                     error=None if r.ready else r.reason)
+
+
+def _deadletter_out(state: AdminState) -> DeadLetterOut | None:
+    d = state.deadletter()
+    if d is None:
+        return None
+    return DeadLetterOut(directory=str(d.directory), entries=d.entries, spans=d.spans,
+                         bytes=d.bytes, max_bytes=d.max_bytes, oldest_unix_nano=d.oldest_unix_nano,
+                         reasons=dict(d.reasons), corrupt_files=d.corrupt_files)
 
 
 def _since_ns(since: float | None) -> int | None:
@@ -382,7 +410,8 @@ def create_app(
                 avg_lag_s=s.avg_lag_s, completeness=s.completeness, silent=s.silent,
                 health=health, health_reason=why))  # type: ignore[arg-type]
         return StatusOut(now_unix_nano=now, lag_threshold_s=lag_threshold_s,
-                         ready=_ready_out(state), sources=sources)
+                         ready=_ready_out(state), sources=sources,
+                         deadletter=_deadletter_out(state))
 
     def rules_view() -> RulesOut:
         counts, errors = rules.counts, rules.errors
@@ -521,7 +550,7 @@ def create_app(
     @app.get("/api/status", summary="Per-source status", tags=["status"],
              response_model=StatusOut,
              description="Records, last seen, ingest lag, completeness, silence and health "
-                         "per source, and readiness.")
+                         "per source, readiness, and the dead-letter spool.")
     def get_status() -> StatusOut:
         return status_view()
 

@@ -53,6 +53,31 @@ def _flag_rows(flags: FlagsOut) -> str:
     return "".join(rows) or '<tr><td colspan="6">nothing flagged</td></tr>'
 
 
+def _deadletter_text(status: StatusOut) -> tuple[str, str]:
+    """(text, css class) of the dead-letter line; the JS `deadletter()` builds the same."""
+    d = status.deadletter
+    if d is None:
+        return ("no spool configured (deadletter.dir / reconcile.state_dir unset): spans "
+                "downstream refuses for good are answered UNAVAILABLE and stay in the "
+                "collector's queue", "")
+    share = d.bytes / d.max_bytes if d.max_bytes else 0.0
+    text = (f"{d.entries} entries, {d.spans} spans, {d.bytes} bytes ({share:.1%} of "
+            f"{d.max_bytes}) in {d.directory}")
+    if d.entries:
+        text += (f"; oldest spooled {_time(d.oldest_unix_nano)}; run `audit-guard resend` once "
+                 f"the cause is fixed")
+    if d.corrupt_files:
+        text += f"; {d.corrupt_files} corrupt file(s) set aside in corrupt/"
+    return text, "bad" if d.entries or d.corrupt_files else "ok"
+
+
+def _deadletter_rows(status: StatusOut) -> str:
+    d = status.deadletter
+    rows = [_row([reason, str(spans)]) for reason, spans in
+            sorted((d.reasons if d else {}).items(), key=lambda kv: -kv[1])]
+    return "".join(rows) or '<tr><td colspan="2">nothing spooled</td></tr>'
+
+
 def _rule_rows(rules: RulesOut) -> str:
     rows = [_row([r.name, r.severity, str(r.matches), str(r.errors), r.source])
             for r in rules.rules]
@@ -103,6 +128,26 @@ async function refresh() {
     fill('flags', fl.flags.map(f => [t(f.received_unix_nano), f.source, dash(f.user_id),
       dash(f.method) + ' ' + dash(f.path) + ' ' + dash(f.status), f.flags.join(' '),
       f.trace_id]), 'nothing flagged', 6);
+    const d = st.deadletter, dl = document.getElementById('deadletter');
+    if (d === null) {
+      dl.textContent = 'no spool configured (deadletter.dir / reconcile.state_dir unset): ' +
+        'spans downstream refuses for good are answered UNAVAILABLE and stay in the ' +
+        "collector's queue";
+      dl.className = '';
+    } else {
+      const share = d.max_bytes ? d.bytes / d.max_bytes : 0;
+      let text = d.entries + ' entries, ' + d.spans + ' spans, ' + d.bytes + ' bytes (' +
+        (share * 100).toFixed(1) + '% of ' + d.max_bytes + ') in ' + d.directory;
+      if (d.entries) text += '; oldest spooled ' + t(d.oldest_unix_nano) +
+        '; run `audit-guard resend` once the cause is fixed';
+      if (d.corrupt_files) {
+        text += '; ' + d.corrupt_files + ' corrupt file(s) set aside in corrupt/';
+      }
+      dl.textContent = text;
+      dl.className = (d.entries || d.corrupt_files) ? 'bad' : 'ok';
+    }
+    fill('deadletter-reasons', Object.entries(d ? d.reasons : {}).sort((a, b) => b[1] - a[1])
+      .map(([r, n]) => [r, String(n)]), 'nothing spooled', 2);
     fill('rules', ru.rules.map(r => [r.name, r.severity, String(r.matches), String(r.errors),
       r.source]), 'no rules active', 5);
     const ready = document.getElementById('ready');
@@ -120,6 +165,8 @@ setInterval(refresh, 5000);
 
 def render_page(status: StatusOut, flags: FlagsOut, rules: RulesOut) -> str:
     ready = status.ready
+    dl_text, dl_class = _deadletter_text(status)
+    dl_attr = f' class="{dl_class}"' if dl_class else ""
     ready_html = ('<span id="ready" class="ok">ready</span>' if ready.ready else
                   f'<span id="ready" class="bad">NOT READY: {escape(ready.reason)}</span>')
     return f"""<!doctype html>
@@ -140,6 +187,12 @@ completeness below 99 % (when known).</small>
 <table id="flags"><thead><tr><th>time</th><th>source</th><th>user</th>
 <th>method path status</th><th>flags</th><th>trace id</th></tr></thead>
 <tbody>{_flag_rows(flags)}</tbody></table>
+<h2>Dead-letter spool</h2>
+<small>Spans downstream refused for good (partial success, exporter.permanent_codes), kept on
+disk until <code>audit-guard resend</code> delivers them.</small>
+<p id="deadletter"{dl_attr}>{escape(dl_text)}</p>
+<table id="deadletter-reasons"><thead><tr><th>reason</th><th>spans</th></tr></thead>
+<tbody>{_deadletter_rows(status)}</tbody></table>
 <h2>Rules</h2>
 <table id="rules"><thead><tr><th>rule</th><th>severity</th><th>matches</th><th>errors</th>
 <th>source</th></tr></thead><tbody>{_rule_rows(rules)}</tbody></table>

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..otlp.spool import SpoolSummary
 from ..telemetry import BatchStats
 
 __all__ = ["AdminState", "Readiness", "SourceStatus"]
@@ -64,6 +65,7 @@ class AdminState:
         self._receiver_started = False
         self._export_ok: int | None = None
         self._export_failed: int | None = None
+        self._deadletter: SpoolSummary | None = None
 
     @property
     def flags_buffer(self) -> int:
@@ -106,6 +108,11 @@ class AdminState:
             status = self._source(source)
             status.completeness = ratio
             status.silent = silent
+
+    def set_deadletter(self, summary: SpoolSummary) -> None:
+        """The dead-letter spool as it is now (serve publishes it every few seconds)."""
+        with self._lock:
+            self._deadletter = summary
 
     def note_export(self, ok: bool, now_ns: int | None = None) -> None:
         """Whether handing spans downstream just worked (ok) or ended in UNAVAILABLE."""
@@ -157,6 +164,11 @@ class AdminState:
         """A copy of every source's status, by name."""
         with self._lock:
             return {name: SourceStatus(**vars(s)) for name, s in sorted(self._sources.items())}
+
+    def deadletter(self) -> SpoolSummary | None:
+        """The last published spool summary; None: no spool configured (or none published)."""
+        with self._lock:
+            return self._deadletter
 
     def readiness(self) -> Readiness:
         with self._lock:

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "CORRUPT_DIR", "DeadLetterSpool", "SpoolCorrupt", "SpoolEntry", "SpoolFull", "SpoolUsage",
+    "CORRUPT_DIR", "DeadLetterSpool", "SpoolCorrupt", "SpoolEntry", "SpoolFull", "SpoolSummary",
+    "SpoolUsage", "watch_spool",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,20 @@ def _parse_header(path: Path) -> tuple[SpoolEntry, int, int]:
     return SpoolEntry(path, spans, reason, spooled, size), offset, crc
 
 
+@dataclass(frozen=True)
+class SpoolSummary:
+    """What the status page, /api/status and `resend` show about the spool."""
+
+    directory: Path
+    max_bytes: int
+    entries: int
+    spans: int
+    bytes: int
+    oldest_unix_nano: int | None
+    reasons: dict[str, int]  # reason → spans
+    corrupt_files: int  # files moved aside to corrupt/ (never resent)
+
+
 class DeadLetterSpool:
     """A bounded directory of entries; thread-safe, shared safely with other processes."""
 
@@ -126,7 +141,8 @@ class DeadLetterSpool:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.corrupt_dir = self.directory / CORRUPT_DIR
-        self._on_change = on_change
+        # Called with the new usage after every append / remove (serve: the gauges).
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._seq = 0
         # file name → (entry, payload offset, crc32): parsed once, files never change in place
@@ -222,6 +238,16 @@ class DeadLetterSpool:
         with self._lock:
             return self._scan()
 
+    def summary(self) -> SpoolSummary:
+        found = self.entries()
+        reasons: dict[str, int] = {}
+        for entry in found:
+            reasons[entry.reason] = reasons.get(entry.reason, 0) + entry.spans
+        return SpoolSummary(
+            self.directory, self.max_bytes, len(found), sum(e.spans for e in found),
+            sum(e.size for e in found), found[0].spooled_unix_nano if found else None,
+            reasons, self.corrupt_files())
+
     def corrupt_files(self) -> int:
         """How many files were moved aside to corrupt/ (now or by an earlier run)."""
         try:
@@ -297,5 +323,24 @@ class DeadLetterSpool:
         _fsync_dir(self.directory)
 
     def _changed(self, usage: SpoolUsage) -> None:
-        if self._on_change is not None:
-            self._on_change(usage)
+        if self.on_change is not None:
+            self.on_change(usage)
+
+
+def watch_spool(spool: DeadLetterSpool, publish: Callable[[SpoolSummary], None],
+                stop: threading.Event, interval_s: float = 5.0) -> threading.Thread:
+    """Publish the spool's summary now and every interval_s until `stop` is set: `resend`, run
+    next to `serve`, empties the spool from another process, so appends alone are not enough."""
+
+    def loop() -> None:
+        while True:
+            try:
+                publish(spool.summary())
+            except OSError as exc:  # e.g. the directory was removed: say so, keep serving
+                log.error("dead-letter spool %s cannot be read: %s", spool.directory, exc)
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=loop, name="deadletter-watch", daemon=True)
+    thread.start()
+    return thread
