@@ -38,6 +38,8 @@ from operator import attrgetter
 
 import orjson
 
+from . import ranges
+
 __all__ = [
     "CRI",
     "DOCKER",
@@ -113,6 +115,13 @@ def rfc3339_to_ns(text: str) -> int | None:
     else:
         return None
     return (seconds - offset) * 1_000_000_000 + frac_ns
+
+
+def _observed_ns(text: str) -> int | None:
+    """The runtime's `time` as an observed time: None when it is not one, or out of the range
+    a span can carry (processor.sources.ranges: 1970..2262)."""
+    ns = rfc3339_to_ns(text)
+    return ns if ns is not None and ranges.time_ok(ns) else None
 
 
 def _seconds(head: str) -> int | None:
@@ -236,7 +245,7 @@ def recombine_docker(lines: Iterable[tuple[int, bytes | str]]) -> list[Container
             run = None
         if log.endswith("\n"):
             if run is None:  # the common case: a whole line in one record
-                out.append(ContainerLine(number, log[:-1], stream, rfc3339_to_ns(time), False,
+                out.append(ContainerLine(number, log[:-1], stream, _observed_ns(time), False,
                                          _attrs(attrs)))
                 continue
             run.pieces.append(log[:-1])
@@ -244,7 +253,7 @@ def recombine_docker(lines: Iterable[tuple[int, bytes | str]]) -> list[Container
             del pending[stream]
             continue
         if run is None:
-            run = pending[stream] = _Run(number, time, rfc3339_to_ns(time), _attrs(attrs))
+            run = pending[stream] = _Run(number, time, _observed_ns(time), _attrs(attrs))
         run.pieces.append(log)
     return _finish(out, pending)
 
@@ -261,7 +270,7 @@ def _finish(out: list[ContainerLine], pending: dict[str, _Run]) -> list[Containe
 # --------------------------------------------------------------------------------------- CRI
 
 
-def _cri_fields(text: str) -> tuple[str, str, bool, str, int] | None:
+def _cri_fields(text: str) -> tuple[str, str, bool, str, int | None] | None:
     """(time, stream, final, content, time ns) of a CRI line, None when it is not one."""
     parts = text.split(" ", 3)
     if len(parts) < 3:
@@ -280,6 +289,8 @@ def _cri_fields(text: str) -> tuple[str, str, bool, str, int] | None:
     ns = rfc3339_to_ns(time)
     if ns is None:
         return None
+    if not ranges.time_ok(ns):  # a CRI line, but its time is none a span can carry
+        ns = None
     return time, stream, final, parts[3] if len(parts) == 4 else "", ns
 
 

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from .. import flags
+from . import ranges
 
 __all__ = [
     "FLAG_FOR_KIND",
@@ -229,7 +230,13 @@ def _split_request(request: str | None) -> tuple[str | None, str | None, str | N
 
 def _decode(raw: bytes | str) -> tuple[str, int]:
     """(text without its line terminator, its length in bytes as nginx counted them)."""
-    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    if isinstance(raw, str):
+        try:
+            data = raw.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+            data = raw.encode("utf-8", "replace")
+    else:
+        data = raw
     data = data.rstrip(b"\r\n")
     # Non-UTF-8 bytes (a raw request URI) must not make a line unreadable.
     return data.decode("utf-8", "replace"), len(data)
@@ -247,8 +254,11 @@ def parse_line(line: int, raw: bytes | str, tz: tzinfo | None = None) -> ErrorEv
             when = datetime(year, month, day, hour, minute, second, tzinfo=tz or UTC)
         except ValueError:
             return None  # digits in the right places, but not a date: not nginx's
-        # Whole seconds, so int(timestamp()) is exact.
+        # Whole seconds, so int(timestamp()) is exact. A year before 1970 or after 2262 is
+        # no time a span can carry (processor.sources.ranges): the event keeps no time.
         time_unix_nano = int(when.timestamp()) * 1_000_000_000
+        if not ranges.time_ok(time_unix_nano):
+            time_unix_nano = None
         level, pid, tid = m.group(7), int(m.group(8)), int(m.group(9))
         connection = int(m.group(10)) if m.group(10) is not None else None
         body = m.group(11)

@@ -50,6 +50,7 @@ import orjson
 from .. import flags
 from ..correlate.traces import parse_traceparent
 from ..record import AuditRecord, RecordBatch
+from . import ranges
 from .jsonline import decode_json_object
 
 __all__ = [
@@ -551,6 +552,20 @@ def _record(first: int, text: str, last_size: int, fmt: str, entry: _Entry) -> A
     statement = audit.get("statement")
     parameter = audit.get("parameter")
     rows = _int(audit.get("rows"))
+    unparsed: list[str] = []
+    # Range checks (processor.sources.ranges): an id or count beyond int64 cannot be exported.
+    if statement_id is not None and not ranges.size_ok(statement_id):
+        statement_id, payload_ok = None, False
+    if substatement_id is not None and not ranges.size_ok(substatement_id):
+        substatement_id, payload_ok = None, False
+    if rows is not None and not ranges.size_ok(rows):
+        rows = None
+        unparsed.append("rows")
+    time_ns = entry.time_ns
+    if time_ns is not None and not ranges.time_ok(time_ns):
+        time_ns = None
+    if entry.time_text and time_ns is None:
+        unparsed.insert(0, "time")
 
     attributes: dict[str, str | int | float | bool] = {"db.system.name": "postgresql"}
     if command:
@@ -577,14 +592,14 @@ def _record(first: int, text: str, last_size: int, fmt: str, entry: _Entry) -> A
 
     record = AuditRecord(
         SOURCE,
-        time_unix_nano=entry.time_ns,
+        time_unix_nano=time_ns,
         user_id=entry.user,
         client_address=entry.client,
         traceparent=sqlcomment_traceparent(statement) if statement else None,
         name=f"{command} {object_name}" if command and object_name else command,
         attributes=attributes,
         fields={**entry.fields, "audit": audit},
-        unparsed=("time",) if entry.time_text and entry.time_ns is None else (),
+        unparsed=tuple(unparsed),
         raw=text,
         line=first,
     )
