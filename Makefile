@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo test unit lint bench clean
+.PHONY: setup demo test unit lint bench faults clean
 
 setup:
 	@scripts/bootstrap
@@ -26,6 +26,11 @@ lint: setup
 
 bench: setup
 	$(PY) scripts/bench.py $(ARGS)
+
+# The fault matrix (issue #11): the real chain on loopback, one injected fault per row; prints
+# the table, exits 1 when a row lost or rewrote records. ARGS="--only kill-collector" or --list.
+faults: setup
+	$(PY) scripts/faults.py $(ARGS)
 
 clean:
 	rm -rf .cache/demo .pytest_cache .ruff_cache
