@@ -120,7 +120,11 @@ def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -
 
 
 def expectations(batch: RecordBatch, rows: list[int]) -> list[tuple[bytes, bytes]]:
-    """(trace id, packed request) for the given rows: what the missing span will need."""
+    """(trace id, packed request) for the given rows: what the missing span will need.
+
+    Never raises on odd values: a status or time the packed layout cannot hold (the sources
+    range-check them, but a record may come from elsewhere) is packed as 0 (unknown), and the
+    method is cut on a UTF-8 boundary without NUL (the method/path separator)."""
     if not rows:
         return []
     if len(rows) == len(batch):  # the usual case: every row expects one
@@ -131,12 +135,15 @@ def expectations(batch: RecordBatch, rows: list[int]) -> list[tuple[bytes, bytes
     else:
         def pick(col: list[Any]) -> list[Any]:
             return [col[rows[0]]]
-    statuses = [s or 0 for s in pick(batch.status)]
-    ends = [t or 0 for t in pick(batch.time_unix_nano)]
+    statuses = [s if s is not None and 0 <= s <= 0xFFFF else 0 for s in pick(batch.status)]
+    ends = [t if t is not None and 0 <= t < 1 << 63 else 0 for t in pick(batch.time_unix_nano)]
     heads = map(_REQUEST.pack, pick(batch.span_id), ends, statuses)
     names = dict.fromkeys(zip(pick(batch.method), pick(batch.path), strict=True))
     for method, path in names:
-        names[(method, path)] = ((method or "HTTP").encode()[:16] + b"\0"
+        head = (method or "HTTP").encode("utf-8", "replace").replace(b"\0", b"")
+        # 16 bytes, the last character whole (a cut one is dropped): _due decodes it strictly.
+        head = head[:16].decode("utf-8", "ignore").encode()
+        names[(method, path)] = (head + b"\0"
                                  + (path or "").encode("utf-8", "replace")[:MAX_PATH_BYTES])
     tails = map(names.__getitem__, zip(pick(batch.method), pick(batch.path), strict=True))
     return list(zip(pick(batch.trace_id), map(bytes.__add__, heads, tails), strict=True))
