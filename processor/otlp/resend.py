@@ -5,8 +5,8 @@ same span ids: a re-send is idempotent for the backend). An entry is removed onl
 downstream accepted all of it; the first failure stops the run with what failed, what remains
 and what to do. A corrupt entry file is reported, left in `corrupt/` and skipped.
 
-Exit codes: 0 the spool is empty at the end; 1 entries remain (or a corrupt entry was set
-aside this run); 2 usage or configuration error (the CLI's job).
+Exit codes: 0 the spool is empty at the end; 1 entries remain, or corrupt files wait in
+`corrupt/` for an operator; 2 usage or configuration error (the CLI's job).
 """
 
 from __future__ import annotations
@@ -77,12 +77,11 @@ def resend(spool: DeadLetterSpool, exporter: Exporter | None, *, endpoint: str, 
         print("nothing to resend", file=out)
         return 0
     print(f"resending {len(entries)} entries oldest first to {endpoint}", file=out)
-    delivered = spans = corrupt = 0
+    delivered = spans = 0
     for entry in entries:
         try:
             payload = spool.read(entry)
         except SpoolCorrupt as exc:
-            corrupt += 1
             print(f"  SKIPPED {exc}", file=out)
             continue
         except FileNotFoundError:
@@ -102,9 +101,11 @@ def resend(spool: DeadLetterSpool, exporter: Exporter | None, *, endpoint: str, 
         print(f"  delivered {entry.path.name}: {entry.spans} spans", file=out)
     usage = spool.usage()
     print(f"done: {delivered} entries ({spans} spans) delivered; {_remaining(spool)}", file=out)
+    corrupt = spool.corrupt_files()  # found now, at start-up, or by an earlier run
     if corrupt:
-        print(f"  {corrupt} corrupt entry file(s) were set aside in {spool.corrupt_dir} and NOT "
-              f"delivered: inspect them (`head -c 300 FILE`)", file=out)
+        print(f"  {corrupt} corrupt entry file(s) are set aside in {spool.corrupt_dir} and were "
+              f"NOT delivered: inspect them (`head -c 300 FILE`), then repair or delete them",
+              file=out)
         return 1
     return 0 if usage.entries == 0 else 1
 
@@ -115,8 +116,8 @@ def _send(exporter: Exporter, entry: SpoolEntry, payload: bytes) -> str | None:
     try:
         exporter.export(payload, entry.spans)  # built without a spool: a refusal raises
     except DownstreamUnavailable as exc:
-        return (f"did not accept it in time: {exc}. Is it up and reachable (exporter.endpoint, "
-                f"or --endpoint)? See its log.")
+        return (f"did not accept it in time ({exc}). Is it up and reachable "
+                f"(exporter.endpoint, or --endpoint)? See its log.")
     except DownstreamRejected as exc:
         return (f"refused it for good again: {exc.reason}. It will keep refusing these spans "
                 f"until the cause is fixed: check the backend's log and limits (message size, "
