@@ -32,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="audit-guard doctor",
-                description="Check nginx, Docker, the app, PostgreSQL and the collector config "
-                            "for settings that lose or hide audit data.")
+                description="Check nginx, Docker, the app, PostgreSQL, the collector config "
+                            "and logrotate for settings that lose or hide audit data.")
     ng = p.add_mutually_exclusive_group()
     ng.add_argument("--nginx-conf", type=Path, metavar="PATH", help="nginx.conf (includes read)")
     ng.add_argument("--nginx-T", dest="nginx_dump", type=Path, metavar="FILE",
@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--postgres", metavar="DSN", help="libpq DSN / URL of the audited database")
     p.add_argument("--collector-config", type=Path, metavar="PATH", nargs="+",
                    help="collector YAML file(s), merged in order")
+    p.add_argument("--logrotate", type=Path, metavar="PATH", nargs="*",
+                   help="logrotate config file(s)/dir(s) covering the audit logs, read in "
+                        "order (no PATH: /etc/logrotate.conf, which includes /etc/logrotate.d)")
+    p.add_argument("--audit-log", type=str, metavar="PATH", action="append",
+                   help="an audit log (path or glob) --logrotate must rotate safely; repeat it "
+                        "(default: the files --collector-config reads, else the shipped "
+                        "config's defaults)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -68,6 +75,8 @@ def run_checks(args: argparse.Namespace) -> list[Finding]:
     if args.collector_config:
         from .collector import check_collector
         jobs.append(lambda: check_collector(args.collector_config))
+    if args.logrotate is not None:
+        jobs.append(lambda: _logrotate_job(args))
     if args.postgres:
         from .postgres import check_postgres
         jobs.append(lambda: check_postgres(args.postgres))
@@ -80,6 +89,19 @@ def run_checks(args: argparse.Namespace) -> list[Finding]:
         except (OSError, ValueError) as exc:  # missing file, bad JSON/YAML/nginx syntax
             raise UsageError(str(exc)) from exc
     return findings
+
+
+def _logrotate_job(args: argparse.Namespace) -> list[Finding]:
+    from .logrotate import AuditLog, audit_logs_from_collector, check_logrotate
+
+    if args.audit_log:
+        logs = [AuditLog(p, "nginx" if "nginx" in p else "other") for p in args.audit_log]
+    elif args.collector_config:
+        from .collector import load_merged
+        logs = audit_logs_from_collector(load_merged(args.collector_config)[0])
+    else:
+        logs = None
+    return check_logrotate(args.logrotate or None, logs)
 
 
 def render_table(findings: list[Finding], out: TextIO) -> None:
