@@ -18,6 +18,7 @@ __all__ = [
     "missing_field",
     "rule",
     "truncated",
+    "truncated_attribute",
 ]
 
 # Why a record is known or suspected to be cut short.
@@ -54,3 +55,10 @@ def invalid_field(name: str) -> str:
 
 def rule(name: str) -> str:
     return f"rule:{name}"
+
+
+def truncated_attribute(key: str) -> str:
+    """The span attribute `key` (e.g. url.path) was cut to max_attribute_bytes: the record's
+    value was longer (its span carries the original length). Not a truncated:<reason>: the
+    record itself is whole, only its span is shortened."""
+    return f"truncated_attribute:{key}"

@@ -27,14 +27,25 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from . import __version__
+from . import __version__, flags
 from .flags import MISSING_RECORD
 from .record import RecordBatch
 
-__all__ = ["SpanBatch", "SpanBuilder", "encode_attribute", "varint"]
+__all__ = [
+    "DEFAULT_MAX_ATTRIBUTE_BYTES", "SpanBatch", "SpanBuilder", "cut_utf8", "encode_attribute",
+    "varint",
+]
 
 SCOPE_NAME = "audit-guard"
 AttrValue = str | int | float | bool | tuple[str, ...]
+# A string attribute value (and a span name) is cut to this many UTF-8 bytes, so one record
+# with a 10 MB path does not make a 10 MB span that no backend accepts. Settings:
+# max_attribute_bytes. 8 KiB holds real URLs, user agents and SQL statements whole.
+DEFAULT_MAX_ATTRIBUTE_BYTES = 8192
+# What the span says about a cut value: the attribute keys, and their lengths before the cut.
+TRUNCATED_KEYS = "audit.attribute_truncated"
+ORIGINAL_BYTES = "audit.attribute_original_bytes"
+_MIN_INT64, _MAX_INT64, _MAX_UINT64 = -(2**63), 2**63 - 1, 2**64 - 1
 
 
 def varint(n: int) -> bytes:
@@ -82,16 +93,39 @@ _RESOURCE_SPANS_TAG = ExportTraceServiceRequest(
 ).SerializeToString()[:-1]
 
 
+def _utf8(value: str) -> bytes:
+    """UTF-8 bytes of any str: a lone surrogate (not valid UTF-8) becomes "?", not an error."""
+    return value.encode() if value.isascii() else value.encode("utf-8", "replace")
+
+
+def _clean(value: str) -> str:
+    """`value` as a str protobuf accepts (no lone surrogates)."""
+    return value if value.isascii() else value.encode("utf-8", "replace").decode()
+
+
+def cut_utf8(raw: bytes, limit: int) -> bytes:
+    """At most `limit` bytes of UTF-8 `raw`, never ending inside a character."""
+    if len(raw) <= limit:
+        return raw
+    while limit > 0 and raw[limit] & 0xC0 == 0x80:  # a continuation byte: back off
+        limit -= 1
+    return raw[:limit]
+
+
 def _any_value(value: AttrValue) -> AnyValue:
+    """Never raises: an int beyond int64 is written as its decimal string (OTLP has no wider
+    integer), a str with a lone surrogate with "?" in its place."""
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):
-        return AnyValue(int_value=value)
+        if _MIN_INT64 <= value <= _MAX_INT64:
+            return AnyValue(int_value=value)
+        return AnyValue(string_value=str(value))
     if isinstance(value, float):
         return AnyValue(double_value=value)
     if isinstance(value, tuple):
-        return AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=v) for v in value]))
-    return AnyValue(string_value=value)
+        return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value]))
+    return AnyValue(string_value=_clean(str(value)))
 
 
 # Wire tags: Span.attributes (9), KeyValue.key (1) / .value (2), AnyValue.string_value (1); all
@@ -99,18 +133,21 @@ def _any_value(value: AttrValue) -> AnyValue:
 _ATTRIBUTE_TAG, _KEY_TAG, _VALUE_TAG, _STRING_TAG = b"\x4a", b"\x0a", b"\x12", b"\x0a"
 
 
-def encode_attribute(key: str, value: AttrValue) -> bytes:
+def encode_attribute(key: str, value: AttrValue, max_bytes: int | None = None) -> bytes:
     """One attribute as the bytes of a Span holding only it (concatenable into any Span).
 
     A string value (the usual case, and the one whose values rarely repeat: paths, client
     addresses) is framed by hand, ~4x faster than building the message: each new value of a
     cached column is encoded once, so that cost is paid per distinct value. Others go through
-    the stubs. A lone surrogate (not valid UTF-8) is written as "?", not an error.
+    the stubs. A lone surrogate (not valid UTF-8) is written as "?", not an error. `max_bytes`:
+    a longer string value is cut to that many bytes, on a character boundary.
     """
     if value.__class__ is str:
-        raw = value.encode("utf-8", "replace") if not value.isascii() else value.encode()
+        raw = _utf8(value)  # type: ignore[arg-type]
+        if max_bytes is not None and len(raw) > max_bytes:
+            raw = cut_utf8(raw, max_bytes)
         any_value = b"".join((_STRING_TAG, varint(len(raw)), raw))
-        name = key.encode()
+        name = _utf8(key)
         kv = b"".join((_KEY_TAG, varint(len(name)), name, _VALUE_TAG, varint(len(any_value)),
                        any_value))
         return b"".join((_ATTRIBUTE_TAG, varint(len(kv)), kv))
@@ -118,14 +155,29 @@ def encode_attribute(key: str, value: AttrValue) -> bytes:
 
 
 class _KeyCache:
-    """value → encoded attribute, for one attribute key; None (absent) → b"". Bounded."""
+    """value → encoded attribute, for one attribute key; None (absent) → b"". Bounded.
 
-    __slots__ = ("key", "values", "max")
+    String values longer than `max_bytes` are cut when they are encoded (once per distinct
+    value); `capped` remembers those values with their length before the cut, so the builder
+    can mark their rows. It stays empty, and costs nothing, while no value was ever cut."""
 
-    def __init__(self, key: str, max_entries: int = 50_000) -> None:
+    __slots__ = ("key", "values", "max", "max_bytes", "capped")
+
+    def __init__(self, key: str, max_entries: int = 50_000,
+                 max_bytes: int = DEFAULT_MAX_ATTRIBUTE_BYTES) -> None:
         self.key = key
         self.values: dict[AttrValue | None, bytes] = {None: b""}
         self.max = max_entries
+        self.max_bytes = max_bytes
+        self.capped: dict[AttrValue, int] = {}
+
+    def _encode(self, value: AttrValue) -> bytes:
+        # len(str) * 4 bounds its UTF-8 size: only a long value is measured.
+        if value.__class__ is str and len(value) * 4 > self.max_bytes:  # type: ignore[arg-type]
+            size = len(_utf8(value))  # type: ignore[arg-type]
+            if size > self.max_bytes:
+                self.capped[value] = size
+        return encode_attribute(self.key, value, self.max_bytes)
 
     def one(self, value: AttrValue | None) -> bytes:
         """The encoded attribute for one value (sparse rows)."""
@@ -139,21 +191,24 @@ class _KeyCache:
             if len(self.values) >= self.max:
                 self.values.clear()
                 self.values[None] = b""
+                self.capped.clear()
             for i, blob in enumerate(out):
                 if blob is None:
                     value = values[i]
                     blob = self.values.get(value)
                     if blob is None:
-                        blob = self.values[value] = encode_attribute(self.key, value)
+                        blob = self.values[value] = self._encode(value)
                     out[i] = blob
         return out
 
 
 def _encode_events(found: list[tuple[int, str, dict[str, str | int]]]) -> bytes:
-    """Span events (rare: error-log evidence), encoded by the stubs."""
+    """Span events (rare: error-log evidence), encoded by the stubs. A time a span cannot
+    carry is left out (0); values are made safe as attributes are."""
     return Span(events=[
-        Span.Event(time_unix_nano=when, name=name,
-                   attributes=[KeyValue(key=k, value=_any_value(v)) for k, v in attrs.items()])
+        Span.Event(time_unix_nano=when if 0 <= when <= _MAX_UINT64 else 0, name=_clean(name),
+                   attributes=[KeyValue(key=_clean(k), value=_any_value(v))
+                               for k, v in attrs.items()])
         for when, name, attrs in found
     ]).SerializeToString()
 
@@ -201,7 +256,8 @@ class SpanBuilder:
     database statement (pgaudit) a CLIENT span; any other app audit event an INTERNAL span.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_attribute_bytes: int = DEFAULT_MAX_ATTRIBUTE_BYTES) -> None:
+        self.max_attribute_bytes = max_attribute_bytes
         self._c: dict[str, _KeyCache] = {}
         self._names: dict[tuple[str, str | None], bytes] = {}
         self._flags: dict[tuple[str, ...], bytes] = {}  # a record's flags → encoded attributes
@@ -223,8 +279,37 @@ class SpanBuilder:
     def _cache(self, key: str) -> _KeyCache:
         cache = self._c.get(key)
         if cache is None:
-            cache = self._c[key] = _KeyCache(key)
+            cache = self._c[key] = _KeyCache(key, max_bytes=self.max_attribute_bytes)
         return cache
+
+    def _column(self, key: str, values: list[AttrValue | None],
+                truncated: dict[int, list[tuple[str, int]]]) -> list[bytes]:
+        """Encoded attributes for a column; rows whose value was cut go into `truncated`."""
+        cache = self._cache(key)
+        out = cache.column(values)
+        capped = cache.capped
+        if capped and not capped.keys().isdisjoint(values):  # rare: some value was cut
+            for i, value in enumerate(values):
+                size = capped.get(value)  # type: ignore[arg-type]
+                if size is not None:
+                    truncated.setdefault(i, []).append((key, size))
+        return out
+
+    def _truncation_column(self, batch: RecordBatch,
+                           truncated: dict[int, list[tuple[str, int]]]) -> list[bytes]:
+        """Rows with a cut value: flagged truncated_attribute:<key>, and the span says which
+        keys were cut and how long their values were (`audit.attribute_truncated`,
+        `audit.attribute_original_bytes`, in the same order)."""
+        out = [b""] * len(batch)
+        for i, found in truncated.items():
+            for key, _ in found:
+                batch.add_flag(i, flags.truncated_attribute(key))
+            out[i] = Span(attributes=[
+                KeyValue(key=TRUNCATED_KEYS, value=_any_value(tuple(k for k, _ in found))),
+                KeyValue(key=ORIGINAL_BYTES, value=AnyValue(array_value=ArrayValue(
+                    values=[AnyValue(int_value=size) for _, size in found]))),
+            ]).SerializeToString()
+        return out
 
     def _name_column(self, methods: list[str], routes: list[str | None]) -> list[bytes]:
         names = self._names
@@ -237,9 +322,17 @@ class SpanBuilder:
                     m, r = methods[i], routes[i]
                     blob = names.get((m, r))
                     if blob is None:
-                        blob = names[(m, r)] = Span(name=f"{m} {r}" if r else m).SerializeToString()
+                        blob = names[(m, r)] = self._encode_name(f"{m} {r}" if r else m)
                     out[i] = blob
         return out
+
+    def _encode_name(self, name: str) -> bytes:
+        """A span name, cut like an attribute value (it is made of attribute values, which
+        carry the mark when they were cut)."""
+        raw = _utf8(name)
+        if len(raw) > self.max_attribute_bytes:
+            raw = cut_utf8(raw, self.max_attribute_bytes)
+        return Span(name=raw.decode()).SerializeToString()
 
     def _kinds(self, batch: RecordBatch) -> object:
         if batch.source == "nginx":
@@ -258,7 +351,8 @@ class SpanBuilder:
                     out[i] = self._name_column([name], [None])[0]
         return out
 
-    def _extra_attributes(self, batch: RecordBatch) -> list[bytes] | None:
+    def _extra_attributes(self, batch: RecordBatch, truncated: dict[int, list[tuple[str, int]]]
+                          ) -> list[bytes] | None:
         """Source attributes and the ingest lag, for the rows that have them."""
         observed, ends = batch.observed_time_unix_nano, batch.time_unix_nano
         has_lag = any(observed)
@@ -269,7 +363,10 @@ class SpanBuilder:
             parts = []
             if attrs:
                 for key, value in attrs.items():
-                    parts.append(self._cache(key).one(value))
+                    cache = self._cache(key)
+                    parts.append(cache.one(value))
+                    if cache.capped and value in cache.capped:
+                        truncated.setdefault(i, []).append((key, cache.capped[value]))
             if has_lag and observed[i] is not None and ends[i] is not None:
                 lag_ms = (observed[i] - ends[i]) // 1_000_000
                 parts.append(self._cache("audit.ingest_lag_ms").one(lag_ms))
@@ -283,8 +380,16 @@ class SpanBuilder:
         ends = batch.time_unix_nano
         if None in ends:
             ends = [now_ns if e is None else e for e in ends]
-        starts = list(map(max, map(sub, ends, batch.duration_ns), repeat(0)))
+        # Span times are unsigned 64-bit: the sources range-check times and durations, and
+        # this keeps any other record from raising here (a time out of range: "now").
+        if min(ends) < 0 or max(ends) > _MAX_UINT64:
+            ends = [e if 0 <= e <= _MAX_UINT64 else now_ns for e in ends]
+        durations = batch.duration_ns
+        starts = list(map(max, map(sub, ends, durations), repeat(0)))
+        if min(durations) < 0:  # a start after the end: no duration rather than a bad time
+            starts = list(map(min, starts, ends))
         parents = batch.parent_span_id
+        truncated: dict[int, list[tuple[str, int]]] = {}  # row → [(key, bytes before the cut)]
         # Fields in field-number order, as the stubs write them (any order would decode).
         columns: list[object] = [
             map(_IDS, repeat(_TRACE_ID), batch.trace_id, repeat(_SPAN_ID), batch.span_id),
@@ -300,20 +405,27 @@ class SpanBuilder:
             self._names_of(batch, methods),
             map(_KIND_TIMES, self._kinds(batch), repeat(_START), starts, repeat(_END), ends),
             repeat(self._cache("audit.source").one(batch.source)),
-            self._cache("http.request.method").column(methods),
-            self._cache("url.path").column(batch.path),
-            self._cache("http.route").column(batch.route),
-            self._cache("http.response.status_code").column(batch.status),
-            self._cache("client.address").column(batch.client_address),
-            self._cache("server.address").column(batch.server_address),
-            self._cache("user_agent.original").column(batch.user_agent),
-            self._cache("user.id").column(batch.user_id),
-            self._cache("app.id").column(batch.app_id),
-            self._cache("http.response.body.size").column(batch.body_bytes_sent),
+            self._column("http.request.method", methods, truncated),  # type: ignore[arg-type]
+            self._column("url.path", batch.path, truncated),  # type: ignore[arg-type]
+            self._column("http.route", batch.route, truncated),  # type: ignore[arg-type]
+            self._column("http.response.status_code", batch.status,  # type: ignore[arg-type]
+                         truncated),
+            self._column("client.address", batch.client_address,  # type: ignore[arg-type]
+                         truncated),
+            self._column("server.address", batch.server_address,  # type: ignore[arg-type]
+                         truncated),
+            self._column("user_agent.original", batch.user_agent,  # type: ignore[arg-type]
+                         truncated),
+            self._column("user.id", batch.user_id, truncated),  # type: ignore[arg-type]
+            self._column("app.id", batch.app_id, truncated),  # type: ignore[arg-type]
+            self._column("http.response.body.size",  # type: ignore[arg-type]
+                         batch.body_bytes_sent, truncated),
         ]
-        extra = self._extra_attributes(batch)
+        extra = self._extra_attributes(batch, truncated)
         if extra is not None:
             columns.append(extra)
+        if truncated:  # before the flags are encoded: it adds truncated_attribute:<key>
+            columns.append(self._truncation_column(batch, truncated))
         # 5xx: error.type and status Error (the HTTP conventions: 4xx is not a server error).
         # A synthetic span for a record that never came is an error too.
         # Decided on the batch's distinct statuses: rows are only visited when a 5xx is there.
