@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     # a hash set of this size at random: measured 0.35 µs a record at 50k, 1.7 µs at 200k (the
     # set no longer fits the CPU cache).
     dedup_max_records: int = Field(50_000, ge=1000)
+    # A string span attribute (path, user agent, SQL statement, …) longer than this many UTF-8
+    # bytes is cut (on a character boundary) and its record flagged truncated_attribute:<key>,
+    # so one record with a 10 MB value cannot make a span no backend accepts. Replay's JSON
+    # output keeps the whole value.
+    max_attribute_bytes: int = Field(8192, ge=256, le=1024 * 1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("audited_paths")
