@@ -55,8 +55,12 @@ AUDIT_COUNTERS = {
     "audit_rule_matches_total",
     "audit_reconcile_evicted_total",
     "audit_counter_scrape_errors_total",
+    "audit_spans_deadlettered_total",
 }
-AUDIT_GAUGES = {"audit_log_completeness_ratio", "audit_stream_silent", "audit_reconcile_pending"}
+AUDIT_GAUGES = {
+    "audit_log_completeness_ratio", "audit_stream_silent", "audit_reconcile_pending",
+    "audit_deadletter_spans", "audit_deadletter_bytes", "audit_deadletter_max_bytes",
+}
 AUDIT_HISTOGRAMS = {"audit_ingest_lag_seconds", "audit_export_duration_seconds"}
 AUDIT_METRICS = (
     AUDIT_COUNTERS
@@ -83,6 +87,8 @@ SEVERITIES = {"critical", "warning"}
 EXPECTED_ALERTS = {
     "AuditGuardTargetDown",
     "AuditSpansDropped",
+    "AuditSpansDeadLettered",
+    "AuditDeadLetterSpoolNearlyFull",
     "AuditAppRecordsMissing",
     "AuditNginxRecordsMissing",
     "AuditLogCompletenessLow",
@@ -354,6 +360,10 @@ def test_alert_severities_match_what_they_mean() -> None:
     # records still flow and other checks still run, so these warn.
     for name in ("AuditReconcileEvictions", "AuditCounterScrapeFailing"):
         assert severity[name] == "warning", name
+    # Dead-lettered spans are safe on disk (warning: resend them in working hours); a nearly
+    # full spool is about to turn every permanent refusal into a backed-up pipeline (critical).
+    assert severity["AuditSpansDeadLettered"] == "warning"
+    assert severity["AuditDeadLetterSpoolNearlyFull"] == "critical"
 
 
 def test_metric_name_extraction() -> None:
@@ -387,6 +397,10 @@ def test_alerts_use_only_documented_metrics() -> None:
         "audit_ingest_lag_seconds_bucket",
         "audit_reconcile_evicted_total",
         "audit_counter_scrape_errors_total",
+        "audit_spans_deadlettered_total",
+        "audit_deadletter_spans",
+        "audit_deadletter_bytes",
+        "audit_deadletter_max_bytes",
     } <= used
 
 
