@@ -19,13 +19,18 @@ inside Docker json-file or CRI container logs (recombined first; a line split by
 never completed is flagged `truncated:partial_line`).
 
 A human summary goes to stderr. Exit 0 when nothing is flagged, 1 when anything is, 2 on a usage
-or unreadable-input error (and when --export cannot hand the spans on).
+or unreadable-input error (and when --export cannot hand the spans on). A file that cannot be
+read (missing, unreadable, a corrupt .gz, a format not recognized) is named in an error on
+stderr and skipped — the records read from it before the problem are kept — and every other
+file is still replayed; the exit code is then 2. A bad line is never an error: it is a record
+with its flags.
 """
 
 from __future__ import annotations
 
 import gzip
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,7 +77,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 line = line.rstrip(b"\r\n")
                 if line.strip():
                     yield number, line
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise ReplayError(f"cannot read {path}: {exc}") from None
 
 
@@ -119,8 +124,34 @@ def detect_source(path: Path) -> str:
 def _iso(ns: int | None) -> str | None:
     if ns is None:
         return None
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    try:
+        when = datetime.fromtimestamp(ns / 1e9, UTC)
+    except (ValueError, OverflowError, OSError):  # beyond what datetime holds (sources
+        return None  # range-check times, so only a record from elsewhere gets here)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with what JSON cannot carry made plain: a lone surrogate becomes "?", an int
+    beyond 64 bits its decimal string."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode()
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return _json_safe(str(value))
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # rare: see _json_safe
+        return orjson.dumps(_json_safe(obj))
 
 
 def _lag_ms(batch: RecordBatch, i: int) -> int | None:
@@ -248,36 +279,64 @@ def replay(
         raise ReplayError(f"--source must be one of {', '.join(SOURCES)} (got {source!r})")
     if window_s <= 0:
         raise ReplayError(f"--window must be > 0 seconds (got {window_s})")
+    failed: list[Path] = []
+
+    def fail(path: Path, exc: ReplayError) -> None:
+        """A file that cannot be read: named on stderr, skipped; the others go on."""
+        err.write(f"audit-guard replay: {exc}\n")
+        failed.append(path)
+
+    sources: dict[Path, str] = {}
     for path in files:
         if not path.is_file():
-            raise ReplayError(f"cannot read {path}: no such file")
-    sources = {path: source if source != "auto" else detect_source(path) for path in files}
+            fail(path, ReplayError(f"cannot read {path}: "
+                                   + ("not a regular file" if path.exists() else "no such file")))
+            continue
+        try:
+            sources[path] = source if source != "auto" else detect_source(path)
+        except ReplayError as exc:
+            fail(path, exc)
+    readable = list(sources)
     pipeline = Pipeline(settings)
     audited = settings.audited_path_regex().match
     stats = _Stats()
     expectations = _Expectations()
-    progress = _Progress(err, sum(p.stat().st_size for p in files))
+    progress = _Progress(err, sum(p.stat().st_size for p in readable))
     # Error logs first: their events flag the access records they join, in whatever order the
     # files were given.
-    error_files = [p for p in files if sources[p] == "nginx_error"]
-    events = {p: nginx_error.parse_lines(_lines(p)) for p in error_files}
+    events: dict[Path, list[nginx_error.ErrorEvent]] = {}
+    for path in readable:
+        if sources[path] == "nginx_error":
+            found: list[nginx_error.ErrorEvent] = []
+            try:
+                for number, line in _lines(path):
+                    event = nginx_error.parse_line(number, line)
+                    if event is not None:
+                        found.append(event)
+            except ReplayError as exc:
+                fail(path, exc)
+            events[path] = found
     errors = ErrorLogIndex((e for evs in events.values() for e in evs),
                            int(window_s * 1_000_000_000))
-    for path in files:
+    for path in readable:
         name = str(path)
         if path in events:
             continue
-        for parsed in _batches(path, sources[path], pipeline):
-            if errors and parsed.source == "nginx":
-                errors.apply(parsed)
-            batch = pipeline.check(parsed)
-            batch.file = [name] * len(batch)
-            _write(batch, out, stats, name)
-            expectations.note(batch, audited)
-            if exporter is not None:
-                # A record without a time gets the replay's time (as the service's receive time).
-                exporter.export(pipeline.to_traces(batch, time.time_ns()), len(batch))
-            progress.advance(batch)
+        try:
+            for parsed in _batches(path, sources[path], pipeline):
+                if errors and parsed.source == "nginx":
+                    errors.apply(parsed)
+                batch = pipeline.check(parsed)
+                batch.file = [name] * len(batch)
+                _write(batch, out, stats, name)
+                expectations.note(batch, audited)
+                if exporter is not None:
+                    # A record without a time gets the replay's time (as the service's receive
+                    # time).
+                    exporter.export(pipeline.to_traces(batch, time.time_ns()), len(batch))
+                progress.advance(batch)
+        except ReplayError as exc:  # the records read before the problem are kept
+            fail(path, exc)
     progress.done()
     stats.joined_errors = errors.joined
     origin = {id(e): str(p) for p, evs in events.items() for e in evs}
@@ -286,12 +345,16 @@ def replay(
     for trace_id, fields in expectations.missing(int(window_s * 1_000_000_000)):
         stats.missing += 1
         stats.flags[flags.MISSING_RECORD] += 1
-        out.write(orjson.dumps({
+        out.write(_dumps({
             "file": None, "line": None, "source": "app", "trace_id": trace_id.hex(),
             "span_id": missing_span_id(trace_id).hex(),
             "flags": [flags.MISSING_RECORD], "fields": fields,
         }) + b"\n")
-    _summary(err, files, sources, stats)
+    _summary(err, readable, sources, stats)
+    if failed:
+        err.write(f"audit-guard replay: {len(failed)} file(s) could not be read: "
+                  f"{', '.join(map(str, failed))}\n")
+        return 2
     return 1 if sum(stats.flagged.values()) or stats.missing else 0
 
 
@@ -309,7 +372,7 @@ def _write_event(event: nginx_error.ErrorEvent, out: IO[bytes], stats: _Stats, n
         "client_address": event.client, "server_address": event.server,
         "upstream": event.upstream, "message": event.message,
     }
-    out.write(orjson.dumps({
+    out.write(_dumps({
         "file": name, "line": event.line, "source": "nginx_error",
         "trace_id": blake2b(b"nginx_error:" + ident, digest_size=16).hexdigest(),
         "span_id": blake2b(b"nginx_error-span:" + ident, digest_size=8).hexdigest(),
@@ -326,7 +389,7 @@ def _write(batch: RecordBatch, out: IO[bytes], stats: _Stats, name: str) -> None
         if found:
             stats.flagged[name] += 1
             stats.flags.update(found)
-        chunk.append(orjson.dumps({
+        chunk.append(_dumps({
             "file": name,
             "line": batch.line[i],
             "source": batch.source,

@@ -116,7 +116,8 @@ _ISO = re.compile(
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 # Fields holding an id: range-checked (processor.sources.ranges.id_ok).
 _IDS = frozenset({"request_id", "trace_id", "traceparent"})
-_CALLER = re.compile(r"(?P<file>[^:]+):(?P<line>\d+)")
+# A line number has at most 18 digits (range-checked: an int64 attribute).
+_CALLER = re.compile(r"(?P<file>[^:]+):(?P<line>\d{1,18})")
 # A JMESPath expression that is one bare key with characters an identifier may not hold
 # (`@timestamp`, `user-id`): the error message suggests quoting it.
 _PLAIN_KEY = re.compile(r"[^.\[\]{}()|&!<>=,*`'\"\s]+")
@@ -518,8 +519,9 @@ def _from_text(m: re.Match[str], local_tz: tzinfo | None) -> _Row:
         row.unparsed.append("time")
     row.request_log(groups["message"], groups["trace_id"])
     attrs: dict[str, str | int | float | bool] = {"log.severity": groups["levelname"],
-                                                  "code.file.path": groups["filename"],
-                                                  "code.line.number": int(groups["lineno"])}
+                                                  "code.file.path": groups["filename"]}
+    if len(groups["lineno"]) <= 18:  # range-checked: an int64 attribute
+        attrs["code.line.number"] = int(groups["lineno"])
     row.attributes = attrs
     return row
 
