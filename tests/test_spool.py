@@ -8,21 +8,32 @@ loopback (tests/otlp_doubles.RecordingDownstream, the recording test double for 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from processor.config import load_settings
-from processor.demo.procs import repo_root, wait_until
+from processor.demo.procs import (
+    ManagedProcess,
+    free_port,
+    http_ok,
+    port_open,
+    repo_root,
+    wait_until,
+)
 from processor.otlp.spool import (
     CORRUPT_DIR,
     DeadLetterSpool,
@@ -30,6 +41,7 @@ from processor.otlp.spool import (
     SpoolFull,
     SpoolUsage,
 )
+from tests.otlp_doubles import logs_request
 
 MIB = 1024 * 1024
 
@@ -356,3 +368,80 @@ def test_config_deadletter_dir_defaults_under_the_state_dir(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="deadletter.max_bytes"):
         load_settings(deadletter={"max_bytes": 1000})
 
+
+
+# ------------------------------------------------------------- serve → spool → status → resend
+
+NGINX_LINE = json.dumps(
+    {"msec": "1764165600.5", "request_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+     "request_method": "GET", "uri": "/v1/parameters", "status": "200",
+     "user_id": "u1", "app_id": "a1"})
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.load(resp)
+
+
+def test_serve_spools_what_downstream_refuses_and_resend_delivers_it(tmp_path, downstream):
+    port, admin = free_port(), free_port()
+    spool_dir = tmp_path / "spool"
+    config = tmp_path / "audit-guard.yaml"
+    config.write_text(textwrap.dedent(f"""
+        server:
+          listen: 127.0.0.1:{port}
+        admin:
+          listen: 127.0.0.1:{admin}
+        exporter:
+          endpoint: 127.0.0.1:{downstream.port}
+          max_wait_s: 3
+          retry_initial_backoff_s: 0.1
+        reconcile:
+          enabled: false
+        deadletter:
+          dir: {spool_dir}
+          max_bytes: 2097152
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_GUARD_")}
+    serve = ManagedProcess("serve", [sys.executable, "-m", "processor.cli", "serve", "--config",
+                                     config], tmp_path, env=env, cwd=repo_root())
+    serve.start()
+    try:
+        serve.wait_ready(lambda: port_open(port) and http_ok(f"http://127.0.0.1:{admin}/healthz"))
+        status = get_json(f"http://127.0.0.1:{admin}/api/status")["deadletter"]
+        assert status["entries"] == 0 and status["max_bytes"] == 2097152
+        downstream.fail_with = grpc.StatusCode.INVALID_ARGUMENT  # a permanent code
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = logs_service_pb2_grpc.LogsServiceStub(channel)
+        stub.Export(logs_request(NGINX_LINE, NGINX_LINE), timeout=20)  # acked: spooled, durable
+        channel.close()
+        spool = DeadLetterSpool(spool_dir, 2097152)
+        assert spool.usage().spans == 2
+        spooled = [ExportTraceServiceRequest.FromString(spool.read(e)) for e in spool.entries()]
+
+        def shown(entries: int) -> bool:
+            return get_json(f"http://127.0.0.1:{admin}/api/status")["deadletter"][
+                "entries"] == entries
+
+        wait_until(lambda: shown(1), 15, "the status API to show the spooled entry")
+        status = get_json(f"http://127.0.0.1:{admin}/api/status")["deadletter"]
+        assert status["spans"] == 2 and status["reasons"] == {"invalid_argument": 2}
+        assert status["oldest_unix_nano"] is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/", timeout=5) as resp:
+            page = resp.read().decode()
+        assert "Dead-letter spool" in page and "invalid_argument" in page
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert re.search(r'^audit_spans_deadlettered_total\{.*reason="invalid_argument".*\} 2\.0$',
+                         metrics, re.M), metrics
+        assert re.search(r"^audit_deadletter_spans\{.*\} 2\.0$", metrics, re.M)
+        assert re.search(r"^audit_deadletter_max_bytes\{.*\} 2\.097152e\+06$", metrics, re.M)
+
+        # The cause is fixed; resend runs next to the running service.
+        downstream.fail_with = None
+        run = resend(config)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert downstream.requests == spooled  # the very spans that were refused
+        wait_until(lambda: shown(0), 15, "the status API to show the spool emptied by resend")
+    finally:
+        serve.stop()
