@@ -254,16 +254,18 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
     if None in statuses:
         note_unparseable("status", statuses, texts_of(status), unparsed)
     statuses = check_column("status", statuses, ranges.STATUSES, unparsed)
-    ends = seconds_ns(msec)
+    # $msec, else the ISO time: a written but bad $msec is invalid_field:time even when the
+    # ISO time stands in for it.
+    ends = check_column("time", seconds_ns(msec), ranges.TIMES, unparsed)
     if None in ends:
+        note_unparseable("time", ends, texts_of(msec), unparsed)
         times = texts_of(time_text)
-        msec_text = texts_of(msec)
         for i, end in enumerate(ends):
             if end is None:
                 ends[i] = _iso_to_ns(times[i])
-                if ends[i] is None and (times[i] is not None or msec_text[i] is not None):
+                if ends[i] is None and times[i] is not None and "time" not in unparsed.get(i, ()):
                     unparsed.setdefault(i, []).append("time")
-    ends = check_column("time", ends, ranges.TIMES, unparsed)
+        ends = check_column("time", ends, ranges.TIMES, unparsed)
     durations = seconds_ns(request_time, few_distinct=True)  # ms values repeat
     if None in durations:
         note_unparseable("duration", durations, texts_of(request_time), unparsed)
