@@ -562,3 +562,8 @@ def test_grafana_service_mounts_provisioning_and_dashboards() -> None:
     if home:
         assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
     assert "127.0.0.1:3000:3000" in svc["ports"]
+
+
+def test_every_runbook_link_has_its_readme_section() -> None:
+    headings = re.findall(r"^### Runbook: (\w+)$", (REPO / "README.md").read_text(), re.M)
+    assert {r["alert"] for r in alert_rules()} <= set(headings)
