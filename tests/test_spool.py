@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +23,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from processor.admin import AdminState, create_app
 from processor.config import load_settings
 from processor.demo.procs import (
     ManagedProcess,
@@ -41,6 +44,7 @@ from processor.otlp.spool import (
     SpoolFull,
     SpoolUsage,
 )
+from processor.rules import RuleRegistry
 from tests.otlp_doubles import logs_request
 
 MIB = 1024 * 1024
@@ -383,6 +387,38 @@ def get_json(url: str) -> dict:
         return json.load(resp)
 
 
+def chromium_dom(url: str, tmp_path: Path) -> str:
+    """The page's DOM after its script ran, from the real headless chromium."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: run scripts/bootstrap"
+    return subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}",
+         "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120).stdout
+
+
+def test_status_api_and_page_show_the_spool(tmp_path: Path) -> None:
+    state = AdminState()
+    client = TestClient(create_app(state, RuleRegistry()))
+    assert client.get("/api/status").json()["deadletter"] is None  # no spool configured
+    assert "no spool configured" in client.get("/").text
+    spool = DeadLetterSpool(tmp_path / "d<i>r", 4 * MIB)
+    state.set_deadletter(spool.summary())
+    body = client.get("/api/status").json()["deadletter"]
+    assert (body["entries"], body["spans"], body["oldest_unix_nano"]) == (0, 0, None)
+    assert 'id="deadletter" class="ok">0 entries' in client.get("/").text
+    spool.append(b"p", 3, "<script>x</script>", now_ns=1_764_165_600_000_000_000)
+    state.set_deadletter(spool.summary())
+    body = client.get("/api/status").json()["deadletter"]
+    assert body["reasons"] == {"<script>x</script>": 3} and body["max_bytes"] == 4 * MIB
+    assert body["directory"] == str(tmp_path / "d<i>r")
+    page = client.get("/").text
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "d&lt;i&gt;r" in page and "oldest spooled 2025-11-26 14:00:00Z" in page
+
+
 def test_serve_spools_what_downstream_refuses_and_resend_delivers_it(tmp_path, downstream):
     port, admin = free_port(), free_port()
     spool_dir = tmp_path / "spool"
@@ -436,6 +472,10 @@ def test_serve_spools_what_downstream_refuses_and_resend_delivers_it(tmp_path, d
                          metrics, re.M), metrics
         assert re.search(r"^audit_deadletter_spans\{.*\} 2\.0$", metrics, re.M)
         assert re.search(r"^audit_deadletter_max_bytes\{.*\} 2\.097152e\+06$", metrics, re.M)
+        dom = chromium_dom(f"http://127.0.0.1:{admin}/", tmp_path)
+        assert 'id="updated">updated ' in dom, dom[-2000:]  # the refresh script ran
+        assert re.search(r'id="deadletter" class="bad">1 entries, 2 spans, \d+ bytes', dom), dom
+        assert "<td>invalid_argument</td><td>2</td>" in dom
 
         # The cause is fixed; resend runs next to the running service.
         downstream.fail_with = None
