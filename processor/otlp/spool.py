@@ -282,6 +282,8 @@ class DeadLetterSpool:
     def _quarantine(self, path: Path, why: str) -> Path:
         self.corrupt_dir.mkdir(exist_ok=True)
         target = self.corrupt_dir / path.name
+        if target.exists():  # keep the earlier evidence too
+            target = self.corrupt_dir / f"{path.name}.{secrets.token_hex(4)}"
         try:
             os.rename(path, target)
             _fsync_dir(self.directory)
