@@ -75,10 +75,31 @@ class ExporterConfig(BaseModel):
     retry_initial_backoff_s: Seconds = 0.5
     retry_max_backoff_s: Seconds = 5.0
     # How long one incoming Export waits for downstream (all retries) before answering
-    # UNAVAILABLE, which makes the collector keep the data and retry later.
-    max_wait_s: Seconds = 30.0
+    # UNAVAILABLE, which makes the collector keep the data and retry later. Also bounded by the
+    # caller's own gRPC deadline (the shipped collector's exporter timeout: 30 s).
+    max_wait_s: Seconds = 20.0
+    # Span requests are split to stay at or under this size: gRPC receivers refuse larger
+    # messages (4 MiB by default: the collector's OTLP receiver, Jaeger, Tempo). Keep it under
+    # the downstream receiver's limit (the shipped otlp/egress receiver: max_recv_msg_size_mib 4).
+    max_request_bytes: int = Field(3 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    # gRPC codes meaning "this request will never be accepted": its spans go to the dead-letter
+    # spool (`deadletter`) instead of being retried. Every other non-OK answer is retried until
+    # max_wait_s, then answered UNAVAILABLE upstream (the collector keeps the data).
+    permanent_codes: list[str] = Field(default_factory=lambda: ["INVALID_ARGUMENT"])
 
     _endpoint = field_validator("endpoint")(_check_hostport)
+
+    @field_validator("permanent_codes")
+    @classmethod
+    def _codes(cls, value: list[str]) -> list[str]:
+        import grpc
+
+        known = {c.name for c in grpc.StatusCode} - {"OK"}
+        bad = [c for c in value if c not in known]
+        if bad:
+            raise ValueError(f"unknown gRPC status code(s) {bad}; use names such as "
+                             f"INVALID_ARGUMENT, PERMISSION_DENIED")
+        return value
 
 
 class AdminConfig(BaseModel):

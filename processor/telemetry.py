@@ -76,6 +76,15 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
     Instrument("audit_records_late_total", "counter", "{record}",
                "records that arrived after their request was reported missing (counted once)",
                ("source",)),
+    Instrument("audit_records_unprocessable_total", "counter", "{record}",
+               "records the pipeline failed on (a bug): exported as invalid_field:record spans "
+               "that keep the raw text, never dropped"),
+    Instrument("audit_state_write_errors_total", "counter", "{write}",
+               "writes of the reconcile state that failed (disk full, I/O error): the Export "
+               "was answered UNAVAILABLE and is retried by the collector"),
+    Instrument("audit_state_corrupt_total", "counter", "{file}",
+               "state files found unreadable at start, moved aside (the service started "
+               "afresh)"),
     Instrument("audit_reconcile_evicted_total", "counter", "{request}",
                "pending requests dropped to stay within reconcile.max_pending (never checked)"),
     Instrument("audit_counter_scrape_errors_total", "counter", "{scrape}",
@@ -144,6 +153,8 @@ class BatchStats:
     expected: list[tuple[bytes, bytes]] = field(default_factory=list)
     app_seen: list[bytes] = field(default_factory=list)
     served: dict[str | None, list[int]] = field(default_factory=dict)
+    unprocessable: int = 0  # records the pipeline failed on (see Pipeline._isolated)
+    spans: int = 0  # spans the Export produced
 
     def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
@@ -257,6 +268,8 @@ class Telemetry:
         for source, lags in stats.lags_s.items():
             for lag in lags:
                 self.observe("audit_ingest_lag_seconds", lag, source=source)
+        if stats.unprocessable:
+            self.inc("audit_records_unprocessable_total", stats.unprocessable)
 
     def snapshot(self) -> dict[str, float]:
         """Totals per metric name (all label values together)."""

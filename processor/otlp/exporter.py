@@ -1,8 +1,19 @@
-"""OTLP/gRPC span exporter with retry and backoff, written out once.
+"""OTLP/gRPC span exporter: split, retry and spool, written out once.
 
-`export()` returns only when downstream has accepted the spans, or has permanently rejected
-them (counted, never retried), or `max_wait_s` has passed / shutdown began — then it raises
-`DownstreamUnavailable` so the receiver answers UNAVAILABLE and the collector keeps the data.
+`export()` hands a serialized ExportTraceServiceRequest downstream in requests of at most
+`exporter.max_request_bytes` and returns only when every span was accepted downstream or safely
+put in the dead-letter spool. Otherwise it raises, and nothing may be acknowledged upstream:
+
+- `DownstreamUnavailable` (retryable): downstream did not accept before the deadline (every
+  non-OK answer but the permanent codes is retried with backoff, RetryInfo respected), shutdown
+  began, or the spool could not take a permanently refused request. The receiver answers
+  UNAVAILABLE and the collector keeps the data in its persistent queue.
+- `DownstreamRejected` (permanent): downstream refused spans for good (a code in
+  `exporter.permanent_codes`, or a partial success) and there is no spool to keep them in. The
+  receiver answers UNAVAILABLE too — never acknowledge and drop — and `resend` uses it to stop.
+
+Pieces already accepted before a failure are sent again on the retry: the spans are identical
+(same ids), so the backend sees a re-send, never a different story.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -21,34 +33,38 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from ..config import ExporterConfig
+from .split import split_request
 
-__all__ = ["DownstreamUnavailable", "ExportOutcome", "SpanExporter"]
+if TYPE_CHECKING:
+    from .spool import DeadLetterSpool
+
+__all__ = ["DownstreamRejected", "DownstreamUnavailable", "ExportOutcome", "SpanExporter"]
 
 log = logging.getLogger(__name__)
 
 _METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-# OTLP spec: retryable codes. RESOURCE_EXHAUSTED only when the server sends RetryInfo.
-_RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 
 
 class DownstreamUnavailable(Exception):
     """Downstream did not accept the spans in time; nothing was lost, the caller must retry."""
 
 
+class DownstreamRejected(Exception):
+    """Downstream refused spans for good and there is no spool to keep them: the caller must
+    keep the data (never acknowledge it)."""
+
+    def __init__(self, reason: str, spans: int) -> None:
+        super().__init__(f"downstream refused {spans} span(s) for good: {reason}")
+        self.reason = reason
+        self.spans = spans
+
+
 @dataclass(frozen=True, slots=True)
 class ExportOutcome:
     accepted: int  # spans downstream took
-    rejected: int  # spans downstream refused for good (partial success or permanent error)
-    reason: str = ""  # why they were rejected
+    spooled: int = 0  # spans downstream refused for good, kept in the dead-letter spool
+    reason: str = ""  # why they were spooled: a gRPC code name (lower case) or partial_success
+    requests: int = 1  # requests sent (more than one when the spans were split)
 
 
 def _retry_delay(error: grpc.RpcError) -> float | None:
@@ -68,9 +84,13 @@ def _retry_delay(error: grpc.RpcError) -> float | None:
 
 
 class SpanExporter:
-    def __init__(self, config: ExporterConfig) -> None:
+    def __init__(self, config: ExporterConfig, spool: DeadLetterSpool | None = None) -> None:
         self._config = config
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        self.spool = spool
+        self._permanent = frozenset(grpc.StatusCode[name] for name in config.permanent_codes)
+        # Our own requests are at most max_request_bytes; relayed ones (TraceService) may be
+        # larger before they are split, so the channel itself does not cap them.
+        options = [("grpc.max_send_message_length", -1)]
         if config.insecure:
             self._channel = grpc.insecure_channel(config.endpoint, options=options)
         else:
@@ -86,45 +106,85 @@ class SpanExporter:
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._shutdown = threading.Event()
 
-    def export(self, request: ExportTraceServiceRequest | bytes, span_count: int) -> ExportOutcome:
+    def export(
+        self,
+        request: ExportTraceServiceRequest | bytes,
+        span_count: int,
+        deadline: float | None = None,
+    ) -> ExportOutcome:
+        """Hand the spans on; `deadline` (time.monotonic()) bounds all retries, at most
+        exporter.max_wait_s from now. Raises DownstreamUnavailable or DownstreamRejected."""
         payload = request if isinstance(request, bytes) else request.SerializeToString()
         cfg = self._config
-        deadline = time.monotonic() + cfg.max_wait_s
+        latest = time.monotonic() + cfg.max_wait_s
+        deadline = latest if deadline is None else min(deadline, latest)
+        pieces = split_request(payload, cfg.max_request_bytes, span_count)
+        accepted = spooled = 0
+        reasons = []
+        for piece, spans in pieces:
+            refused, reason = self._send(piece, spans, deadline)
+            accepted += spans - refused
+            if refused:
+                self._keep(piece, spans, refused, reason)
+                spooled += refused
+                reasons.append(reason)
+        return ExportOutcome(accepted, spooled, ",".join(dict.fromkeys(reasons)), len(pieces))
+
+    def _keep(self, piece: bytes, spans: int, refused: int, reason: str) -> None:
+        """Spool a request downstream refused spans of for good (all of it: a partial success
+        does not say which; a resend re-sends the accepted ones unchanged). Without a spool,
+        or when it cannot take the request, the caller must not acknowledge."""
+        if self.spool is None:
+            raise DownstreamRejected(reason, refused)
+        try:
+            self.spool.append(piece, spans, reason, time.time_ns())
+        except OSError as exc:
+            raise DownstreamUnavailable(
+                f"downstream refused {refused} span(s) for good ({reason}) and the dead-letter "
+                f"spool cannot take them: {exc}"
+            ) from None
+        log.error("downstream %s refused %d span(s) for good (%s): kept in the dead-letter "
+                  "spool; fix the cause, then run `audit-guard resend`",
+                  self._config.endpoint, refused, reason)
+
+    def _send(self, piece: bytes, spans: int, deadline: float) -> tuple[int, str]:
+        """One request until accepted: (spans refused for good, why). The one retry loop."""
+        cfg = self._config
         attempt = 0
         while True:
             if self._shutdown.is_set():
                 raise DownstreamUnavailable("exporter is shutting down")
             timeout = min(cfg.timeout_s, max(deadline - time.monotonic(), 0.001))
             try:
-                response = self._call(payload, timeout=timeout, metadata=self._metadata)
+                response = self._call(piece, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as error:
                 code = error.code()  # type: ignore[attr-defined]
+                details = error.details()  # type: ignore[attr-defined]
+                if code in self._permanent:
+                    log.error("downstream %s refused %d span(s): %s: %s (a permanent code, "
+                              "exporter.permanent_codes)", cfg.endpoint, spans, code.name, details)
+                    return spans, code.name.lower()
                 retry_info = _retry_delay(error)
-                retryable = code in _RETRYABLE or (
-                    code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_info is not None
-                )
-                if not retryable:
-                    reason = f"{code.name}: {error.details()}"  # type: ignore[attr-defined]
-                    log.error("downstream %s rejected %d spans for good: %s",
-                              cfg.endpoint, span_count, reason)
-                    return ExportOutcome(0, span_count, code.name.lower())
                 backoff = min(cfg.retry_initial_backoff_s * 2**attempt, cfg.retry_max_backoff_s)
                 delay = retry_info if retry_info is not None else backoff * random.uniform(0.5, 1)
                 attempt += 1
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("downstream %s answered %s (%s); retrying (attempt %d)",
+                                cfg.endpoint, code.name, details, attempt)
                 if time.monotonic() + delay >= deadline:
                     raise DownstreamUnavailable(
-                        f"downstream {cfg.endpoint} unavailable after {attempt} attempts "
-                        f"({code.name}: {error.details()})"  # type: ignore[attr-defined]
+                        f"downstream {cfg.endpoint} did not accept after {attempt} attempts "
+                        f"({code.name}: {details})"
                     ) from None
                 if self._shutdown.wait(delay):
                     raise DownstreamUnavailable("exporter is shutting down") from None
                 continue
-            rejected = response.partial_success.rejected_spans
+            rejected = min(response.partial_success.rejected_spans, spans)
             if rejected:
                 log.error("downstream %s rejected %d of %d spans: %s", cfg.endpoint, rejected,
-                          span_count, response.partial_success.error_message)
-            reason = "partial_success" if rejected else ""
-            return ExportOutcome(span_count - rejected, rejected, reason)
+                          spans, response.partial_success.error_message)
+                return rejected, "partial_success"
+            return 0, ""
 
     def shutdown(self) -> None:
         """Interrupts waits between retries; idempotent."""
