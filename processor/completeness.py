@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 from .config import CounterTarget, ReconcileConfig
 from .correlate.counters import CounterReconciler
 from .correlate.reconcile import RequestReconciler, missing_spans_batch
-from .otlp.exporter import DownstreamUnavailable
+from .correlate.state import StateStore, StateWriteError
+from .otlp.exporter import DownstreamRejected, DownstreamUnavailable
 from .sources import nginx_counters
 from .telemetry import BatchStats, Telemetry
 
@@ -45,6 +46,7 @@ __all__ = ["STATE_FILE", "Completeness"]
 log = logging.getLogger(__name__)
 
 STATE_FILE = "reconcile.sqlite"
+_ERROR_EVENTS = "errorlog.pending"  # the error-log join's waiting events, in the state file
 _NS = 1_000_000_000
 _TICK_S = 1.0
 _SCRAPE_TIMEOUT_S = 5.0
@@ -71,10 +73,15 @@ class Completeness:
         self._lock = lock or nullcontext()  # serialises span building with the OTLP server
         self._on_handed_on = on_handed_on  # the admin state, for the missing spans' flags
         self._on_status = on_status  # (source, completeness, silent) for the admin API
-        state_file = Path(config.state_dir) / STATE_FILE if config.state_dir else None
+        # One state file for the reconciler and the error-log events waiting for their access
+        # record (both are written before an Export is acknowledged).
+        self.store = (StateStore(Path(config.state_dir) / STATE_FILE)
+                      if config.state_dir else None)
+        if self.store is not None and self.store.corrupt_moved_to is not None:
+            telemetry.inc("audit_state_corrupt_total")
         self.requests = RequestReconciler(
             window_s=config.window_s, late_horizon_s=config.late_horizon_s,
-            max_pending=config.max_pending, state_file=state_file,
+            max_pending=config.max_pending, store=self.store,
         )
         self.counters = CounterReconciler(config.settle_s, config.completeness_span_s)
         self._last_records: dict[str, int] = {}  # source → when its records last came
@@ -88,7 +95,22 @@ class Completeness:
     # -- life cycle ------------------------------------------------------------------------
     def start(self, now_ns: int | None = None) -> None:
         now = time.time_ns() if now_ns is None else now_ns
+        store = self.store
+        moved = store.corrupt_moved_to if store is not None else None
         restored = self.requests.restore(now)
+        if store is not None and store.corrupt_moved_to is not moved:
+            self._telemetry.inc("audit_state_corrupt_total")
+        blob = store.get(_ERROR_EVENTS) if store is not None else None
+        if blob is not None:
+            try:
+                waiting = self._pipeline.errors.load(blob)
+            except (ValueError, TypeError) as exc:
+                log.error("reconcile state: the saved error-log events do not decode (%s); "
+                          "starting without them", exc)
+                self._telemetry.inc("audit_state_corrupt_total")
+            else:
+                if waiting:
+                    log.info("error-log join: %d events restored", waiting)
         if self.config.state_dir is None:
             log.warning("reconcile.state_dir is not set: requests waiting for their app record "
                         "are kept in memory only and forgotten on restart")
@@ -115,6 +137,9 @@ class Completeness:
     def on_handed_on(self, stats: BatchStats, now_ns: int) -> None:
         """An Export's findings once its spans were handed on (before it is acknowledged)."""
         result = self.requests.commit(stats.expected, stats.app_seen, now_ns)
+        errors = self._pipeline.errors
+        if self.store is not None and errors.changed:
+            self.store.put(_ERROR_EVENTS, errors.dump())
         if result.late:
             self._telemetry.inc("audit_records_late_total", result.late, source="app")
         if result.evicted:
@@ -185,14 +210,19 @@ class Completeness:
             traces = self._pipeline.to_traces(batch, now_ns)
         try:
             outcome = self._exporter.export(traces, len(batch))
-        except DownstreamUnavailable as exc:
+        except (DownstreamUnavailable, DownstreamRejected) as exc:
             log.warning("%d missing_record spans not handed on, retrying: %s", len(batch), exc)
             return 0
         self._telemetry.inc("audit_spans_exported_total", outcome.accepted)
-        if outcome.rejected:
-            self._telemetry.inc("audit_spans_dropped_total", outcome.rejected,
+        if outcome.spooled:
+            self._telemetry.inc("audit_spans_deadlettered_total", outcome.spooled,
                                 reason=outcome.reason)
-        changed = self.requests.declare_missing([d.trace_id for d in due], now_ns)
+        try:
+            changed = self.requests.declare_missing([d.trace_id for d in due], now_ns)
+        except StateWriteError as exc:  # sent again (same span ids) at the next tick
+            self._telemetry.inc("audit_state_write_errors_total")
+            log.error("%s: the missing_record spans will be sent again", exc)
+            return 0
         self._telemetry.inc("audit_records_missing_total", changed, source="app")
         if self._on_handed_on is not None:
             stats = BatchStats()

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from processor.config import load_settings
 from processor.demo.procs import free_port, port_open, wait_until
@@ -77,19 +78,102 @@ def test_unavailable_downstream_gives_unavailable(service, downstream) -> None:
     assert len(downstream.spans()) == 1
 
 
-def test_permanent_rejection_is_counted_as_dropped(service, downstream) -> None:
+def _spans_bytes(downstream) -> list[bytes]:
+    return [s.SerializeToString() for s in downstream.spans()]
+
+
+def test_permanent_rejection_without_a_spool_is_never_acknowledged(service, downstream) -> None:
+    """No dead-letter spool: a permanent code is answered UNAVAILABLE (the collector keeps the
+    data), never acknowledged and dropped; the resend, once downstream accepts, is the same."""
     server, stub, _ = service
     downstream.fail_with = grpc.StatusCode.INVALID_ARGUMENT
-    stub.Export(logs_request(LINE, LINE), timeout=10)  # acked: retrying cannot help
-    assert server.telemetry.snapshot()["audit_spans_dropped_total"] == 2
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Export(logs_request(LINE, LINE), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "refused 2 span(s) for good" in err.value.details()
+    assert server.telemetry.snapshot()["audit_records_total"] == 0  # not counted: not handed on
+    downstream.fail_with = None
+    stub.Export(logs_request(LINE, LINE), timeout=10)
+    flags = [[v.string_value for a in s.attributes if a.key == "audit.flags"
+              for v in a.value.array_value.values] for s in downstream.spans()]
+    assert flags == [[], ["duplicate"]]  # the line written twice; nothing from the failed try
 
 
-def test_partial_success_counts_rejected_spans(service, downstream) -> None:
+@pytest.mark.parametrize("code", [
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN,
+])
+def test_every_other_code_is_retried_then_unavailable(service, downstream, code) -> None:
     server, stub, _ = service
-    downstream.reject = 1
-    stub.Export(logs_request(LINE, LINE, LINE), timeout=10)
+    downstream.fail_with = code
+    other = LINE.replace("4bf92f3577b34da6a3ce929d0e0e4736", "5bf92f3577b34da6a3ce929d0e0e4736")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Export(logs_request(LINE, other), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.telemetry.snapshot()["audit_export_unavailable_total"] == 1
+    downstream.fail_with = None
+    stub.Export(logs_request(LINE, other), timeout=10)
+    first = _spans_bytes(downstream)
+    stub.Export(logs_request(LINE, other), timeout=10)  # a resend after an ack that got lost
+    assert _spans_bytes(downstream) == first * 2  # identical spans, none flagged duplicate
+    assert "audit.flags" not in str(downstream.spans())
+
+
+def test_permanent_rejection_and_partial_success_go_to_the_spool(downstream, tmp_path) -> None:
+    from processor.otlp.spool import DeadLetterSpool
+
+    port = free_port()
+    settings = load_settings(
+        server={"listen": f"127.0.0.1:{port}"},
+        exporter={"endpoint": f"127.0.0.1:{downstream.port}", "max_wait_s": 1.5},
+    )
+    spool = DeadLetterSpool(tmp_path / "deadletter", 1 << 20)
+    server = OtlpServer(settings.server, Pipeline(settings),
+                        SpanExporter(settings.exporter, spool=spool), Telemetry())
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = logs_service_pb2_grpc.LogsServiceStub(channel)
+            downstream.fail_with = grpc.StatusCode.INVALID_ARGUMENT
+            stub.Export(logs_request(LINE, LINE), timeout=10)  # acked: kept in the spool
+            downstream.fail_with = None
+            downstream.reject = 1
+            stub.Export(logs_request(LINE.replace("u1", "u2")), timeout=10)
+    finally:
+        server.stop()
     snap = server.telemetry.snapshot()
-    assert (snap["audit_spans_exported_total"], snap["audit_spans_dropped_total"]) == (2, 1)
+    assert snap["audit_spans_deadlettered_total"] == 3
+    assert snap["audit_spans_exported_total"] == 0
+    assert snap.get("audit_spans_dropped_total", 0) == 0
+    entries = spool.entries()
+    assert [(e.spans, e.reason) for e in entries] == [(2, "invalid_argument"),
+                                                       (1, "partial_success")]
+    spooled = ExportTraceServiceRequest.FromString(spool.read(entries[0]))
+    assert len(spooled.resource_spans[0].scope_spans[0].spans) == 2
+
+
+def test_big_requests_are_split_under_the_size_limit(downstream) -> None:
+    port = free_port()
+    settings = load_settings(
+        server={"listen": f"127.0.0.1:{port}"},
+        exporter={"endpoint": f"127.0.0.1:{downstream.port}", "max_request_bytes": 65536},
+    )
+    server = OtlpServer(settings.server, Pipeline(settings), SpanExporter(settings.exporter),
+                        Telemetry())
+    server.start()
+    lines = [LINE.replace("4bf92f3577b34da6a3ce929d0e0e4736", f"{i + 1:032x}")
+                 .replace('"u1"', '"' + "u" * 300 + '"') for i in range(2000)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            logs_service_pb2_grpc.LogsServiceStub(channel).Export(logs_request(*lines),
+                                                                  timeout=30)
+    finally:
+        server.stop()
+    sizes = [r.ByteSize() for r in downstream.requests]
+    assert len(sizes) > 10 and max(sizes) <= 65536
+    ids = [s.trace_id.hex() for s in downstream.spans()]
+    assert ids == [f"{i + 1:032x}" for i in range(2000)]  # all of them, in order, once
+    assert server.telemetry.snapshot()["audit_spans_exported_total"] == 2000
 
 
 def test_inflight_limit_answers_unavailable(service, downstream) -> None:

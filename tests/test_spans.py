@@ -215,11 +215,29 @@ def test_app_record_from_a_container_is_a_child_span_with_its_lag(pipeline) -> N
 
 def test_same_record_twice_is_flagged_duplicate_once_exported(pipeline) -> None:
     body = orjson.dumps(LINE).decode()
+    other = orjson.dumps({**LINE, "request_id": "b" * 32}).decode()
     first = export(pipeline, body)
-    again = export(pipeline, body)  # e.g. re-read after lost offsets
+    again = export(pipeline, other, body)  # e.g. re-read after lost offsets, with a new line
     assert attrs(first[0])["audit.flags"] == ["truncated:response_short"]
-    assert attrs(again[0])["audit.flags"] == ["truncated:response_short", "duplicate"]
-    assert again[0].span_id != first[0].span_id and again[0].trace_id == first[0].trace_id
+    assert attrs(again[1])["audit.flags"] == ["truncated:response_short", "duplicate"]
+    assert again[1].span_id != first[0].span_id and again[1].trace_id == first[0].trace_id
+    # The third sighting gets an id of its own; each sighting keeps its id when resent.
+    third = export(pipeline, body, other)
+    assert len({first[0].span_id, again[1].span_id, third[0].span_id}) == 3
+    assert [s.SerializeToString() for s in export(pipeline, other, body)] == [
+        s.SerializeToString() for s in again]
+
+
+def test_a_retried_request_gives_the_same_spans(pipeline) -> None:
+    """The collector resends a request it got no answer for (or that was answered UNAVAILABLE
+    after a hand-off failure): the same records, in the same request, are not duplicates."""
+    bodies = [orjson.dumps({**LINE, "request_id": f"{i:032x}"}).decode() for i in range(3)]
+    bodies.append(bodies[0])  # a line really written twice: a duplicate, every time
+    first = export(pipeline, *bodies)
+    again = export(pipeline, *bodies)
+    assert [s.SerializeToString() for s in again] == [s.SerializeToString() for s in first]
+    assert [attrs(s)["audit.flags"][-1] for s in first] == [
+        "truncated:response_short"] * 3 + ["duplicate"]
 
 
 def test_hand_framed_string_attributes_equal_the_stubs_encoding() -> None:

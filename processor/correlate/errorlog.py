@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import asdict
 from hashlib import blake2b
 from typing import Any
+
+import orjson
 
 from ..record import RecordBatch
 from ..sources.nginx_error import FLAG_FOR_KIND, ErrorEvent, join_key
@@ -95,16 +98,38 @@ class ErrorLogJoin:
     access records, so usually the event is pending when its access row comes: the row itself
     is flagged, exactly as replay does. When the access row was already handed on, the event
     becomes a flagged child span of the request's span instead (`audit.late_evidence=true`).
-    An event that joins nothing within the window is reported on its own."""
+    An event that joins nothing within the window is reported on its own.
+
+    Retries give the same answer: an event already known (pending, or joined to a row) is not
+    taken twice, and a joined event is kept one window so that its access row, sent again,
+    is flagged again. Changes are undone by `rollback(savepoint())` when the spans could not be
+    handed on; `dump`/`load` persist what is waiting (with the reconcile state)."""
 
     def __init__(self, window_ns: int, max_pending: int = 10_000, recent_batches: int = 16) -> None:
         self._window = window_ns
         self._max_pending = max_pending
         self._pending: dict[tuple[int, str, str], list[tuple[ErrorEvent, int]]] = {}
+        self._joined: dict[tuple[int, str, str], list[tuple[ErrorEvent, int]]] = {}
         self._unkeyed: list[tuple[ErrorEvent, int]] = []
         self._recent: deque[_Remembered] = deque(maxlen=recent_batches)
         self.evicted = 0
+        self.changed = False  # what `dump` returns changed since the last `dump`
 
+    # -- transaction -------------------------------------------------------------------------
+    def savepoint(self) -> tuple[object, ...]:
+        return ({k: list(v) for k, v in self._pending.items()},
+                {k: list(v) for k, v in self._joined.items()},
+                list(self._unkeyed), tuple(self._recent), self.evicted, self.changed)
+
+    def rollback(self, savepoint: tuple[object, ...]) -> None:
+        pending, joined, unkeyed, recent, evicted, changed = savepoint
+        self._pending, self._joined = pending, joined  # type: ignore[assignment]
+        self._unkeyed = unkeyed  # type: ignore[assignment]
+        self._recent.clear()
+        self._recent.extend(recent)  # type: ignore[arg-type]
+        self.evicted, self.changed = evicted, changed  # type: ignore[assignment]
+
+    # -- events and access rows --------------------------------------------------------------
     def on_events(
         self, events: Iterable[ErrorEvent], now_ns: int
     ) -> list[tuple[ErrorEvent, bytes, bytes]]:
@@ -116,8 +141,12 @@ class ErrorLogJoin:
                 continue
             key = join_key(event)
             if key is None:
-                self._unkeyed.append((event, now_ns + self._window))
+                if not any(_same(e, event) for e, _ in self._unkeyed):
+                    self._unkeyed.append((event, now_ns + self._window))
+                    self.changed = True
                 continue
+            if self._known(key, event):
+                continue  # a retried error-log request: taken already
             found = self._find_recent(key, event)
             if found is not None:
                 late.append((event, *found))
@@ -126,23 +155,40 @@ class ErrorLogJoin:
                 self.evicted += 1
                 continue
             self._pending.setdefault(key, []).append((event, now_ns + self._window))
+            self.changed = True
         return late
 
+    def _known(self, key: tuple[int, str, str], event: ErrorEvent) -> bool:
+        return any(_same(e, event) for waiting in (self._pending.get(key), self._joined.get(key))
+                   for e, _ in waiting or ())
+
     def on_access(self, batch: RecordBatch) -> None:
-        """Flag the access rows pending events join (before the batch is checked)."""
-        if not self._pending:
+        """Flag the access rows that pending (or already joined) events join, before the batch
+        is checked."""
+        if not self._pending and not self._joined:
             return
-        events = {key: [e for e, _ in waiting] for key, waiting in self._pending.items()}
+        events: dict[tuple[int, str, str], list[ErrorEvent]] = {}
+        for waiting in (self._joined, self._pending):
+            for key, entries in waiting.items():
+                events.setdefault(key, []).extend(e for e, _ in entries)
         joined = set()
         for i, event in _joins(batch, events, self._window):
             _flag_row(batch, i, event)
             joined.add(id(event))
+        if not joined:
+            return
         for key in list(self._pending):
-            waiting = [(e, d) for e, d in self._pending[key] if id(e) not in joined]
+            waiting = self._pending[key]
+            moved = [(e, d) for e, d in waiting if id(e) in joined]
+            if not moved:
+                continue
+            self._joined.setdefault(key, []).extend(moved)
+            waiting = [(e, d) for e, d in waiting if id(e) not in joined]
             if waiting:
                 self._pending[key] = waiting
             else:
                 del self._pending[key]
+            self.changed = True
 
     def remember(self, batch: RecordBatch) -> None:
         """Keep a checked access batch for events that come after it (references only)."""
@@ -150,18 +196,51 @@ class ErrorLogJoin:
                                         batch.time_unix_nano))
 
     def expired(self, now_ns: int) -> list[ErrorEvent]:
-        """Events whose window passed without an access record: reported on their own."""
+        """Events whose window passed without an access record: reported on their own. Joined
+        events past their window are forgotten."""
         out = [e for e, deadline in self._unkeyed if deadline <= now_ns]
-        self._unkeyed = [(e, d) for e, d in self._unkeyed if d > now_ns]
-        for key in list(self._pending):
-            waiting = self._pending[key]
-            out += [e for e, deadline in waiting if deadline <= now_ns]
-            keep = [(e, d) for e, d in waiting if d > now_ns]
-            if keep:
-                self._pending[key] = keep
-            else:
-                del self._pending[key]
+        if out:
+            self._unkeyed = [(e, d) for e, d in self._unkeyed if d > now_ns]
+        for waiting_by_key, report in ((self._pending, True), (self._joined, False)):
+            for key in list(waiting_by_key):
+                waiting = waiting_by_key[key]
+                gone = [e for e, deadline in waiting if deadline <= now_ns]
+                if not gone:
+                    continue
+                if report:
+                    out += gone
+                keep = [(e, d) for e, d in waiting if d > now_ns]
+                if keep:
+                    waiting_by_key[key] = keep
+                else:
+                    del waiting_by_key[key]
+                self.changed = True
+        self.changed |= bool(out)
         return sorted(out, key=lambda e: (e.time_unix_nano or 0, e.line))
+
+    # -- persistence -------------------------------------------------------------------------
+    def dump(self) -> bytes:
+        """What is waiting (pending, unkeyed and joined events with their deadlines)."""
+        self.changed = False
+        rows = [("p", asdict(e), d) for waiting in self._pending.values() for e, d in waiting]
+        rows += [("j", asdict(e), d) for waiting in self._joined.values() for e, d in waiting]
+        rows += [("u", asdict(e), d) for e, d in self._unkeyed]
+        return orjson.dumps(rows)
+
+    def load(self, blob: bytes) -> int:
+        """Restore what `dump` wrote; returns the number of events."""
+        rows = orjson.loads(blob)
+        for kind, fields, deadline in rows:
+            event = ErrorEvent(**fields)
+            if kind == "u":
+                self._unkeyed.append((event, deadline))
+                continue
+            key = join_key(event)
+            if key is not None:
+                target = self._pending if kind == "p" else self._joined
+                target.setdefault(key, []).append((event, deadline))
+        self.changed = False
+        return len(rows)
 
     def _find_recent(
         self, key: tuple[int, str, str], event: ErrorEvent
@@ -175,6 +254,12 @@ class ErrorLogJoin:
                 continue
             return remembered.trace_ids[row], remembered.span_ids[row]
         return None
+
+
+def _same(a: ErrorEvent, b: ErrorEvent) -> bool:
+    """The same error-log line (its position in a request does not count)."""
+    return (a.time_unix_nano, a.pid, a.tid, a.connection, a.message, a.request_uri) == (
+        b.time_unix_nano, b.pid, b.tid, b.connection, b.message, b.request_uri)
 
 
 class _Remembered:

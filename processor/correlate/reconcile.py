@@ -5,7 +5,7 @@ by an app audit record (same trace id) within a window.
                         │
                    window passes, the synthetic span is handed on
                         ▼
-                     MISSING ──(app record after all)──► RESOLVED, counted late (once)
+                     MISSING ──(app record after all)──► LATE, counted late (once)
 
     app record first ──► APP_FIRST (kept one window) ──(nginx record)──► RESOLVED
 
@@ -28,7 +28,6 @@ only their heads.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import struct
 import threading
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from typing import Any
 
 from .. import flags
 from ..record import RecordBatch
+from .state import StateStore, StateWriteError
 
 __all__ = [
     "MAX_PATH_BYTES", "CommitResult", "Due", "RequestReconciler", "expected_app_records",
@@ -49,7 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PENDING, RESOLVED, MISSING, APP_FIRST = 1, 2, 3, 4
+# LATE: resolved by an app record after the request was reported missing (kept one window, so
+# that the same app record, sent again, is flagged late_record again).
+PENDING, RESOLVED, MISSING, APP_FIRST, LATE = 1, 2, 3, 4, 5
 MAX_PATH_BYTES = 96  # the path is only for the synthetic span's name; its trace has the rest
 # state, deadline | parent span id, request end, status | method NUL path
 _HEAD = struct.Struct("<Bq")
@@ -196,47 +198,6 @@ class CommitResult:
     evicted: int = 0  # pending requests dropped to stay within max_pending
 
 
-class _Journal:
-    """SQLite persistence: a snapshot of every entry plus the changes appended since."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a commit survives a process crash (not a power cut before the next
-        # checkpoint, which fsyncs); that is the collector's own queue guarantee too.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY, "
-                         "taken_unix_nano INTEGER NOT NULL, entries BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, "
-                         "entry BLOB NOT NULL)")
-        self.appended_bytes = 0  # since the last checkpoint
-
-    def load(self) -> tuple[bytes | None, list[bytes]]:
-        row = self._db.execute("SELECT entries FROM snapshot WHERE id = 1").fetchone()
-        journal = [e for (e,) in self._db.execute("SELECT entry FROM journal ORDER BY seq")]
-        return (row[0] if row else None), journal
-
-    def append(self, entry: bytes) -> None:
-        self._db.execute("INSERT INTO journal (entry) VALUES (?)", (entry,))
-        self.appended_bytes += len(entry)
-
-    def checkpoint(self, snapshot: bytes, now_ns: int) -> None:
-        with self._db:  # one transaction: the snapshot replaces exactly the journal it folds
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?)",
-                             (now_ns, snapshot))
-            self._db.execute("DELETE FROM journal")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.appended_bytes = 0
-
-    def journal_rows(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM journal").fetchone()[0])
-
-    def close(self) -> None:
-        self._db.close()
-
-
 def _encode_commit(now_ns: int, expected: list[tuple[bytes, bytes]], seen: list[bytes]) -> bytes:
     parts = [_ENTRY_HEAD.pack(_COMMIT, now_ns, len(expected), len(seen))]
     for trace_id, request in expected:
@@ -276,6 +237,7 @@ class RequestReconciler:
         late_horizon_s: float,
         max_pending: int,
         state_file: Path | None = None,
+        store: StateStore | None = None,
         checkpoint_interval_s: float = 60.0,
     ) -> None:
         if late_horizon_s < window_s:
@@ -288,7 +250,10 @@ class RequestReconciler:
         self._lock = threading.Lock()
         self._live: dict[bytes, bytes] = {}  # PENDING, APP_FIRST, RESOLVED: one window
         self._missing: dict[bytes, bytes] = {}  # MISSING: late_horizon_s
-        self._journal = _Journal(state_file) if state_file is not None else None
+        if store is None and state_file is not None:
+            store = StateStore(state_file)
+        self._journal = store
+        self._late_seen = False  # a LATE entry exists (or did): app records need a look
         self._last_checkpoint = 0
         self.evicted_total = 0
         # Armed by the first app record: until an app audit stream has been seen at all, Nginx
@@ -304,6 +269,18 @@ class RequestReconciler:
         record may be waiting in the collector's queue). Returns the number of entries."""
         if self._journal is None:
             return 0
+        try:
+            return self._restore(now_ns)
+        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
+            with self._lock:
+                self._live.clear()
+                self._missing.clear()
+                self.armed = False
+                self._journal.set_aside(f"holds an entry that does not decode ({exc!r})")
+            return 0
+
+    def _restore(self, now_ns: int) -> int:
+        assert self._journal is not None
         snapshot, journal = self._journal.load()
         with self._lock:
             pos = 1
@@ -325,6 +302,7 @@ class RequestReconciler:
             for trace_id, value in self._live.items():
                 if value[0] == PENDING and _HEAD.unpack_from(value)[1] < fresh:
                     self._live[trace_id] = _HEAD.pack(PENDING, fresh) + value[_HEAD.size:]
+            self._late_seen = any(v[0] == LATE for v in self._live.values())
             self._live = _by_deadline(self._live)
             self._missing = _by_deadline(self._missing)
             count = len(self._live) + len(self._missing)
@@ -333,11 +311,15 @@ class RequestReconciler:
 
     # -- the hot path ----------------------------------------------------------------------
     def has_missing(self) -> bool:
-        return bool(self._missing)
+        return bool(self._missing) or self._late_seen
 
     def is_missing(self, trace_id: bytes) -> bool:
-        """Whether an app record with this trace id would resolve a reported missing record."""
-        return trace_id in self._missing
+        """Whether an app record with this trace id is late: its request was reported missing
+        (and the record resolves it, or already did — a resent record is flagged the same)."""
+        if trace_id in self._missing:
+            return True
+        value = self._live.get(trace_id)
+        return value is not None and value[0] == LATE
 
     def commit(self, expected: list[tuple[bytes, bytes]], seen: list[bytes], now_ns: int
                ) -> CommitResult:
@@ -376,7 +358,8 @@ class RequestReconciler:
             value = live.get(trace_id)
             if value is None:
                 if missing.pop(trace_id, None) is not None:
-                    live[trace_id] = _HEAD.pack(RESOLVED, deadline)
+                    live[trace_id] = _HEAD.pack(LATE, deadline)
+                    self._late_seen = True
                     result.late += 1
                 else:
                     live[trace_id] = _HEAD.pack(APP_FIRST, deadline)
@@ -484,7 +467,14 @@ class RequestReconciler:
             for entries in (self._live, self._missing):
                 for trace_id, value in entries.items():
                     parts += (trace_id, _U32.pack(len(value)), value)
-            self._journal.checkpoint(b"".join(parts), now_ns)
+            try:
+                self._journal.checkpoint(b"".join(parts), now_ns)
+            except StateWriteError as exc:  # the journal still holds everything: retry later
+                log.warning("%s; the journal keeps every change, retrying at the next "
+                            "checkpoint", exc)
+                if not force:
+                    self._last_checkpoint = now_ns
+                return
             self._last_checkpoint = now_ns
 
     def close(self, now_ns: int) -> None:

@@ -1,8 +1,10 @@
 """OTLP/gRPC receiver: LogsService, MetricsService and TraceService `Export`, plus gRPC health.
 
-Ack rule: a logs Export answers OK only after the spans it produced were accepted downstream
-(or permanently rejected and counted as dropped). When downstream is unavailable it answers
-UNAVAILABLE with RetryInfo, so the collector's persistent queue keeps the data. Work in flight
+Ack rule: a logs Export answers OK only after every span it produced was accepted downstream or
+put in the dead-letter spool, and the state it changed was written durably. Otherwise — downstream
+unavailable or refusing, no spool, the state disk full, even a bug — it answers UNAVAILABLE with
+RetryInfo, so the collector's persistent queue keeps the data, and undoes its state changes, so
+the resent request gives the same spans. Nothing is acknowledged and dropped. Work in flight
 is bounded by a semaphore; an Export that cannot get a slot soon gets UNAVAILABLE too
 (backpressure, not memory growth). SIGTERM: stop taking new calls, finish those in flight.
 """
@@ -26,9 +28,10 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from ..config import ServerConfig
+from ..correlate.state import StateWriteError
 from ..pipeline import Pipeline
 from ..telemetry import BatchStats, Telemetry
-from .exporter import DownstreamUnavailable, SpanExporter
+from .exporter import DownstreamRejected, DownstreamUnavailable, ExportOutcome, SpanExporter
 
 if TYPE_CHECKING:
     from ..completeness import Completeness
@@ -44,6 +47,7 @@ _SERVICES = (
 )
 _SLOT_WAIT_S = 1.0  # how long an Export waits for a free slot before answering UNAVAILABLE
 _RETRY_AFTER_S = 1  # RetryInfo delay suggested to the collector
+_ANSWER_MARGIN_S = 2.0  # answer this long before the caller's deadline
 
 
 def _unavailable(context: grpc.ServicerContext, message: str) -> None:
@@ -80,36 +84,20 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
             s.telemetry.inc("audit_export_backpressure_total")
             _unavailable(context, "audit-guard is at its in-flight limit; retry later")
         try:
-            # One Export at a time runs the CPU-bound pipeline: under the GIL a second one gains
-            # nothing and thrashes the CPU cache; exports downstream still overlap.
-            stats = BatchStats()
-            with s.pipeline_lock:
-                traces, count = s.pipeline.process_logs(request, time.time_ns(), stats)
-            if count:
-                started = time.monotonic()
-                try:
-                    outcome = s.exporter.export(traces, count)
-                except DownstreamUnavailable as exc:
-                    s.telemetry.inc("audit_export_unavailable_total")
-                    if s.on_export is not None:
-                        s.on_export(False)
-                    _unavailable(context, f"spans not handed on, keep and retry: {exc}")
-                s.telemetry.observe("audit_export_duration_seconds", time.monotonic() - started)
-                # Counted once handed on: a retried call must not count its records twice.
-                s.telemetry.record_stats(stats)
-                if s.on_export is not None:
-                    s.on_export(True)
-                if s.completeness is not None:  # persisted before the Export is acknowledged
-                    s.completeness.on_handed_on(stats, time.time_ns())
-                if s.on_handed_on is not None:
-                    s.on_handed_on(stats)
-                s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
-                if outcome.rejected:
-                    s.telemetry.inc("audit_spans_dropped_total", outcome.rejected,
-                                    reason=outcome.reason)
-            return logs_service_pb2.ExportLogsServiceResponse()
+            failure = s.handle_logs(request, _deadline(context))
         finally:
             s.slots.release()
+        if failure is not None:
+            _unavailable(context, failure)
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline (time.monotonic()), less a margin to answer in time."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e6:
+        return None
+    return time.monotonic() + max(remaining - _ANSWER_MARGIN_S, 0.1)
 
 
 class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -144,16 +132,19 @@ class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
         try:
             count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
             try:
-                outcome = s.exporter.export(request, count)
-            except DownstreamUnavailable as exc:
-                _unavailable(context, f"spans not handed on, keep and retry: {exc}")
-            s.telemetry.inc("audit_spans_exported_total", outcome.accepted)
-            if outcome.rejected:
-                s.telemetry.inc("audit_spans_dropped_total", outcome.rejected,
-                                reason=outcome.reason)
-            return trace_service_pb2.ExportTraceServiceResponse()
+                outcome = s.exporter.export(request.SerializeToString(), count,
+                                            _deadline(context))
+            except (DownstreamUnavailable, DownstreamRejected) as exc:
+                failure = f"spans not handed on, keep and retry: {exc}"
+            else:
+                failure = None
+                s.count_outcome(outcome)
         finally:
             s.slots.release()
+        if failure is not None:
+            s.telemetry.inc("audit_export_unavailable_total")
+            _unavailable(context, failure)
+        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 class OtlpServer:
@@ -196,6 +187,60 @@ class OtlpServer:
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         self._stopped = threading.Event()
+
+    # -- one logs Export: compute → hand off → commit ---------------------------------------
+    def handle_logs(self, request: logs_service_pb2.ExportLogsServiceRequest,
+                    deadline: float | None) -> str | None:
+        """Process one logs Export; None when it may be acknowledged, else why it must not be
+        (answered UNAVAILABLE: the collector keeps the data and sends it again).
+
+        Compute, hand off and commit run as one step under the pipeline lock: the stateful
+        stages see the committed state only, and a failure anywhere undoes the step, so the
+        resent request is processed exactly as the first time (same spans, same ids)."""
+        stats = BatchStats()
+        started = time.monotonic()
+        with self.pipeline_lock:
+            savepoint = self.pipeline.begin()
+            try:
+                traces, count = self.pipeline.process_logs(request, time.time_ns(), stats)
+                outcome = self.exporter.export(traces, stats.spans, deadline) if traces else None
+                if self.completeness is not None:  # durable before the Export is acknowledged
+                    self.completeness.on_handed_on(stats, time.time_ns())
+                self.pipeline.commit()
+            except (DownstreamUnavailable, DownstreamRejected) as exc:
+                self.pipeline.rollback(savepoint)
+                self.telemetry.inc("audit_export_unavailable_total")
+                if self.on_export is not None:
+                    self.on_export(False)
+                return f"spans not handed on, keep and retry: {exc}"
+            except StateWriteError as exc:
+                self.pipeline.rollback(savepoint)
+                self.telemetry.inc("audit_state_write_errors_total")
+                log.error("%s: answering UNAVAILABLE until it can be written (free space in "
+                          "reconcile.state_dir)", exc)
+                return f"state not saved, keep and retry: {exc}"
+            except Exception as exc:  # a bug: keep the data rather than acknowledge and drop it
+                self.pipeline.rollback(savepoint)
+                log.exception("processing an Export failed; answering UNAVAILABLE")
+                return f"audit-guard failed processing this request, keep and retry: {exc!r}"
+        if not count:
+            return None
+        if outcome is not None:
+            self.telemetry.observe("audit_export_duration_seconds", time.monotonic() - started)
+            self.count_outcome(outcome)
+        # Counted once handed on: a retried call must not count its records twice.
+        self.telemetry.record_stats(stats)
+        if self.on_export is not None:
+            self.on_export(True)
+        if self.on_handed_on is not None:
+            self.on_handed_on(stats)
+        return None
+
+    def count_outcome(self, outcome: ExportOutcome) -> None:
+        self.telemetry.inc("audit_spans_exported_total", outcome.accepted)
+        if outcome.spooled:
+            self.telemetry.inc("audit_spans_deadlettered_total", outcome.spooled,
+                               reason=outcome.reason)
 
     def start(self) -> int:
         port = self._grpc.add_insecure_port(self.config.listen)
