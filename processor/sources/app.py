@@ -233,6 +233,11 @@ def _compile_error(field: str, expression: str, exc: JMESPathError) -> str:
 # -- value conversions -----------------------------------------------------------------------
 
 
+def _written(value: Any) -> bool:
+    """A value is there (an object or array counts: a wrong type, not an absent field)."""
+    return isinstance(value, dict | list) or text(value) is not None
+
+
 def _scalar_text(value: Any) -> tuple[str | None, bool]:
     """(text, ok): objects and arrays are not ids; ok=False marks the field unparsed."""
     if isinstance(value, dict | list):
@@ -356,19 +361,19 @@ class _Row:
         """Set one canonical field from a raw value; None/""/"-" clear it."""
         if field == "time":
             ns = _time_ns(value, local_tz) if value is not None else None
-            if ns is None and text(value) is not None:
+            if ns is None and _written(value):
                 self.unparsed.append("time")
             self.time_unix_nano = ns
         elif field == "status":
             code = to_int(value) if not isinstance(value, bool) else None
             if code is not None and not ranges.status_ok(code):
                 code = None
-            if code is None and value is not None and text(value) is not None:
+            if code is None and _written(value):
                 self.unparsed.append("status")
             self.status = code
         elif field == "duration_ms":
             ns = _duration_ns(value) if value is not None else None
-            if ns is None and value is not None and text(value) is not None:
+            if ns is None and _written(value):
                 self.unparsed.append("duration")
             self.duration_ns = ns or 0
         else:

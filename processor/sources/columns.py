@@ -12,16 +12,23 @@ from itertools import repeat
 from operator import mul
 from typing import Any
 
-__all__ = ["ints", "last_int", "last_ints", "seconds_ns", "text", "texts", "to_int", "to_ns"]
+__all__ = [
+    "ints", "last_int", "last_ints", "seconds_ns", "structured_rows", "text", "texts", "to_int",
+    "to_ns",
+]
 
 _NONE = type(None)
 _EMPTY = {"": None, "-": None}  # nginx logs a variable without value as "" or "-"
 
 
 def text(value: Any) -> str | None:
+    """A scalar as text; None for no value, and for a JSON object or array (not a text: and
+    str() of a deeply nested one would exhaust the recursion limit)."""
     if value.__class__ is str:
         return None if value == "" or value == "-" else value
-    return None if value is None else str(value)
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)
 
 
 def texts(col: list[Any]) -> list[str | None]:
@@ -32,6 +39,14 @@ def texts(col: list[Any]) -> list[str | None]:
     if set(map(type, out)) <= {str, _NONE}:
         return out
     return list(map(text, col))
+
+
+def structured_rows(col: list[Any]) -> list[int]:
+    """Rows holding a JSON object or array where a scalar belongs (the caller flags them)."""
+    kinds = set(map(type, col))
+    if dict not in kinds and list not in kinds:
+        return []
+    return [i for i, v in enumerate(col) if isinstance(v, dict | list)]
 
 
 def to_int(value: Any) -> int | None:

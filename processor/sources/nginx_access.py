@@ -20,7 +20,7 @@ import orjson
 
 from ..record import AuditRecord, RecordBatch
 from . import ranges
-from .columns import ints, last_ints, seconds_ns, texts
+from .columns import ints, last_ints, seconds_ns, structured_rows, texts
 from .jsonline import decode_json_object, mark_decoding
 from .ranges import check_column, check_ids, note_unparseable
 
@@ -222,8 +222,20 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
     n = len(objs)
     none = [None] * n
 
-    def texts_of(col: Any) -> list[str | None]:  # a field the format does not log stays None
-        return none if col is none else texts(col)
+    unparsed: dict[int, list[str]] = {}
+
+    def texts_of(col: Any, name: str | None = None) -> list[str | None]:
+        """Text values; a field the format does not log stays None. `name`: a JSON object or
+        array where the text belongs is absent and invalid_field:<name>."""
+        if col is none:
+            return none
+        out = texts(col)
+        if name is not None and None in out:
+            for i in structured_rows(col):
+                names = unparsed.setdefault(i, [])
+                if name not in names:
+                    names.append(name)
+        return out
 
     (
         method, request_uri, path, status, msec, time_text, request_time, client, user_id,
@@ -232,15 +244,16 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         upstream_length, _upstream_received, _connection, _connection_requests,
     ) = (none if col is None else col for col in columns)
 
-    methods = texts_of(method)
+    methods = texts_of(method, "method")
     if None not in methods:  # a handful of distinct methods: upper-case each once
         upper = {m: m.upper() for m in set(methods)}
         methods = list(map(upper.__getitem__, methods))
     else:
         methods = [m.upper() if m is not None else None for m in methods]
-    targets = texts_of(request_uri)
+    targets = texts_of(request_uri, "path")
     if None in targets:
-        targets = [t if t is not None else p for t, p in zip(targets, texts_of(path), strict=True)]
+        targets = [t if t is not None else p
+                   for t, p in zip(targets, texts_of(path, "path"), strict=True)]
     paths = (
         list(map(itemgetter(0), map(str.partition, targets, repeat("?"))))
         if None not in targets
@@ -249,16 +262,15 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
 
     # Every value is range-checked here (processor.sources.ranges): one out of range becomes
     # absent and `invalid_field:<name>` on its record alone, never an error for the batch.
-    unparsed: dict[int, list[str]] = {}
     statuses = ints(status, few_distinct=True)
     if None in statuses:
-        note_unparseable("status", statuses, texts_of(status), unparsed)
+        note_unparseable("status", statuses, status, unparsed)
     statuses = check_column("status", statuses, ranges.STATUSES, unparsed)
     # $msec, else the ISO time: a written but bad $msec is invalid_field:time even when the
     # ISO time stands in for it.
     ends = check_column("time", seconds_ns(msec), ranges.TIMES, unparsed)
     if None in ends:
-        note_unparseable("time", ends, texts_of(msec), unparsed)
+        note_unparseable("time", ends, msec, unparsed)
         times = texts_of(time_text)
         for i, end in enumerate(ends):
             if end is None:
@@ -268,7 +280,7 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         ends = check_column("time", ends, ranges.TIMES, unparsed)
     durations = seconds_ns(request_time, few_distinct=True)  # ms values repeat
     if None in durations:
-        note_unparseable("duration", durations, texts_of(request_time), unparsed)
+        note_unparseable("duration", durations, request_time, unparsed)
     durations = check_column("duration", durations, ranges.DURATIONS, unparsed)
     if None in durations:
         durations = [d if d is not None else 0 for d in durations]
@@ -278,7 +290,7 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
                                ("upstream_length", upstream_length, last_ints)):
         values = convert(col)
         if col is not none and None in values:
-            note_unparseable(name, values, texts_of(col), unparsed)
+            note_unparseable(name, values, col, unparsed)
         sizes[name] = check_column(name, values, ranges.SIZES, unparsed)
     # Only when the format logs it: a format without $request_completion proves nothing.
     completed: list[bool | None] = (
@@ -289,8 +301,11 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         [False] * n if encodings is none and ratios is none
         else [e is not None or r is not None for e, r in zip(encodings, ratios, strict=True)]
     )
-    request_ids = check_ids("request_id", texts_of(request_id), unparsed)
-    traceparents = check_ids("traceparent", texts_of(traceparent), unparsed)
+    request_ids = check_ids("request_id", texts_of(request_id, "request_id"), unparsed)
+    traceparents = check_ids("traceparent", texts_of(traceparent, "traceparent"), unparsed)
+    user_ids, app_ids = texts_of(user_id, "user_id"), texts_of(app_id, "app_id")
+    clients, servers = texts_of(client, "client_address"), texts_of(server, "server_address")
+    user_agents = texts_of(user_agent, "user_agent")
     unparsed_col: list[tuple[str, ...]] = [()] * n
     for i, names in unparsed.items():
         unparsed_col[i] = tuple(names)
@@ -302,13 +317,13 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         method=methods,
         path=paths,
         status=statuses,
-        user_id=texts_of(user_id),
-        app_id=texts_of(app_id),
+        user_id=user_ids,
+        app_id=app_ids,
         request_id=request_ids,
         traceparent=traceparents,
-        client_address=texts_of(client),
-        server_address=texts_of(server),
-        user_agent=texts_of(user_agent),
+        client_address=clients,
+        server_address=servers,
+        user_agent=user_agents,
         body_bytes_sent=sizes["body_bytes_sent"],
         completed=completed,
         content_length=sizes["content_length"],

@@ -378,8 +378,8 @@ def _epoch_ns(text: str | None) -> int | None:
 
 def _identity(value: Any) -> str | None:
     """A role or database name; PostgreSQL prints "[unknown]" before authentication."""
-    if value is None:
-        return None
+    if value is None or not isinstance(value, str | int) or isinstance(value, bool):
+        return None  # jsonlog: an object or array is no name
     text = str(value)
     return text if text and text != "[unknown]" else None
 
@@ -529,11 +529,14 @@ def _json_entry(text: str) -> _Entry:
     entry.message = message if isinstance(message, str) else None
     stamp = obj.get("timestamp")
     if stamp is not None:
-        entry.time_text = str(stamp)
-        entry.time_ns = _time_ns(entry.time_text)
+        # Not a string: no time, but a written one (invalid_field:time). Never str() of an
+        # object or array: a deeply nested one would exhaust the recursion limit.
+        entry.time_text = stamp if isinstance(stamp, str) else "?"
+        entry.time_ns = _time_ns(stamp) if isinstance(stamp, str) else None
     entry.user = _identity(obj.get("user"))
     entry.database = _identity(obj.get("dbname"))
-    entry.client = _client(obj.get("remote_host"), port_in_value=False)
+    host = obj.get("remote_host")
+    entry.client = _client(host if isinstance(host, str) else None, port_in_value=False)
     return entry
 
 

@@ -105,11 +105,13 @@ def check_column(
 def note_unparseable(
     name: str, values: list[Any], raw: list[Any], unparsed: dict[int, list[str]]
 ) -> None:
-    """Rows where a value was written (`raw` not None) but did not convert (`values` None)."""
+    """Rows where a value was written (`raw` not None, "" or "-": nginx's spellings of no
+    value) but did not convert (`values` None)."""
     if None not in values:
         return
     for i, (value, written) in enumerate(zip(values, raw, strict=True)):
-        if value is None and written is not None:
+        if value is None and written is not None and not (written.__class__ is str
+                                                          and written in ("", "-")):
             names = unparsed.setdefault(i, [])
             if name not in names:
                 names.append(name)
