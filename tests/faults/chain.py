@@ -69,6 +69,7 @@ class Chain:
         self.record_file = self.workdir / "backend.records"
         self.control = Control(self.workdir / "backend.control.json")
         self.state_dir = self.workdir / "processor-state"
+        self.processor_config = self.workdir / "processor.yaml"
         self.collector_endpoints: CollectorEndpoints | None = None
         self.procs: dict[str, ManagedProcess] = {}
         self._ready: dict[str, Callable[[], bool]] = {}
@@ -111,7 +112,7 @@ class Chain:
         self.state_dir.mkdir(exist_ok=True)
         if self.options.state_dir_tmpfs_bytes:
             self._mount_tmpfs(self.options.state_dir_tmpfs_bytes)
-        config = wd / "processor.yaml"
+        config = self.processor_config
         config.write_text(json.dumps({  # JSON is YAML
             "server": {"listen": f"127.0.0.1:{self.processor_port}"},
             "exporter": {"endpoint": ep.egress},
@@ -177,6 +178,19 @@ class Chain:
     def collector_metric(self, name: str) -> float | None:
         assert self.collector_endpoints is not None
         return scrape(self.collector_endpoints.metrics_url, name)
+
+    def spool_entries(self) -> int:
+        """Files in the processor's dead-letter spool (serve's default: <state_dir>/deadletter)."""
+        spool = self.state_dir / "deadletter"
+        return sum(1 for p in spool.rglob("*") if p.is_file()) if spool.is_dir() else 0
+
+    def resend(self, timeout: float = 180) -> str:
+        """`audit-guard resend` with the processor's config, once the backend accepts again."""
+        done = subprocess.run(
+            [sys.executable, "-m", "processor.cli", "resend", "--config", self.processor_config],
+            capture_output=True, text=True, timeout=timeout, cwd=repo_root())
+        last = (done.stdout.strip().splitlines() or done.stderr.strip().splitlines() or [""])[-1]
+        return f"resend exited {done.returncode}: {last[:200]}"
 
     def running(self, name: str) -> bool:
         proc = self.procs[name].proc

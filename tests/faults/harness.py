@@ -146,6 +146,12 @@ def run_row(scenario: Scenario, workroot: Path, rate: float, seed: int,
         how = _drain(chain, delivered, quiet_s, idle_queues_s, max_drain_s)
         _log(f"[{scenario.name}] {how}")
         result.notes.append(how)
+        if any(sampler.by_pid.values()) or chain.spool_entries():
+            # What the processor spooled is delivered by `resend` once downstream accepts.
+            resent = chain.resend()
+            _log(f"[{scenario.name}] {resent}")
+            result.notes.append(resent)
+            result.notes.append(_drain(chain, delivered, quiet_s, idle_queues_s, max_drain_s))
         result.spooled = sampler.stop()
         if not sampler.metric_seen:
             result.notes.append("processor has no audit_spans_deadlettered_total: spooled = 0")
