@@ -179,7 +179,8 @@ def _docker_record(raw: bytes | str) -> tuple[str, str, str, object] | None:
     log = obj.get("log")
     stream = obj.get("stream")
     time = obj.get("time")
-    if log.__class__ is not str or stream not in _STREAMS or time.__class__ is not str:
+    if (log.__class__ is not str or stream.__class__ is not str or stream not in _STREAMS
+            or time.__class__ is not str):
         return None
     return log, stream, time, obj.get("attrs")
 
@@ -188,9 +189,14 @@ def _attrs(value: object) -> dict[str, str] | None:
     if not isinstance(value, dict) or not value:
         return None
     # Docker writes string values only; anything else is kept as its JSON text, not dropped.
-    return {
-        str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in value.items()
-    }
+    return {str(k): v if isinstance(v, str) else _json_text(v) for k, v in value.items()}
+
+
+def _json_text(value: object) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+        return "<nested too deeply>"
 
 
 def _raw_text(raw: bytes | str) -> str:

@@ -357,8 +357,9 @@ def parse_lines(lines: list[bytes | str]) -> RecordBatch:
     """Access-log lines (the collector's log bodies) → RecordBatch, never raising."""
     try:  # the shipped audit_json format, every line whole: the fast path
         structs = list(map(_AUDIT_JSON.decode, lines))
-    except (msgspec.MsgspecError, ValueError, TypeError):  # another format; a cut, broken or
-        pass  # not-UTF-8 line: the general path (which salvages and flags)
+    except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):  # another format;
+        pass  # a cut, broken, too deeply nested or not-UTF-8 line: the general path (which
+        # salvages and flags)
     else:
         if not structs:
             return RecordBatch(SOURCE, 0)
