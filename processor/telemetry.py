@@ -41,9 +41,6 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
     Instrument("audit_records_total", "counter", "{record}",
                "audit records received and processed", ("source",)),
     Instrument("audit_spans_exported_total", "counter", "{span}", "spans accepted downstream"),
-    Instrument("audit_spans_dropped_total", "counter", "{span}",
-               "spans given up for good: permanently rejected downstream (reason: the gRPC code "
-               "or partial_success)", ("reason",)),
     Instrument("audit_records_truncated_total", "counter", "{record}",
                "records found cut short", ("source", "reason")),
     Instrument("audit_field_violations_total", "counter", "{violation}",

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from processor.demo.procs import repo_root
+from processor.telemetry import INSTRUMENTS
 
 REPO = repo_root()
 PROM_DIR = REPO / "otel" / "prometheus"
@@ -46,7 +47,6 @@ COMPOSE_FILE = REPO / "compose.yaml"
 AUDIT_COUNTERS = {
     "audit_records_total",
     "audit_spans_exported_total",
-    "audit_spans_dropped_total",
     "audit_records_truncated_total",
     "audit_field_violations_total",
     "audit_records_delayed_total",
@@ -56,6 +56,9 @@ AUDIT_COUNTERS = {
     "audit_reconcile_evicted_total",
     "audit_counter_scrape_errors_total",
     "audit_spans_deadlettered_total",
+    "audit_state_write_errors_total",
+    "audit_state_corrupt_total",
+    "audit_records_unprocessable_total",
 }
 AUDIT_GAUGES = {
     "audit_log_completeness_ratio", "audit_stream_silent", "audit_reconcile_pending",
@@ -86,9 +89,11 @@ ALLOWED_METRICS = AUDIT_METRICS | COLLECTOR_METRICS | PROMETHEUS_METRICS
 SEVERITIES = {"critical", "warning"}
 EXPECTED_ALERTS = {
     "AuditGuardTargetDown",
-    "AuditSpansDropped",
     "AuditSpansDeadLettered",
     "AuditDeadLetterSpoolNearlyFull",
+    "AuditStateWriteFailing",
+    "AuditStateCorrupt",
+    "AuditRecordsUnprocessable",
     "AuditAppRecordsMissing",
     "AuditNginxRecordsMissing",
     "AuditLogCompletenessLow",
@@ -347,7 +352,7 @@ def test_alert_severities_match_what_they_mean() -> None:
     severity = {r["alert"]: r["labels"]["severity"] for r in alert_rules()}
     for name in (
         "AuditGuardTargetDown",
-        "AuditSpansDropped",
+        "AuditStateWriteFailing",
         "AuditAppRecordsMissing",
         "AuditNginxRecordsMissing",
         "AuditLogCompletenessLow",
@@ -364,6 +369,11 @@ def test_alert_severities_match_what_they_mean() -> None:
     # full spool is about to turn every permanent refusal into a backed-up pipeline (critical).
     assert severity["AuditSpansDeadLettered"] == "warning"
     assert severity["AuditDeadLetterSpoolNearlyFull"] == "critical"
+    # A state file moved aside (a one-off, already recovered from) and a record the pipeline
+    # failed on (a bug; the record is exported with its raw text) lose nothing: warnings. A
+    # state write that keeps failing stalls the pipeline: page.
+    for name in ("AuditStateCorrupt", "AuditRecordsUnprocessable"):
+        assert severity[name] == "warning", name
 
 
 def test_metric_name_extraction() -> None:
@@ -388,7 +398,6 @@ def test_alerts_use_only_documented_metrics() -> None:
     # Every collector loss counter and every audit signal the brief lists is alerted on.
     assert used >= COLLECTOR_METRICS, COLLECTOR_METRICS - used
     assert {
-        "audit_spans_dropped_total",
         "audit_records_missing_total",
         "audit_log_completeness_ratio",
         "audit_records_truncated_total",
@@ -401,7 +410,29 @@ def test_alerts_use_only_documented_metrics() -> None:
         "audit_deadletter_spans",
         "audit_deadletter_bytes",
         "audit_deadletter_max_bytes",
+        "audit_state_write_errors_total",
+        "audit_state_corrupt_total",
+        "audit_records_unprocessable_total",
     } <= used
+
+
+def test_the_allowed_audit_metrics_are_the_declared_instruments() -> None:
+    # A retired instrument (audit_spans_dropped_total) must not linger in alerts or panels, and
+    # a metric an alert reads must be one the processor declares (processor/telemetry.py).
+    plain = AUDIT_COUNTERS | AUDIT_GAUGES
+    assert {n for n, i in INSTRUMENTS.items() if i.kind != "histogram"} >= plain
+    assert {n for n, i in INSTRUMENTS.items() if i.kind == "histogram"} >= AUDIT_HISTOGRAMS
+    assert "audit_spans_dropped_total" not in INSTRUMENTS
+
+
+def test_readme_metrics_table_lists_every_instrument() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Self-metrics\n", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `(audit_\w+)` \|", section, re.M))
+    assert rows == set(INSTRUMENTS), {
+        "declared but not in the README": set(INSTRUMENTS) - rows,
+        "in the README but not declared": rows - set(INSTRUMENTS),
+    }
 
 
 def test_prometheus_scrapes_both_jobs_at_the_compose_services() -> None:
@@ -454,7 +485,17 @@ def test_dashboard_is_valid_and_has_the_panels() -> None:
     assert "audit_records_missing_total" in missing_late
     assert "audit_records_late_total" in missing_late
     assert "audit_reconcile_pending" in missing_late
-    assert "audit_spans_dropped_total" in exprs("Dropped spans")
+    dead = exprs("Dead-lettered spans")
+    assert "sum by (reason) (increase(audit_spans_deadlettered_total" in dead
+    assert "audit_deadletter_spans" in dead
+    assert {"audit_deadletter_bytes", "audit_deadletter_max_bytes"} <= metric_names(
+        exprs("Dead-letter spool fill")
+    )
+    assert {
+        "audit_state_write_errors_total",
+        "audit_state_corrupt_total",
+        "audit_records_unprocessable_total",
+    } <= metric_names(exprs("State and processing errors"))
     lag = exprs("Ingest lag p50 / p95")
     assert "histogram_quantile(0.5," in lag and "histogram_quantile(0.95," in lag
     assert "audit_ingest_lag_seconds_bucket" in lag
