@@ -330,6 +330,19 @@ class Pipeline:
         Large requests are processed in chunks of CHUNK_ROWS records: the per-chunk working set
         then stays in the CPU cache (measured: 8192-record batches in one piece run ~30% slower).
         """
+        if self._in_transaction:
+            return self._process_logs(request, now_ns, stats)
+        savepoint = self.begin()  # outside a transaction (tests, tools): commit at once
+        try:
+            out = self._process_logs(request, now_ns, stats)
+        except BaseException:
+            self.rollback(savepoint)
+            raise
+        self.commit()
+        return out
+
+    def _process_logs(self, request: ExportLogsServiceRequest, now_ns: int,
+                      stats: BatchStats | None) -> tuple[bytes, int]:
         parts = []
         count = 0
         read_ns = _request_time(request) or now_ns
@@ -371,7 +384,9 @@ class Pipeline:
         batch = self._parse_rows(source, rows, start, end)
         if source == NGINX:
             self.errors.on_access(batch)
-        batch = self.check(batch, content_digest(rows.bodies[start:end]))
+        # The chunk's place in its request is part of its identity: a line written twice, cut
+        # into chunks of its own by the net below, is still a duplicate.
+        batch = self.check(batch, content_digest(rows.bodies[start:end]) + start.to_bytes(4))
         if source == APP:
             self._note_app(batch, stats)
         spans = self.span_builder.spans(batch, read_ns)
