@@ -7,6 +7,9 @@ checked against the real programs built by scripts/bootstrap (.cache/bin).
 - access-log lines reach the processor as raw bodies (cut JSON stays cut JSON);
 - lines read while the processor is down survive a collector restart (offsets + persistent queue)
   and are delivered exactly once;
+- batching happens after the persistent queues, bounded by size: a backlog leaves in requests
+  the processor and a 4 MiB trace backend accept; the egress receiver's 4 MiB limit holds;
+- every file source reads its first rotated name (`<name>.1`) too;
 - a span sent to the egress receiver arrives in Jaeger;
 - nothing listens on a non-loopback address.
 """
@@ -46,10 +49,13 @@ from processor.demo.backends import (
     start_jaeger,
 )
 from processor.demo.procs import ManagedProcess, free_port, tool_path, wait_until
+from tests.otlp_doubles import RecordingDownstream
 
 pytestmark = pytest.mark.e2e
 
 TRACE_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+MiB = 1024 * 1024
+PROCESSOR_MAX_MESSAGE_BYTES = 64 * MiB  # processor.config: otlp.max_message_bytes default
 SPAN_ID = "0102030405060708"
 
 
@@ -111,14 +117,19 @@ def _any_value(value: common_pb2.AnyValue) -> Any:
 class FakeProcessor(
     logs_service_pb2_grpc.LogsServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer
 ):
-    """Stands in for the audit-guard processor: an OTLP gRPC server recording the log records."""
+    """Stands in for the audit-guard processor: an OTLP gRPC server recording the log records
+    (and the size of each logs request). It accepts requests up to 64 MiB, as the processor
+    does (otlp.max_message_bytes)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.records: list[logs_pb2.LogRecord] = []
         self.resources: list[dict[str, Any]] = []  # the resource attributes of each record
+        self.request_sizes: list[int] = []
         self._lock = threading.Lock()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4),
+            options=[("grpc.max_receive_message_length", PROCESSOR_MAX_MESSAGE_BYTES)])
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(self, self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self._server)
         if self._server.add_insecure_port(f"127.0.0.1:{port}") != port:
@@ -129,6 +140,7 @@ class FakeProcessor(
     ) -> Any:
         if isinstance(request, logs_service_pb2.ExportLogsServiceRequest):
             with self._lock:
+                self.request_sizes.append(request.ByteSize())
                 for rl in request.resource_logs:
                     resource = {a.key: _any_value(a.value) for a in rl.resource.attributes}
                     for sl in rl.scope_logs:
@@ -140,6 +152,13 @@ class FakeProcessor(
     def bodies(self) -> list[str]:
         with self._lock:
             return [r.body.string_value for r in self.records]
+
+    def bodies_by_file(self) -> list[tuple[str, str]]:
+        """(log.file.path, body) of every record received, in arrival order."""
+        with self._lock:
+            return [(next((a.value.string_value for a in r.attributes
+                           if a.key == "log.file.path"), ""), r.body.string_value)
+                    for r in self.records]
 
     def __enter__(self) -> FakeProcessor:
         self._server.start()
@@ -338,7 +357,7 @@ def test_collector_starts_healthy_and_serves_internal_metrics(
                 metric_value(
                     text, "otelcol_exporter_queue_capacity", exporter=exporter, data_type=data_type
                 )
-                == 10000
+                == 1024 * MiB  # sizer: bytes (1 GiB on disk)
             )
         # The refused/failed counters exist from the start (at 0); the exporter's
         # send_failed/enqueue_failed counters appear with their first increment.
@@ -493,3 +512,113 @@ def test_multi_line_pgaudit_entries_arrive_whole(tmp_path: Path, access_log: Pat
             assert {r["audit.source"] for r in fake.resources} == {"pgaudit"}
         finally:
             proc.stop()
+
+
+# ------------------------------------------------------------- durability, rotation, size limits
+
+
+def _shipped() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(collector_config_path().read_text())
+    return config
+
+
+def test_batching_happens_after_the_persistent_queues() -> None:
+    """No in-memory `batch` processor in front of a queue (a crash lost what it held): every
+    exporter batches inside its persistent sending_queue, bounded by size."""
+    cfg = _shipped()
+    assert "batch" not in (cfg.get("processors") or {})
+    for name, pipe in cfg["service"]["pipelines"].items():
+        assert pipe["processors"] == ["memory_limiter"], name
+    for name, exporter in cfg["exporters"].items():
+        queue = exporter["sending_queue"]
+        assert queue["storage"] == "file_storage" and queue["block_on_overflow"] is True, name
+        assert queue["batch"]["sizer"] == "bytes", name
+        assert queue["batch"]["min_size"] <= queue["batch"]["max_size"], name
+
+
+def test_size_limits_fit_together() -> None:
+    """processor requests (exporter.max_request_bytes) < egress receiver limit; egress batches
+    <= the processor's request size < the trace backend's 4 MiB; logs batches hold the biggest
+    record and stay under what the processor accepts."""
+    from processor.config import ExporterConfig, ServerConfig
+
+    cfg = _shipped()
+    egress_limit = cfg["receivers"]["otlp/egress"]["protocols"]["grpc"]["max_recv_msg_size_mib"]
+    processor_request = ExporterConfig().max_request_bytes
+    assert processor_request < egress_limit * MiB == 4 * MiB
+    traces_batch = cfg["exporters"]["otlp_grpc/traces"]["sending_queue"]["batch"]["max_size"]
+    assert processor_request <= traces_batch < 4 * MiB  # Jaeger/Tempo: gRPC's 4 MiB default
+    logs_batch = cfg["exporters"]["otlp_grpc/processor"]["sending_queue"]["batch"]["max_size"]
+    containers = cfg["receivers"]["file_log/containers"]["operators"]
+    biggest_record = max(op.get("max_log_size", "0MiB") for op in containers)
+    assert biggest_record == "4MiB" and 4 * MiB < logs_batch <= ServerConfig().max_message_bytes
+
+
+def test_every_file_source_reads_its_first_rotated_name() -> None:
+    for name, receiver in _shipped()["receivers"].items():
+        if not name.startswith("file_log/"):
+            continue
+        live, *rest = receiver["include"]
+        assert rest == [live + ".1"], name  # `.1`, never a compressed `.gz`
+
+
+def test_egress_receiver_refuses_requests_over_4_mib(tmp_path: Path, access_log: Path) -> None:
+    backend = RecordingDownstream()
+    backend.server.start()
+    proc, ep = start_collector(
+        tmp_path, access_log=access_log, processor_endpoint=f"127.0.0.1:{free_port()}",
+        traces_endpoint=f"127.0.0.1:{backend.port}", vts_target=f"127.0.0.1:{free_port()}")
+    try:
+        with grpc.insecure_channel(ep.egress, options=[
+                ("grpc.max_send_message_length", 8 * MiB)]) as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            stub.Export(_big_span_request(1, 3 * MiB), timeout=10)  # the processor's maximum
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Export(_big_span_request(2, 5 * MiB), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        proc.stop()
+        backend.server.stop(0)
+
+
+def _big_span_request(n: int, size: int, spans: int = 1
+                      ) -> trace_service_pb2.ExportTraceServiceRequest:
+    """`spans` spans with ids n, n+1, … whose attribute values add up to about `size` bytes."""
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for i in range(n, n + spans):
+        scope.spans.append(trace_pb2.Span(
+            trace_id=(1 << 120 | i).to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"),
+            name="big", start_time_unix_nano=time.time_ns(), end_time_unix_nano=time.time_ns(),
+            attributes=[_kv("pad", "x" * (size // spans))]))
+    return req
+
+
+def test_backlogs_leave_in_requests_under_the_size_limits(tmp_path: Path,
+                                                          access_log: Path) -> None:
+    """A 24 MiB log backlog reaches the processor in batched requests of at most 8 MiB; 21 MiB
+    of spans in 3.5 MiB requests reach a backend with gRPC's default 4 MiB limit (as
+    Jaeger/Tempo) in requests of at most 3 MiB — none refused, none lost."""
+    lines = [f'{{"n":{i},"pad":"{"y" * 230}"}}' for i in range(100_000)]
+    access_log.write_text("\n".join(lines) + "\n")
+    backend = RecordingDownstream()  # grpc.server defaults: 4 MiB maximum request
+    backend.server.start()
+    with FakeProcessor(free_port()) as fake:
+        proc, ep = start_collector(
+            tmp_path, access_log=access_log, processor_endpoint=f"127.0.0.1:{fake.port}",
+            traces_endpoint=f"127.0.0.1:{backend.port}", vts_target=f"127.0.0.1:{free_port()}")
+        try:
+            with grpc.insecure_channel(ep.egress) as channel:
+                stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+                for k in range(6):  # 3.5 MiB each (< 4 MiB: accepted), split at 3 MiB
+                    stub.Export(_big_span_request(k * 20, 7 * MiB // 2, spans=20), timeout=10)
+            wait_until(lambda: len(fake.bodies()) >= len(lines), 60, "the whole log backlog")
+            wait_until(lambda: len(backend.spans()) >= 120, 60, "all 120 spans at the backend")
+            assert sorted(fake.bodies()) == sorted(lines)
+            assert max(fake.request_sizes) <= 8 * MiB
+            assert max(fake.request_sizes) > 1 * MiB  # batched (file_log emits 100 lines)
+            sizes = [r.ByteSize() for r in backend.requests]
+            assert max(sizes) <= 3 * MiB and len(backend.spans()) == 120, sizes
+        finally:
+            proc.stop()
+            backend.server.stop(0)

@@ -1,4 +1,5 @@
-"""audit-guard doctor --logrotate: logrotate's grammar and the settings that lose audit lines.
+"""audit-guard doctor --logrotate: logrotate's grammar and the settings that lose audit lines,
+and the collector's side of rotation (reads `<name>.1`; no in-memory batch before its queues).
 
 Every config here is first accepted by the real `logrotate --debug` (it parses the config and
 changes nothing), so a finding is proven on a config logrotate would run. Debian's own
@@ -10,13 +11,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from processor.demo.backends import collector_config_path
+from processor.demo.procs import tool_path
 from processor.doctor import main
-from processor.doctor.collector import load_merged
+from processor.doctor.collector import check_collector, load_merged
 from processor.doctor.findings import Finding, Level
 from processor.doctor.logrotate import AuditLog, audit_logs_from_collector, check_logrotate
 from processor.doctor.logrotate_conf import glob_matches, parse_config, parse_size
@@ -258,3 +263,39 @@ def test_cli_json_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # --audit-log names the logs; "nginx" in the path makes the nginx reopen rule apply
     assert main(["--logrotate", str(conf(tmp_path, GOOD, "good")), "--audit-log",
                  ACCESS.path]) == 0
+
+
+# ------------------------------------------------------------------- the collector's side of it
+
+
+def _collector_variant(tmp: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """The shipped collector config, changed, and accepted by the real `validate`."""
+    cfg: dict[str, Any] = yaml.safe_load(collector_config_path().read_text())
+    change(cfg)
+    path = tmp / "collector.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = subprocess.run([str(tool_path("otelcol-audit-guard")), "validate", "--config",
+                           str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_collector_reading_only_the_live_name_warns(tmp_path: Path) -> None:
+    def live_only(cfg: dict[str, Any]) -> None:
+        receiver = cfg["receivers"]["file_log/nginx_access"]
+        receiver["include"] = receiver["include"][:1]
+
+    found = check_collector([_collector_variant(tmp_path, live_only)])
+    warned = [f for f in found if f.level is not Level.OK]
+    assert [(f.check, f.level) for f in warned] == [("collector.rotated_file", Level.WARN)]
+    assert warned[0].title.startswith("file_log/nginx_access ")
+
+
+def test_collector_batch_processor_before_a_persistent_queue_warns(tmp_path: Path) -> None:
+    def with_batch(cfg: dict[str, Any]) -> None:
+        cfg.setdefault("processors", {})["batch"] = {}
+        cfg["service"]["pipelines"]["logs/audit"]["processors"].append("batch")
+
+    found = check_collector([_collector_variant(tmp_path, with_batch)])
+    assert [(f.check, f.level) for f in found if f.level is not Level.OK] == [
+        ("collector.batch_before_queue", Level.WARN)]

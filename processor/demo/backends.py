@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from processor.demo.procs import (
 )
 
 __all__ = [
+    "COLLECTOR_FEATURE_GATES",
     "CollectorEndpoints",
     "JaegerClient",
     "JaegerPorts",
@@ -60,6 +61,9 @@ __all__ = [
 ]
 
 COLLECTOR_BIN = "otelcol-audit-guard"
+# Part of the shipped config's guarantees (see its header): file_log hands each line to the
+# persistent queue before saving its offset. Feature gates exist on the command line only.
+COLLECTOR_FEATURE_GATES = ("stanza.synchronousLogEmitter",)
 JAEGER_BIN = "jaeger"
 
 
@@ -198,6 +202,7 @@ def start_collector(
     container_logs: str | None = None,
     pg_log: Path | None = None,
     nginx_error_log: Path | None = None,
+    feature_gates: Sequence[str] = COLLECTOR_FEATURE_GATES,
     timeout: float = 60,
 ) -> tuple[ManagedProcess, CollectorEndpoints]:
     """Start the audit-guard collector; return once health_check answers 200.
@@ -206,7 +211,8 @@ def start_collector(
     defaults to `workdir/collector-storage`; pass the same one again to test restarts.
     A `vts_target` that serves nothing is fine: a failed scrape does not stop the collector.
     `app_log` (APP_AUDIT_LOG), `container_logs` (CONTAINER_LOGS, a glob) and `pg_log`
-    (PG_AUDIT_LOG) default to paths in `workdir` that do not exist.
+    (PG_AUDIT_LOG) default to paths in `workdir` that do not exist. `feature_gates`: the
+    ones the shipped config needs; a test may pass others (or none) to show why.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     endpoints = CollectorEndpoints(
@@ -225,7 +231,8 @@ def start_collector(
     )
     proc = ManagedProcess(
         "collector",
-        [tool_path(COLLECTOR_BIN), "--config", config or collector_config_path()],
+        [tool_path(COLLECTOR_BIN), "--config", config or collector_config_path(),
+         *([f"--feature-gates={','.join(feature_gates)}"] if feature_gates else [])],
         log_dir=workdir,
         env=endpoints.env(),
         cwd=workdir,

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .findings import Evidence, Finding, Level
+from .logrotate_conf import glob_matches
 
 __all__ = ["check_collector", "load_merged", "parse_bytes"]
 
@@ -98,6 +99,30 @@ def check_collector(paths: list[Path]) -> list[Finding]:
                 found.extend(_file_log(cid, body, ev))
             if section == "exporters" and ctype in NETWORK_EXPORTERS:
                 found.extend(_exporter(cid, body, ev))
+    found.extend(_batch_before_queue(cfg, ev))
+    return found
+
+
+def _batch_before_queue(cfg: dict[str, Any], ev: Any) -> list[Finding]:
+    """A `batch` processor in front of a persistent queue holds records only in memory after
+    the receiver moved on (file_log offsets saved, OTLP request acknowledged)."""
+    exporters = cfg.get("exporters") or {}
+    found: list[Finding] = []
+    for name, pipe in ((cfg.get("service") or {}).get("pipelines") or {}).items():
+        procs = [p for p in (pipe or {}).get("processors") or []
+                 if str(p).split("/", 1)[0] == "batch"]
+        durable = [e for e in (pipe or {}).get("exporters") or []
+                   if ((exporters.get(e) or {}).get("sending_queue") or {}).get("storage")]
+        if procs and durable:
+            found.append(Finding(
+                "collector.batch_before_queue", SUB, Level.WARN,
+                f"pipeline {name}: `{procs[0]}` holds data in memory before the persistent "
+                f"queue of {durable[0]}", ev(("service", "pipelines", name), procs[0]),
+                "A crash (kill -9, OOM) loses what the batch processor holds: file_log has "
+                "already saved the offsets past those lines, and OTLP senders were answered.",
+                "Remove the batch processor from the pipeline and batch in the exporter "
+                "instead: sending_queue.batch {flush_timeout, sizer: bytes, min_size, max_size} "
+                "(see collector-config/audit-guard.yaml)."))
     return found
 
 
@@ -123,7 +148,20 @@ def _file_log(cid: str, body: dict[str, Any], ev: Any) -> list[Finding]:
             ev((*base, "max_log_size"), body.get("max_log_size")),
             "Longer lines (a big JSON audit record) are cut or split into pieces that are no "
             "longer valid records.", "Set max_log_size: 1MiB (the default)."))
-    includes = " ".join(map(str, body.get("include") or []))
+    include_list = [str(p) for p in body.get("include") or []]
+    unrotated = [p for p in include_list if not p.endswith(".1")
+                 and not any(glob_matches(q, p + ".1") for q in include_list)]
+    if unrotated:
+        found.append(Finding(
+            "collector.rotated_file", SUB, Level.WARN,
+            f"{cid} does not read the rotated name {unrotated[0]}.1",
+            ev((*base, "include"), ", ".join(include_list)),
+            "After logrotate renames the file the writer goes on writing into <name>.1 until "
+            "it reopens, and a copytruncate leaves the unread tail in <name>.1: a reader of the "
+            "live name alone loses those lines.",
+            f"Add `{unrotated[0]}.1` to include (fingerprints keep it from being read twice; "
+            "never a .gz name) and keep delaycompress in logrotate."))
+    includes = " ".join(include_list)
     ops = body.get("operators") or []
     types = {str(o.get("type")) for o in ops if isinstance(o, dict)}
     if ("/var/lib/docker/containers" in includes or "container" in types) and \
