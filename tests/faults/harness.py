@@ -154,7 +154,7 @@ def run_row(scenario: Scenario, workroot: Path, rate: float, seed: int,
             result.notes.append(_drain(chain, delivered, quiet_s, idle_queues_s, max_drain_s))
         result.spooled = sampler.stop()
         if not sampler.metric_seen:
-            result.notes.append("processor has no audit_spans_deadlettered_total: spooled = 0")
+            result.notes.append("audit_spans_deadlettered_total never on /metrics: spooled 0")
         sampler = None
     except Exception as exc:  # the row's own failure: reported in the table, the run goes on
         result.error = f"{type(exc).__name__}: {exc}"
