@@ -109,6 +109,7 @@ class Pipeline:
         self._routes = RouteTable([*DIFY_ROUTES, *settings.routes])
         self.dedup = Deduplicator(settings.dedup_max_records)
         self._in_transaction = False  # see begin()
+        self.resent = False  # whether the last checked batch was a resent chunk
         self._lag_ns = int(settings.lag_threshold_s * 1_000_000_000)
         self._app_mapping = FieldMapping(settings.app_field_map) if settings.app_field_map else None
         self.errors = ErrorLogJoin(int(settings.error_join_window_s * 1_000_000_000))
@@ -232,7 +233,8 @@ class Pipeline:
         check_lag(batch, self._lag_ns)
         batch.route = self._routes.routes(batch.path)
         assign_ids(batch)
-        self.dedup(batch, content_digest(batch.raw) if content is None else content)
+        self.resent = self.dedup(batch,
+                                 content_digest(batch.raw) if content is None else content)
         if not self._in_transaction:
             self.dedup.commit()
         self.rules.flag(batch)
@@ -276,8 +278,8 @@ class Pipeline:
         has nothing to compare with."""
         if self.reconciler is not None and (self.reconciler.armed or with_app):
             stats.expected += expectations(batch, expected_app_records(batch, self._audited))
-        if self.counters is not None and self.counters.active:
-            served_by_host(batch, stats.served)
+        if self.counters is not None and self.counters.active and not self.resent:
+            served_by_host(batch, stats.served)  # a resent chunk was counted the first time
 
     def _note_app(self, batch: RecordBatch, stats: BatchStats | None) -> None:
         """App records: their trace ids resolve pending requests (once handed on); one whose

@@ -211,6 +211,7 @@ def test_stub_status_deficit_against_real_nginx(nginx, tmp_path) -> None:
     lines = access_log.read_text().splitlines()
     assert len(lines) == 20
     _hand_on(completeness, pipeline, lines)
+    _hand_on(completeness, pipeline, lines)  # resent (its ack was lost): counted once
     completeness.tick(time.time_ns() + 2 * S)  # settled: compared
     completeness._next_scrape = 0
     completeness.tick(time.time_ns())  # a third reading: the shortfall lasts, so it counts

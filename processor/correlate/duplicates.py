@@ -75,9 +75,10 @@ class Deduplicator:
             self._repeats.clear()
 
     # -- the check ---------------------------------------------------------------------------
-    def __call__(self, batch: RecordBatch, content: bytes) -> None:
+    def __call__(self, batch: RecordBatch, content: bytes) -> bool:
         """Flag the batch's duplicates; `content`: a digest of the chunk's raw records, which
-        tells a resent chunk from another one with the same record ids."""
+        tells a resent chunk from another one with the same record ids. True when the whole
+        chunk was seen before, exactly (a resend: what it reports was counted already)."""
         # A record is the same as another when its source, trace and span id all are. The key
         # is trace id + span id as one bytes object: bytes cache their hash.
         source = batch.source
@@ -88,10 +89,13 @@ class Deduplicator:
         if len(set(keys)) == len(keys) and first.keys().isdisjoint(keys):
             first.update(zip(keys, repeat(origin)))  # the usual case: all new
             new = keys
+            resent = False
         else:
+            resent = first.get(keys[0]) == origin if keys else False
             new = self._check(batch, keys, origin, first)
         chunks.append((origin, new))
         self._undo.append(("keys", (source, origin, new)))
+        return resent
 
     def _check(self, batch: RecordBatch, keys: list[bytes], origin: bytes,
                first: dict[bytes, bytes]) -> list[bytes]:

@@ -48,6 +48,7 @@ _SERVICES = (
 _SLOT_WAIT_S = 1.0  # how long an Export waits for a free slot before answering UNAVAILABLE
 _RETRY_AFTER_S = 1  # RetryInfo delay suggested to the collector
 _ANSWER_MARGIN_S = 2.0  # answer this long before the caller's deadline
+_LOCK_WAIT_S = 20.0  # without a caller deadline: how long an Export waits for the pipeline
 
 
 def _unavailable(context: grpc.ServicerContext, message: str) -> None:
@@ -199,7 +200,12 @@ class OtlpServer:
         resent request is processed exactly as the first time (same spans, same ids)."""
         stats = BatchStats()
         started = time.monotonic()
-        with self.pipeline_lock:
+        # Waiting longer than the caller would is work for nothing: it resends anyway.
+        wait = (deadline if deadline is not None else started + _LOCK_WAIT_S) - started
+        if not self.pipeline_lock.acquire(timeout=max(wait, 0.001)):
+            self.telemetry.inc("audit_export_backpressure_total")
+            return "audit-guard is busy with earlier requests; retry later"
+        try:
             savepoint = self.pipeline.begin()
             try:
                 traces, count = self.pipeline.process_logs(request, time.time_ns(), stats)
@@ -223,6 +229,8 @@ class OtlpServer:
                 self.pipeline.rollback(savepoint)
                 log.exception("processing an Export failed; answering UNAVAILABLE")
                 return f"audit-guard failed processing this request, keep and retry: {exc!r}"
+        finally:
+            self.pipeline_lock.release()
         if not count:
             return None
         if outcome is not None:
