@@ -202,12 +202,19 @@ class _KeyCache:
         return out
 
 
-def _encode_events(found: list[tuple[int, str, dict[str, str | int]]]) -> bytes:
+def _encode_events(found: list[tuple[int, str, dict[str, str | int]]], max_bytes: int) -> bytes:
     """Span events (rare: error-log evidence), encoded by the stubs. A time a span cannot
-    carry is left out (0); values are made safe as attributes are."""
+    carry is left out (0); values are made safe as attributes are, and strings cut at
+    `max_bytes` (the same text is a span attribute too, which carries the mark)."""
+    def cut(value: str | int) -> str | int:
+        if value.__class__ is str and len(value) * 4 > max_bytes:  # type: ignore[arg-type]
+            return cut_utf8(_utf8(value), max_bytes).decode()  # type: ignore[arg-type]
+        return value
+
     return Span(events=[
-        Span.Event(time_unix_nano=when if 0 <= when <= _MAX_UINT64 else 0, name=_clean(name),
-                   attributes=[KeyValue(key=_clean(k), value=_any_value(v))
+        Span.Event(time_unix_nano=when if 0 <= when <= _MAX_UINT64 else 0,
+                   name=_clean(cut(name)),  # type: ignore[arg-type]
+                   attributes=[KeyValue(key=_clean(k), value=_any_value(cut(v)))
                                for k, v in attrs.items()])
         for when, name, attrs in found
     ]).SerializeToString()
@@ -473,7 +480,8 @@ class SpanBuilder:
         if True in batch.trace_id_generated:
             columns.append([self._generated if g else b"" for g in batch.trace_id_generated])
         if any(batch.events):
-            columns.append([_encode_events(found) if found else b"" for found in batch.events])
+            columns.append([_encode_events(found, self.max_attribute_bytes) if found else b""
+                            for found in batch.events])
         if errors:
             status = [b""] * n
             for i in errors:
