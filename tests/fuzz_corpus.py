@@ -351,9 +351,14 @@ def mutated_lines(fmt: str, count: int, rnd: random.Random, clean_share: float =
     seeds = SEEDS[fmt]
     out = []
     for _ in range(count):
-        line = rnd.choice(seeds)
+        # A request id of its own (as nginx makes one per request), so that only a repeated
+        # line is a duplicate.
+        line = rnd.choice(seeds).replace(_RID_BYTES, b"%032x" % rnd.getrandbits(128))
         out.append(line if rnd.random() < clean_share else mutate(fmt, line, rnd, allow_huge))
     return out
+
+
+_RID_BYTES = _RID.encode()
 
 
 # -- running lines through the service's pipeline and through replay -----------------------------
