@@ -157,11 +157,12 @@ def encode_attribute(key: str, value: AttrValue, max_bytes: int | None = None) -
 class _KeyCache:
     """value → encoded attribute, for one attribute key; None (absent) → b"". Bounded.
 
-    String values longer than `max_bytes` are cut when they are encoded (once per distinct
-    value); `capped` remembers those values with their length before the cut, so the builder
-    can mark their rows. It stays empty, and costs nothing, while no value was ever cut."""
+    A string value longer than `max_bytes` is cut when it is encoded, and never cached (the
+    cache would keep the whole value alive): `last_capped` lists the (row, size before the cut)
+    of such values in the last `column`/`one` call, so the builder can mark their rows. It is
+    None, and costs nothing, while no value is that long."""
 
-    __slots__ = ("key", "values", "max", "max_bytes", "capped")
+    __slots__ = ("key", "values", "max", "max_bytes", "last_capped")
 
     def __init__(self, key: str, max_entries: int = 50_000,
                  max_bytes: int = DEFAULT_MAX_ATTRIBUTE_BYTES) -> None:
@@ -169,35 +170,42 @@ class _KeyCache:
         self.values: dict[AttrValue | None, bytes] = {None: b""}
         self.max = max_entries
         self.max_bytes = max_bytes
-        self.capped: dict[AttrValue, int] = {}
-
-    def _encode(self, value: AttrValue) -> bytes:
-        # len(str) * 4 bounds its UTF-8 size: only a long value is measured.
-        if value.__class__ is str and len(value) * 4 > self.max_bytes:  # type: ignore[arg-type]
-            size = len(_utf8(value))  # type: ignore[arg-type]
-            if size > self.max_bytes:
-                self.capped[value] = size
-        return encode_attribute(self.key, value, self.max_bytes)
+        self.last_capped: list[tuple[int, int]] | None = None
 
     def one(self, value: AttrValue | None) -> bytes:
         """The encoded attribute for one value (sparse rows)."""
         blob = self.values.get(value)
-        return blob if blob is not None else self.column([value])[0]
+        if blob is not None:
+            self.last_capped = None
+            return blob
+        return self.column([value])[0]
 
     def column(self, values: list[AttrValue | None]) -> list[bytes]:
         """Encoded attributes for a column of values (cache lookups are one C-level map)."""
         out = list(map(self.values.get, values))
+        self.last_capped = None
         if None in out:  # values not seen before
             if len(self.values) >= self.max:
                 self.values.clear()
                 self.values[None] = b""
-                self.capped.clear()
             for i, blob in enumerate(out):
                 if blob is None:
                     value = values[i]
                     blob = self.values.get(value)
                     if blob is None:
-                        blob = self.values[value] = self._encode(value)
+                        # len(str) * 4 bounds its UTF-8 size: only a long value is measured.
+                        size = (len(_utf8(value))  # type: ignore[arg-type]
+                                if value.__class__ is str
+                                and len(value) * 4 > self.max_bytes  # type: ignore[arg-type]
+                                else 0)
+                        blob = encode_attribute(self.key, value,  # type: ignore[arg-type]
+                                                self.max_bytes)
+                        if size > self.max_bytes:
+                            if self.last_capped is None:
+                                self.last_capped = []
+                            self.last_capped.append((i, size))
+                        else:
+                            self.values[value] = blob
                     out[i] = blob
         return out
 
@@ -294,12 +302,9 @@ class SpanBuilder:
         """Encoded attributes for a column; rows whose value was cut go into `truncated`."""
         cache = self._cache(key)
         out = cache.column(values)
-        capped = cache.capped
-        if capped and not capped.keys().isdisjoint(values):  # rare: some value was cut
-            for i, value in enumerate(values):
-                size = capped.get(value)  # type: ignore[arg-type]
-                if size is not None:
-                    truncated.setdefault(i, []).append((key, size))
+        if cache.last_capped:  # rare: some value was cut
+            for i, size in cache.last_capped:
+                truncated.setdefault(i, []).append((key, size))
         return out
 
     def _truncation_column(self, batch: RecordBatch,
@@ -329,7 +334,10 @@ class SpanBuilder:
                     m, r = methods[i], routes[i]
                     blob = names.get((m, r))
                     if blob is None:
-                        blob = names[(m, r)] = self._encode_name(f"{m} {r}" if r else m)
+                        name = f"{m} {r}" if r else m
+                        blob = self._encode_name(name)
+                        if len(name) * 4 <= self.max_attribute_bytes:  # a cut one: not kept
+                            names[(m, r)] = blob
                     out[i] = blob
         return out
 
@@ -372,8 +380,8 @@ class SpanBuilder:
                 for key, value in attrs.items():
                     cache = self._cache(key)
                     parts.append(cache.one(value))
-                    if cache.capped and value in cache.capped:
-                        truncated.setdefault(i, []).append((key, cache.capped[value]))
+                    if cache.last_capped:
+                        truncated.setdefault(i, []).append((key, cache.last_capped[0][1]))
             if has_lag and observed[i] is not None and ends[i] is not None:
                 lag_ms = (observed[i] - ends[i]) // 1_000_000
                 parts.append(self._cache("audit.ingest_lag_ms").one(lag_ms))
