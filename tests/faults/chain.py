@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
 from processor.demo.procs import ManagedProcess, free_port, http_ok, port_open, repo_root
 
 from .backend import MAX_RECV_BYTES, Control
+from .lines import append_lines
 
 __all__ = ["Chain", "ChainOptions", "scrape"]
 
@@ -74,6 +75,7 @@ class Chain:
         self.procs: dict[str, ManagedProcess] = {}
         self._ready: dict[str, Callable[[], bool]] = {}
         self._mounted = False
+        self.injected_lines = 0  # access lines the harness wrote itself (backlog, poison)
 
     # ------------------------------------------------------------------------------ start
 
@@ -168,6 +170,12 @@ class Chain:
         assert proc.proc is not None and proc.proc.poll() is not None, f"{name} still runs"
         proc.stop()  # closes its log file
         proc.start().wait_ready(self._ready[name], timeout=timeout)
+
+    def inject(self, lines: Iterable[bytes], chunk: int = 1) -> int:
+        """Append lines to nginx's access log (O_APPEND, whole lines) and count them."""
+        count = append_lines(self.nginx.access_log, lines, chunk)
+        self.injected_lines += count
+        return count
 
     def nginx_reopen_argv(self) -> list[str]:
         return [*nginx_argv(self.nginx.conf), "-s", "reopen"]

@@ -31,7 +31,7 @@ from .traffic import Traffic
 
 __all__ = ["format_table", "main", "run_row", "run_rows"]
 
-COLUMNS = ("row", "sent", "written", "delivered", "lost", "rewritten", "spooled",
+COLUMNS = ("row", "sent", "written", "unlogged", "delivered", "lost", "rewritten", "spooled",
            "duplicates", "seconds")
 
 
@@ -174,6 +174,10 @@ def run_row(scenario: Scenario, workroot: Path, rate: float, seed: int,
         inputs = files + log_files(chain.nginx.workdir, "error.log") + \
             log_files(chain.workdir, "app.log")
         compare(result, written, delivered, Reference.of(inputs))
+        result.unlogged = max(0, result.sent - (len(written) - chain.injected_lines))
+        if result.unlogged:
+            result.notes.append(f"{result.unlogged} answered requests have no line in any log "
+                                "file")
     except Exception as exc:
         result.error = result.error or f"measuring failed: {type(exc).__name__}: {exc}"
     result.seconds = time.monotonic() - started
@@ -183,6 +187,7 @@ def run_row(scenario: Scenario, workroot: Path, rate: float, seed: int,
 
 def _cells(r: RowResult) -> dict[str, str]:
     return {"row": r.name, "sent": str(r.sent), "written": str(r.written),
+            "unlogged": str(r.unlogged),
             "delivered": str(r.delivered), "lost": str(r.lost), "rewritten": str(r.rewritten),
             "spooled": str(r.spooled), "duplicates": str(r.duplicates),
             "seconds": f"{r.seconds:.0f}"}

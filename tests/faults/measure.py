@@ -130,6 +130,9 @@ class RowResult:
     name: str
     sent: int = 0
     written: int = 0
+    # Answered requests whose line is in no log file (e.g. written between logrotate's copy
+    # and truncate): lost before the chain could read them.
+    unlogged: int = 0
     delivered: int = 0
     lost: int = 0
     rewritten: int = 0
@@ -141,7 +144,8 @@ class RowResult:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.lost == 0 and self.rewritten == 0 and self.written > 0
+        return (self.error is None and self.written > 0 and self.lost == 0
+                and self.rewritten == 0 and self.unlogged == 0)
 
 
 def compare(result: RowResult, written: Counter[str], delivered: Delivered,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chain import Chain, ChainOptions
-from .lines import append_lines, backlog_lines, poison_line
+from .lines import backlog_lines, poison_line
 from .traffic import Traffic
 
 __all__ = ["BACKEND_CODES", "RowContext", "Scenario", "full_matrix", "short_matrix"]
@@ -166,7 +166,7 @@ def poison_every(lines: int) -> Callable[[RowContext], None]:
         while True:
             if ctx.traffic.answered + n >= (n + 1) * lines:
                 what, line = poison_line(n)
-                append_lines(ctx.chain.nginx.access_log, [line])
+                ctx.chain.inject([line])
                 ctx.log(f"poisoned line {n + 1}: {what}")
                 n += 1
             elif ctx.traffic.finished:
@@ -179,8 +179,7 @@ def poison_every(lines: int) -> Callable[[RowContext], None]:
 def write_backlog(count: int, user_agent_chars: int
                   ) -> Callable[[Chain, Callable[[str], None]], None]:
     def prepare(chain: Chain, log: Callable[[str], None]) -> None:
-        written = append_lines(chain.nginx.access_log, backlog_lines(count, user_agent_chars),
-                               chunk=1000)
+        written = chain.inject(backlog_lines(count, user_agent_chars), chunk=1000)
         size = Path(chain.nginx.access_log).stat().st_size
         log(f"backlog: {written} lines ({size / 1e6:.1f} MB) in the access log before start")
     return prepare
