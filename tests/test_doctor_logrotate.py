@@ -299,3 +299,12 @@ def test_collector_batch_processor_before_a_persistent_queue_warns(tmp_path: Pat
     found = check_collector([_collector_variant(tmp_path, with_batch)])
     assert [(f.check, f.level) for f in found if f.level is not Level.OK] == [
         ("collector.batch_before_queue", Level.WARN)]
+
+
+def test_collector_rereading_a_half_written_copy_warns(tmp_path: Path) -> None:
+    def read_whole_file(cfg: dict[str, Any]) -> None:
+        cfg["receivers"]["file_log/app"]["on_truncate"] = "read_whole_file"
+
+    found = check_collector([_collector_variant(tmp_path, read_whole_file)])
+    assert [(f.check, f.level, f.title.split(":")[0]) for f in found
+            if f.level is not Level.OK] == [("collector.on_truncate", Level.WARN, "file_log/app")]

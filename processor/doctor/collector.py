@@ -161,6 +161,16 @@ def _file_log(cid: str, body: dict[str, Any], ev: Any) -> list[Finding]:
             "live name alone loses those lines.",
             f"Add `{unrotated[0]}.1` to include (fingerprints keep it from being read twice; "
             "never a .gz name) and keep delaycompress in logrotate."))
+    elif body.get("on_truncate") == "read_whole_file":
+        found.append(Finding(
+            "collector.on_truncate", SUB, Level.WARN,
+            f"{cid}: on_truncate read_whole_file while reading <name>.1",
+            ev((*base, "on_truncate"), "read_whole_file"),
+            "A poll that sees logrotate's copy half-written (a known fingerprint, shorter than "
+            "the saved offset) re-reads it from byte 0: the whole file is sent again, and lines "
+            "were lost in the confusion (measured with a 129 MB log).",
+            "Set on_truncate: ignore (the default): the copy is read on once it has grown past "
+            "the offset, and the truncated file, new content, is read from its start."))
     includes = " ".join(include_list)
     ops = body.get("operators") or []
     types = {str(o.get("type")) for o in ops if isinstance(o, dict)}

@@ -170,8 +170,8 @@ def _check_block(block: Block, logs: list[AuditLog]) -> list[Finding]:
             f"{names}: copytruncate loses the lines written between copy and truncate",
             _ev(opt("copytruncate"), block),
             "logrotate copies the file, then truncates it: a line written in between is in "
-            "neither file (logrotate(8) says so). The collector itself handles the truncation "
-            "(on_truncate: read_whole_file) and reads <name>.1.",
+            "neither file (logrotate(8) says so). The collector itself copes: it reads the "
+            "unread tail from <name>.1 and the truncated file from its start.",
             "Where the writer can reopen its log (nginx can), rotate by rename with a "
             "postrotate that reopens instead."))
     found.extend(_frequency(block, names))
