@@ -37,6 +37,9 @@ class ChainOptions:
     backend_max_recv_bytes: int = MAX_RECV_BYTES
     # Mount a tmpfs of this many bytes as the processor's reconcile.state_dir (root only).
     state_dir_tmpfs_bytes: int | None = None
+    # The processor exports straight to the backend instead of the collector's otlp/egress
+    # (the collector's exporter then never sees the backend's answers; the processor does).
+    processor_to_backend: bool = False
 
 
 def scrape(url: str, name: str) -> float | None:
@@ -117,7 +120,8 @@ class Chain:
         config = self.processor_config
         config.write_text(json.dumps({  # JSON is YAML
             "server": {"listen": f"127.0.0.1:{self.processor_port}"},
-            "exporter": {"endpoint": ep.egress},
+            "exporter": {"endpoint": f"127.0.0.1:{self.backend_port}"
+                         if self.options.processor_to_backend else ep.egress},
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
             "reconcile": {
                 "state_dir": str(self.state_dir),

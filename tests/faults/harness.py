@@ -26,7 +26,7 @@ from processor.demo.procs import repo_root
 
 from .chain import Chain
 from .measure import Delivered, Reference, RowResult, compare, log_files, written_ids
-from .scenarios import RowContext, Scenario, full_matrix, short_matrix
+from .scenarios import RowContext, Scenario, direct_rows, full_matrix, short_matrix
 from .traffic import Traffic
 
 __all__ = ["format_table", "main", "run_row", "run_rows"]
@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="ROW",
                         help="run only these rows (repeat, or comma-separated)")
     parser.add_argument("--short", action="store_true", help="the make-test subset")
+    parser.add_argument("--direct", action="store_true",
+                        help="add the direct-* rows: backend answers with the processor "
+                             "exporting straight to the backend (~8 min more)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--rate", type=float, default=80.0, help="requests/s (default 80)")
     parser.add_argument("--seed", type=int, default=None, help="random moments' seed")
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     matrix = short_matrix() if args.short else full_matrix()
+    if args.direct or any(n.startswith("direct-") for arg in args.only for n in arg.split(",")):
+        matrix += direct_rows()
     names = [n for arg in args.only for n in arg.split(",") if n]
     unknown = set(names) - {s.name for s in matrix}
     if unknown:
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.list:
         for s in matrix:
-            print(f"{s.name:22} {s.seconds:4.0f}s  {s.what}")
+            print(f"{s.name:27} {s.seconds:4.0f}s  {s.what}")
         return 0
     chosen = [s for s in matrix if not names or s.name in names]
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)

@@ -24,7 +24,8 @@ from .chain import Chain, ChainOptions
 from .lines import backlog_lines, poison_line
 from .traffic import Traffic
 
-__all__ = ["BACKEND_CODES", "RowContext", "Scenario", "full_matrix", "short_matrix"]
+__all__ = ["BACKEND_CODES", "RowContext", "Scenario", "direct_rows", "full_matrix",
+           "short_matrix"]
 
 # Non-OK answers a backend may give (issue #11, point 6); RESOURCE_EXHAUSTED without RetryInfo.
 BACKEND_CODES = ("UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED", "INTERNAL",
@@ -220,6 +221,21 @@ def full_matrix() -> list[Scenario]:
                  "status 70000, bytes > int64, lone surrogate, year 0001)", 100,
                  poison_every(5000), rate=300),
     ]
+    return rows
+
+
+def direct_rows() -> list[Scenario]:
+    """Opt-in (`--direct`): the backend-answer rows with the processor exporting straight to
+    the backend, so its own retries and dead-letter spool meet the backend's answers (through
+    the shipped collector, its otlp exporter answers them instead)."""
+    direct = ChainOptions(processor_to_backend=True)
+    rows = [Scenario(f"direct-{code.lower().replace('_', '-')}",
+                     f"processor → backend directly; backend answers {code} for 30s", 45,
+                     backend_answers(code, 8, 30), options=direct)
+            for code in BACKEND_CODES]
+    rows.append(Scenario("direct-partial", "processor → backend directly; partial_success "
+                         "rejecting every span, 30s", 45, backend_answers(None, 8, 30),
+                         options=direct))
     return rows
 
 
