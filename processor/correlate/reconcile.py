@@ -72,7 +72,11 @@ def missing_span_id(trace_id: bytes) -> bytes:
 
 
 def _last(value: object) -> str:
-    """The last attempt's value of an upstream_* list ("502, 200" → "200")."""
+    """The last attempt's value of an upstream_* list ("502, 200" → "200"); "" (nothing) for
+    an object or array, as _status_answered takes it: never str() of one, which a deeply
+    nested one makes exhaust the recursion limit."""
+    if not isinstance(value, str | int | float):
+        return ""
     return str(value).rpartition(" ")[2]
 
 
