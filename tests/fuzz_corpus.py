@@ -464,11 +464,17 @@ class _ErrorLog(logging.Handler):
         self.messages.append(record.getMessage())
 
     def __enter__(self) -> _ErrorLog:
-        logging.getLogger().addHandler(self)
+        logger = logging.getLogger("processor")
+        self._level = logger.level
+        if logger.getEffectiveLevel() > logging.ERROR:  # e.g. make fuzz silences logging
+            logger.setLevel(logging.ERROR)
+        logger.addHandler(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger().removeHandler(self)
+        logger = logging.getLogger("processor")
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
 
 
 def run_service(pipeline: Pipeline, fmt: str, lines: list[bytes], now_ns: int, *,
