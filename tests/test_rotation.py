@@ -36,7 +36,7 @@ import pytest
 
 from processor.demo.backends import start_collector
 from processor.demo.nginx import nginx_argv
-from processor.demo.procs import free_port, tool_path
+from processor.demo.procs import ManagedProcess, free_port, tool_path
 from processor.doctor.findings import Level
 from processor.doctor.logrotate import AuditLog, check_logrotate
 from tests.nginx_upstream import NginxUpstream, nginx_with_upstream
@@ -262,3 +262,80 @@ def test_copytruncate_seen_mid_copy_is_read_once(tmp_path: Path) -> None:
 
 def number(line: str) -> int:
     return int(line[5:line.index(",")])  # '{"n":<int>,…'
+
+
+class DockerJsonFileWriter(threading.Thread):
+    """Writes json-file lines like dockerd, and rotates like it (`max-file: 3`): when the file
+    holds `per_file` lines, `.1` → `.2`, live → `.1`, a new live file — by the writer itself, so
+    nothing is written to a renamed file; a reader that is behind finds the rest in `.1`."""
+
+    def __init__(self, live: Path, rate: int, per_file: int) -> None:
+        super().__init__(daemon=True)
+        self.live, self.rate, self.per_file = live, rate, per_file
+        self.written, self.rotations = 0, 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        start, in_file = time.monotonic(), 0
+        while not self._halt.is_set():
+            due = int((time.monotonic() - start) * self.rate)
+            with self.live.open("a") as f:
+                while self.written < due and in_file < self.per_file:
+                    f.write(json.dumps({"log": f'{{"n":{self.written}}}\n', "stream": "stdout",
+                                        "time": "2026-12-02T01:00:00.000000001Z"}) + "\n")
+                    self.written += 1
+                    in_file += 1
+            if in_file >= self.per_file:
+                one = self.live.with_name(self.live.name + ".1")
+                if one.exists():
+                    one.rename(self.live.with_name(self.live.name + ".2"))
+                self.live.rename(one)
+                self.rotations, in_file = self.rotations + 1, 0
+            time.sleep(0.005)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join(10)
+        return self.written
+
+
+def test_docker_json_file_rotation_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """dockerd rotates by rename with no reopen gap, but a collector that is down (restart,
+    upgrade) while the file rotates finds the lines it had not read in `<id>-json.log.1`."""
+    tool_path("otelcol-audit-guard")  # no skip: a missing collector is a failure
+    live = tmp_path / "containers" / "c0ffee" / "c0ffee-json.log"
+    live.parent.mkdir(parents=True)
+    writer = DockerJsonFileWriter(live, rate=3000, per_file=4000)  # a rotation every ~1.3 s
+    with FakeProcessor(free_port()) as fake:
+        def start() -> ManagedProcess:
+            return start_collector(
+                tmp_path / "collector", access_log=tmp_path / "none.log",
+                container_logs=str(tmp_path / "containers" / "*" / "*-json.log"),
+                processor_endpoint=f"127.0.0.1:{fake.port}",
+                traces_endpoint=f"127.0.0.1:{free_port()}",
+                vts_target=f"127.0.0.1:{free_port()}")[0]
+
+        proc = start()
+        try:
+            writer.start()
+            time.sleep(2)
+            proc.stop()  # down for less than one rotation period: the file rotates meanwhile
+            rotations = writer.rotations
+            time.sleep(1)
+            assert writer.rotations > rotations, "no rotation while the collector was down"
+            proc = start()
+            time.sleep(3)
+            written = writer.stop()
+
+            def delivered() -> list[int]:
+                return [json.loads(body)["n"] for path, body in fake.bodies_by_file()
+                        if path.startswith(str(live))]  # the container parser unwrapped `log`
+
+            settle(lambda: set(range(written)) <= set(delivered()), lambda: len(fake.bodies()))
+            got = delivered()
+            lost = set(range(written)) - set(got)
+            assert not lost, f"{len(lost)} of {written} container lines lost"
+            assert len(got) == len(set(got)), f"{len(got) - len(set(got))} lines sent twice"
+        finally:
+            writer.stop()
+            proc.stop()
