@@ -86,7 +86,8 @@ class Deduplicator:
         chunks = self._chunks.setdefault(source, deque())
         keys = list(map(bytes.__add__, batch.trace_id, batch.span_id))
         origin = xxh3_64_digest(b"".join((content, *keys)))
-        if len(set(keys)) == len(keys) and first.keys().isdisjoint(keys):
+        distinct = set(keys)
+        if len(distinct) == len(keys) and first.keys().isdisjoint(distinct):
             first.update(zip(keys, repeat(origin)))  # the usual case: all new
             new = keys
             resent = False
