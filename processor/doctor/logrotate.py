@@ -74,8 +74,9 @@ def audit_logs_from_collector(cfg: dict[str, object]) -> list[AuditLog]:
     """The files the collector's file_log receivers read (env references resolved from this
     environment, else their defaults), without the `.1` entries and the container logs."""
     found: list[AuditLog] = []
-    receivers = cfg.get("receivers") or {}
-    assert isinstance(receivers, dict)
+    receivers = cfg.get("receivers")
+    if not isinstance(receivers, dict):
+        return found
     for cid, body in receivers.items():
         if not str(cid).startswith(("file_log", "filelog")) or not isinstance(body, dict):
             continue
