@@ -105,6 +105,28 @@ def test_reconciliation_armed_never_raises(rnd: random.Random) -> None:
     assert len(stats.expected) <= 30
 
 
+def test_deeply_nested_upstream_values_with_reconciliation(tmp_path: Path) -> None:
+    """Found by make fuzz: an upstream_* value nested 1000 deep reached str() in the
+    reconciliation's "did the app answer" rule, in serve and in replay."""
+    line = _with("upstream_bytes_received", b"[" * 1000 + b"]" * 1000)
+    app = SEEDS["app_dify_json"][0].decode()
+    pipeline = Pipeline(_settings())
+    pipeline.reconciler = RequestReconciler(window_s=30, late_horizon_s=300, max_pending=100)
+    request = logs_request(line)
+    request.resource_logs.extend(logs_request(app, source="app").resource_logs)
+    payload, count = pipeline.process_logs(request, NOW, BatchStats())
+    spans = [s for rs in ExportTraceServiceRequest.FromString(payload).resource_spans
+             for ss in rs.scope_spans for s in ss.spans]
+    assert count == len(spans) == 2
+    assert not any("invalid_field:record" in span_flags(s) for s in spans)
+    access, app_log = tmp_path / "access.log", tmp_path / "app.log"
+    access.write_text(line + "\n")
+    app_log.write_text(app + "\n")
+    out, err = io.BytesIO(), io.StringIO()
+    assert replay([access, app_log], settings=_settings(), out=out, err=err) in (0, 1)
+    assert len(out.getvalue().splitlines()) == 2
+
+
 # -- bad values are flagged on their record, the rest of the batch is untouched ---------------
 
 _SHIPPED = orjson.loads(SEEDS["nginx_json"][0])
