@@ -387,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser(
         "doctor", add_help=False,
-        help="find why audit logs go missing: checks nginx, Docker, the app, PostgreSQL and "
-             "collector configs (doctor --help)",
+        help="find why audit logs go missing: checks nginx, Docker, the app, PostgreSQL, "
+             "logrotate and collector configs (doctor --help)",
     )
 
     demo = sub.add_parser(
