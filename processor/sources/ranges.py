@@ -89,9 +89,13 @@ def check_column(
     there). Returns the same list object when every value is in range: then the cost is one
     C-level min/max pass."""
     lo, hi = bounds
-    present = column if None not in column else [v for v in column if v is not None]
-    if not present or (lo <= min(present) and max(present) <= hi):
-        return column
+    try:  # the usual case, every value there: no None pass first
+        if not column or (lo <= min(column) and max(column) <= hi):
+            return column
+    except TypeError:  # a None (an absent value) among them
+        present = [v for v in column if v is not None]
+        if not present or (lo <= min(present) and max(present) <= hi):
+            return column
     out = list(column)
     for i, value in enumerate(column):
         if value is not None and not lo <= value <= hi:
@@ -117,13 +121,26 @@ def note_unparseable(
                 names.append(name)
 
 
+# ASCII control characters: what str.isprintable rejects in ASCII text.
+_ASCII_CONTROLS = bytes(range(32)) + b"\x7f"
+
+
+def _all_printable(values: list[str]) -> bool:
+    """all(map(str.isprintable, values)), 3x faster for ASCII (the usual case: hex ids): the
+    joined text's bytes with the control characters deleted are as long as before."""
+    joined = "".join(values)
+    if joined.isascii():
+        raw = joined.encode()
+        return len(raw.translate(None, _ASCII_CONTROLS)) == len(raw)
+    return all(map(str.isprintable, values))
+
+
 def check_ids(name: str, column: list[str | None], unparsed: dict[int, list[str]]
               ) -> list[str | None]:
     """`column` with every id that fails `id_ok` replaced by None, its row noted under `name`.
     Returns the same list object when every id is fine (two C-level passes)."""
     present = column if None not in column else [v for v in column if v is not None]
-    if not present or (max(map(len, present)) <= MAX_ID_CHARS
-                       and all(map(str.isprintable, present))):
+    if not present or (max(map(len, present)) <= MAX_ID_CHARS and _all_printable(present)):
         return column
     out = list(column)
     for i, value in enumerate(column):
