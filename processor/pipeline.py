@@ -119,7 +119,7 @@ class Pipeline:
             APP: settings.app_service_name,
             PGAUDIT: settings.pgaudit_service_name,
         }
-        self.span_builder = SpanBuilder()
+        self.span_builder = SpanBuilder(settings.max_attribute_bytes)
         # Set by `serve` when request reconciliation is on: app records that come after their
         # request was reported missing are flagged late_record.
         self.reconciler: RequestReconciler | None = None

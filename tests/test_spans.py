@@ -7,6 +7,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from processor.config import load_settings
 from processor.pipeline import Pipeline
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -261,3 +262,11 @@ def test_hand_framed_string_attributes_equal_the_stubs_encoding() -> None:
             assert encode_attribute(key, value) == expected, (key, value[:40])
     assert Span.FromString(encode_attribute("k", "a\udc80b")).attributes[0].value.string_value \
         == "a?b"
+
+
+def test_the_attribute_cap_is_the_configured_one() -> None:
+    pipeline = Pipeline(load_settings(max_attribute_bytes=1024))
+    (span,) = export(pipeline, orjson.dumps({**LINE, "request_uri": "/v1/" + "x" * 5000}).decode())
+    a = attrs(span)
+    assert len(a["url.path"].encode()) <= 1024
+    assert "truncated_attribute:url.path" in a["audit.flags"]
