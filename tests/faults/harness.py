@@ -112,21 +112,40 @@ def _drain(chain: Chain, delivered: Delivered, quiet_s: float, idle_queues_s: fl
         time.sleep(1)
 
 
+def _start_chain(scenario: Scenario, workroot: Path, notes: list[str]) -> Chain:
+    """A started chain. Start-up is tried twice, the second time on fresh ports in a fresh
+    dir: a port found free can be taken (e.g. as the source port of some program's outgoing
+    connection) before our program binds it."""
+    for attempt in (1, 2):
+        name = scenario.name if attempt == 1 else f"{scenario.name}.retry"
+        chain = Chain(workroot / name, scenario.options)
+        _log(f"[{scenario.name}] {scenario.what}: starting the chain in {chain.workdir}")
+        try:
+            if scenario.prepare is not None:
+                scenario.prepare(chain, _log)
+            return chain.start()
+        except Exception as exc:
+            chain.close()
+            if attempt == 2:
+                raise
+            first = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+            notes.append(f"start-up failed once ({first}); retried on fresh ports")
+            _log(f"[{scenario.name}] start-up failed: {exc}")
+    raise AssertionError("unreachable")
+
+
 def run_row(scenario: Scenario, workroot: Path, rate: float, seed: int,
             quiet_s: float = 45, idle_queues_s: float = 15, max_drain_s: float = 300
             ) -> RowResult:
     result = RowResult(scenario.name)
     started = time.monotonic()
-    chain = Chain(workroot / scenario.name, scenario.options)
+    chain: Chain | None = None
     traffic: Traffic | None = None
     sampler: SpoolSampler | None = None
-    delivered = Delivered(chain.record_file)
     row_rate = scenario.rate or rate
     try:
-        _log(f"[{scenario.name}] {scenario.what}: starting the chain in {chain.workdir}")
-        if scenario.prepare is not None:
-            scenario.prepare(chain, _log)
-        chain.start()
+        chain = _start_chain(scenario, workroot, result.notes)
+        delivered = Delivered(chain.record_file)
         sampler = SpoolSampler(chain).start()
         requests = int(scenario.seconds * row_rate)
         _log(f"[{scenario.name}] traffic: {requests} requests at {row_rate:.0f}/s")
@@ -164,7 +183,11 @@ def run_row(scenario: Scenario, workroot: Path, rate: float, seed: int,
             traffic.stop()
         if sampler is not None:
             sampler.stop()
-        chain.close()
+        if chain is not None:
+            chain.close()
+    if chain is None:
+        result.seconds = time.monotonic() - started
+        return result
     try:
         delivered.update()
         files = _all_written(chain)
@@ -213,7 +236,8 @@ def run_rows(scenarios: list[Scenario], workroot: Path, rate: float, seed: int,
         result = run_row(scenario, workroot, rate, seed, **drain)
         results.append(result)
         if result.ok and not keep:  # failing rows keep their logs and files for a look
-            shutil.rmtree(workroot / scenario.name, ignore_errors=True)
+            for name in (scenario.name, f"{scenario.name}.retry"):
+                shutil.rmtree(workroot / name, ignore_errors=True)
     return results
 
 
