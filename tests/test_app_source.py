@@ -36,10 +36,10 @@ import pytest
 from processor import flags
 from processor.correlate.traces import assign_ids
 from processor.demo.upstream import serve
+from processor.grammar import timestamps
 from processor.sources.app import (
     SOURCE,
     FieldMapping,
-    iso_to_ns,
     parse_line,
     parse_lines,
     parse_request_message,
@@ -381,7 +381,7 @@ def test_generic_bad_values_are_unparsed() -> None:
                                  "path": "/v1/x"}))
     assert rec.time_unix_nano is None and rec.status is None and rec.user_id is None
     assert set(rec.unparsed) == {"time", "status", "user_id"}
-    assert iso_to_ns("2025-13-01T00:00:00Z") is None  # month 13
+    assert timestamps.iso8601_ns("2025-13-01T00:00:00Z") is None  # month 13
 
 
 def test_field_mapping_nested_keys() -> None:

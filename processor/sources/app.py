@@ -35,17 +35,17 @@ line cut mid-write is salvaged (every complete top-level member) and gets the tr
 
 from __future__ import annotations
 
-import calendar
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 from typing import Any
 
 import jmespath
 from jmespath.exceptions import JMESPathError, LexerError, ParseError
 
 from .. import flags
+from ..grammar import timestamps
 from ..record import AuditRecord, RecordBatch
 from . import ranges
 from .columns import text, to_int
@@ -56,7 +56,6 @@ __all__ = [
     "GENERIC_KEYS",
     "SOURCE",
     "FieldMapping",
-    "iso_to_ns",
     "parse_line",
     "parse_lines",
     "parse_request_message",
@@ -109,10 +108,6 @@ _TEXT_LINE = re.compile(
     re.S,
 )
 
-_ISO = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?"
-)
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 # Fields holding an id: range-checked (processor.sources.ranges.id_ok).
 _IDS = frozenset({"request_id", "trace_id", "traceparent"})
@@ -123,9 +118,6 @@ _CALLER = re.compile(r"(?P<file>[^:]+):(?P<line>\d{1,18})")
 _PLAIN_KEY = re.compile(r"[^.\[\]{}()|&!<>=,*`'\"\s]+")
 # Epoch numbers above this are milliseconds (as seconds it would be the year 5138).
 _EPOCH_MS_FROM = 100_000_000_000
-# Times and durations outside processor.sources.ranges are treated as unparseable rather than
-# left to fail at encoding.
-_MAX_NS = ranges.MAX_TIME_NS
 
 
 # -- field mapping ---------------------------------------------------------------------------
@@ -245,50 +237,15 @@ def _scalar_text(value: Any) -> tuple[str | None, bool]:
     return text(value), True
 
 
-def _civil_ns(
-    parts: tuple[int, int, int, int, int, int], nanos: int, offset_s: int | None,
-    local_tz: tzinfo | None,
-) -> int | None:
-    try:
-        naive = datetime(*parts)  # validates month/day/hour ranges (timegm does not)
-    except ValueError:
-        return None
-    if offset_s is None:
-        offset = local_tz.utcoffset(naive) if local_tz is not None else None
-        offset_s = int(offset.total_seconds()) if offset is not None else 0
-    ns = (calendar.timegm(naive.timetuple()) - offset_s) * 1_000_000_000 + nanos
-    return ns if 0 < ns <= _MAX_NS else None
-
-
-def iso_to_ns(value: str, local_tz: tzinfo | None = None) -> int | None:
-    """ISO 8601 → ns since the epoch, keeping every digit of the fraction (up to ns).
-
-    Not via datetime.timestamp(): a float cannot hold today's epoch in ns, and Python's
-    datetime stops at µs. A time without zone is in `local_tz` (None: UTC).
-    """
-    m = _ISO.fullmatch(value.strip())
-    if m is None:
-        return None
-    fraction = m.group(7)
-    nanos = int((fraction + "00000000")[:9]) if fraction else 0
-    if m.group(8):
-        offset_s: int | None = 0
-    elif m.group(9):
-        offset_s = (int(m.group(10)) * 3600 + int(m.group(11)) * 60)
-        offset_s = offset_s if m.group(9) == "+" else -offset_s
-    else:
-        offset_s = None
-    y, mo, d, h, mi, s = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    return _civil_ns((y, mo, d, h, mi, s), nanos, offset_s, local_tz)
-
-
 def _time_ns(value: Any, local_tz: tzinfo | None) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         number: float | int = value
     elif isinstance(value, str):
-        parsed = iso_to_ns(value, local_tz)
+        parsed = timestamps.iso8601_ns(value, local_tz)
+        if parsed is None:
+            parsed = timestamps.epoch_seconds_ns(value)  # exact: every digit kept
         if parsed is not None:
             return parsed
         try:
@@ -302,7 +259,7 @@ def _time_ns(value: Any, local_tz: tzinfo | None) -> int | None:
     if number >= _EPOCH_MS_FROM:
         number = number / 1000
     ns = round(number * 1_000_000) * 1000
-    return ns if ns <= _MAX_NS else None
+    return ns if ranges.time_ok(ns) else None
 
 
 def _duration_ns(value: Any) -> int | None:
@@ -517,9 +474,10 @@ def _from_text(m: re.Match[str], local_tz: tzinfo | None) -> _Row:
     groups = m.groupdict()
     row = _Row(groups)
     date, clock = groups["date"], groups["clock"]
-    parts = (int(date[0:4]), int(date[5:7]), int(date[8:10]),
-             int(clock[0:2]), int(clock[3:5]), int(clock[6:8]))
-    row.time_unix_nano = _civil_ns(parts, int(groups["msecs"]) * 1_000_000, None, local_tz)
+    row.time_unix_nano = timestamps.civil_ns(
+        int(date[0:4]), int(date[5:7]), int(date[8:10]),
+        int(clock[0:2]), int(clock[3:5]), int(clock[6:8]),
+        int(groups["msecs"]) * 1_000_000, None, local_tz)
     if row.time_unix_nano is None:
         row.unparsed.append("time")
     row.request_log(groups["message"], groups["trace_id"])

@@ -24,21 +24,20 @@ line. What they guarantee, because an audit trail must show cuts instead of hidi
 * output is ordered by the first physical line of each logical line (the order the application
   started writing them), not by when the last piece arrived.
 
-Times are parsed to integer nanoseconds exactly (datetime has only microseconds).
+Times are read by processor.grammar.timestamps.iso8601_ns (integer ns, every digit kept).
 Note: Docker cuts at a byte boundary, so a multi-byte UTF-8 character split across two pieces
 was already replaced by U+FFFD in the file; that cannot be undone here.
 """
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 
 import orjson
 
-from . import ranges
+from ..grammar import timestamps
 
 __all__ = [
     "CRI",
@@ -47,7 +46,6 @@ __all__ = [
     "detect_format",
     "recombine_cri",
     "recombine_docker",
-    "rfc3339_to_ns",
 ]
 
 DOCKER = "docker"
@@ -71,74 +69,11 @@ class ContainerLine:
 
 # --------------------------------------------------------------------------------------- time
 
-# "YYYY-MM-DDTHH:MM:SS" → Unix seconds. A log file holds few distinct seconds per many lines,
-# so caching the calendar arithmetic per second string is most of the parsing cost saved.
-_SECONDS: dict[str, int] = {}
-_MAX_SECONDS = 4096
-
-
-def rfc3339_to_ns(text: str) -> int | None:
-    """RFC 3339 (with any fraction up to nanoseconds, `Z` or ±HH:MM) → Unix ns; None if invalid.
-
-    Go's RFC3339Nano drops trailing zeros of the fraction (and the fraction itself when zero), so
-    "…:05Z", "…:05.1Z" and "…:05.123456789Z" all occur.
-    """
-    if len(text) < 20 or text[10] not in "Tt ":
-        return None
-    head = text[:19]
-    seconds = _SECONDS.get(head)
-    if seconds is None:
-        seconds = _seconds(head)
-        if seconds is None:
-            return None
-        if len(_SECONDS) >= _MAX_SECONDS:
-            _SECONDS.clear()
-        _SECONDS[head] = seconds
-    rest = text[19:]
-    frac_ns = 0
-    if rest[:1] == ".":
-        end = 1
-        while end < len(rest) and "0" <= rest[end] <= "9":
-            end += 1
-        digits = rest[1:end]
-        if not digits or len(digits) > 9:
-            return None
-        frac_ns = int(digits.ljust(9, "0"))
-        rest = rest[end:]
-    if rest in ("Z", "z"):
-        offset = 0
-    elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
-        hh, mm = rest[1:3], rest[4:6]
-        if not (hh.isdigit() and mm.isdigit() and hh.isascii() and mm.isascii()):
-            return None
-        offset = (int(hh) * 3600 + int(mm) * 60) * (1 if rest[0] == "+" else -1)
-    else:
-        return None
-    return (seconds - offset) * 1_000_000_000 + frac_ns
-
 
 def _observed_ns(text: str) -> int | None:
     """The runtime's `time` as an observed time: None when it is not one, or out of the range
     a span can carry (processor.sources.ranges: 1970..2262)."""
-    ns = rfc3339_to_ns(text)
-    return ns if ns is not None and ranges.time_ok(ns) else None
-
-
-def _seconds(head: str) -> int | None:
-    # Fixed positions: YYYY-MM-DD?HH:MM:SS
-    if head[4] != "-" or head[7] != "-" or head[13] != ":" or head[16] != ":":
-        return None
-    parts = (head[0:4], head[5:7], head[8:10], head[11:13], head[14:16], head[17:19])
-    if not all(p.isascii() and p.isdigit() for p in parts):
-        return None
-    year, month, day, hour, minute, second = map(int, parts)
-    # Second 60 (a leap second) is rejected like Go's time.Parse does, which the runtimes and the
-    # collector use: the same `time` must not be valid here and invalid there.
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 59):
-        return None
-    if day > calendar.monthrange(year, month)[1]:
-        return None
-    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    return timestamps.iso8601_ns(text)
 
 
 # ------------------------------------------------------------------------------------ detect
@@ -292,11 +227,9 @@ def _cri_fields(text: str) -> tuple[str, str, bool, str, int | None] | None:
         final = False
     else:
         return None
-    ns = rfc3339_to_ns(time)
-    if ns is None:
-        return None
-    if not ranges.time_ok(ns):  # a CRI line, but its time is none a span can carry
-        ns = None
+    ns = timestamps.iso8601_ns(time)
+    if ns is None and not timestamps.iso8601_form(time):
+        return None  # a CRI line whose time is none a span can carry keeps ns None
     return time, stream, final, parts[3] if len(parts) == 4 else "", ns
 
 

@@ -10,7 +10,6 @@ extracted column by column with C-level itemgetter/zip passes.
 
 from __future__ import annotations
 
-from datetime import datetime
 from itertools import repeat
 from operator import is_not, itemgetter
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from ..grammar import timestamps
 from ..record import AuditRecord, RecordBatch
 from . import ranges
 from .columns import ints, last_ints, seconds_ns, structured_rows, texts
@@ -163,19 +163,12 @@ _AUDIT_JSON_COLUMNS = tuple(None if key is None else AUDIT_JSON_KEYS.index(key)
 
 
 def _iso_to_ns(value: Any) -> int | None:
+    """$time_iso8601, else $time_local (both carry their offset)."""
     text = value if isinstance(value, str) else None
     if not text or text == "-":
         return None
-    try:
-        if text.endswith("Z"):
-            text = text[:-1] + "+00:00"
-        return int(datetime.fromisoformat(text).timestamp() * 1_000_000) * 1000
-    except (ValueError, OverflowError, OSError):  # OverflowError/OSError: a naive time at the
-        pass  # edge of what the platform's local-time functions take (year 1, 9999)
-    try:  # $time_local: 26/Nov/2026:14:00:00 +0000
-        return int(datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").timestamp()) * 1_000_000_000
-    except (ValueError, OverflowError, OSError):
-        return None
+    ns = timestamps.iso8601_ns(text)
+    return ns if ns is not None else timestamps.nginx_time_local_ns(text)
 
 
 def _plan_of(keys: tuple[str, ...]) -> tuple[str | None, ...]:

@@ -55,10 +55,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import tzinfo
 
 from .. import flags
-from . import ranges
+from ..grammar import timestamps
 
 __all__ = [
     "FLAG_FOR_KIND",
@@ -249,16 +249,10 @@ def parse_line(line: int, raw: bytes | str, tz: tzinfo | None = None) -> ErrorEv
     time_unix_nano: int | None = None
     pid = tid = connection = None
     if m is not None:
-        year, month, day, hour, minute, second = map(int, m.group(1, 2, 3, 4, 5, 6))
-        try:
-            when = datetime(year, month, day, hour, minute, second, tzinfo=tz or UTC)
-        except ValueError:
+        if not timestamps.civil_ok(*map(int, m.group(1, 2, 3, 4, 5, 6))):
             return None  # digits in the right places, but not a date: not nginx's
-        # Whole seconds, so int(timestamp()) is exact. A year before 1970 or after 2262 is
-        # no time a span can carry (processor.sources.ranges): the event keeps no time.
-        time_unix_nano = int(when.timestamp()) * 1_000_000_000
-        if not ranges.time_ok(time_unix_nano):
-            time_unix_nano = None
+        # A year before 1970 or after 2262 is no time a span can carry: the event keeps none.
+        time_unix_nano = timestamps.nginx_error_time_ns(text[:19], tz)
         level, pid, tid = m.group(7), int(m.group(8)), int(m.group(9))
         connection = int(m.group(10)) if m.group(10) is not None else None
         body = m.group(11)

@@ -41,7 +41,6 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
@@ -49,6 +48,7 @@ import orjson
 
 from .. import flags
 from ..correlate.traces import parse_traceparent
+from ..grammar import timestamps
 from ..record import AuditRecord, RecordBatch
 from . import ranges
 from .jsonline import decode_json_object
@@ -105,20 +105,9 @@ _MIN_AUDIT_FIELDS = 8  # up to STATEMENT: without it the line says too little to
 _NO_PARAMETER = frozenset({"<none>", "<not logged>", "<previously logged>"})
 _PREVIOUSLY_LOGGED = "<previously logged>"  # pgaudit.log_statement_once
 
-# Timestamps as PostgreSQL prints them (%m, %t, log_time, timestamp): the zone is the
-# abbreviation of log_timezone, or a numeric offset when the zone has none.
-_TZ = r"[A-Za-z]{1,6}|[+-]\d{2}(?::?\d{2})?"
-_TS = rf"\d{{4}}-\d{{2}}-\d{{2}} \d{{2}}:\d{{2}}:\d{{2}}(?:\.\d{{1,6}})?(?: (?:{_TZ}))?"
-_TS_PARTS = re.compile(
-    rf"(\d{{4}}-\d{{2}}-\d{{2}} \d{{2}}:\d{{2}}:\d{{2}})(?:\.(\d{{1,6}}))?(?: ({_TZ}))?"
-)
-# Unambiguous zone abbreviations (hours east of UTC). Ambiguous ones (CST, IST, BST, …) are
-# left out on purpose: a wrong hour is worse than an `invalid_field:time` finding.
-_ZONES = {
-    "UTC": 0, "GMT": 0, "UCT": 0, "Z": 0, "WET": 0, "WEST": 1, "CET": 1, "CEST": 2,
-    "EET": 2, "EEST": 3, "MSK": 3, "JST": 9, "KST": 9, "HKT": 8, "AEST": 10, "AEDT": 11,
-    "NZST": 12, "NZDT": 13, "EST": -5, "EDT": -4, "MST": -7, "MDT": -6, "PST": -8, "PDT": -7,
-}
+# Timestamps as PostgreSQL prints them (%m, %t, log_time, timestamp): see
+# processor.grammar.timestamps.postgres_ns.
+_TS = timestamps.POSTGRES_TIME_PATTERN
 
 # log_line_prefix escapes → (capture group name or None, regex). Free text (%a, %i, %b) is
 # matched lazily and the rest greedily without spaces, so literal separators in the prefix
@@ -344,36 +333,11 @@ _COMMON_REGEXES = tuple(prefix_regex(p) for p in COMMON_PREFIXES)
 
 def _time_ns(text: str | None) -> int | None:
     """A PostgreSQL timestamp → Unix ns; None when it is not one or its zone is unknown."""
-    if not text:
-        return None
-    m = _TS_PARTS.fullmatch(text.strip())
-    if m is None:
-        return None
-    stamp, fraction, zone = m.groups()
-    if zone is None or zone in _ZONES:
-        offset = timedelta(hours=_ZONES.get(zone or "UTC", 0))
-    elif zone[0] in "+-":
-        digits = zone[1:].replace(":", "")
-        minutes = int(digits[:2]) * 60 + int(digits[2:] or 0)
-        offset = timedelta(minutes=minutes if zone[0] == "+" else -minutes)
-    else:
-        return None
-    try:
-        dt = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone(offset))
-    except ValueError:
-        return None
-    # Whole seconds plus the integer fraction: no float rounding of the milliseconds.
-    nanos = int((fraction or "0").ljust(9, "0"))
-    return int(dt.timestamp()) * 1_000_000_000 + nanos
+    return timestamps.postgres_ns(text) if text else None
 
 
 def _epoch_ns(text: str | None) -> int | None:
-    if not text:
-        return None
-    whole, _, fraction = text.partition(".")
-    if not whole.isdigit() or (fraction and not fraction.isdigit()):
-        return None
-    return int(whole) * 1_000_000_000 + int(fraction.ljust(9, "0")[:9] or 0)
+    return timestamps.epoch_seconds_ns(text) if text else None
 
 
 def _identity(value: Any) -> str | None:
