@@ -8,6 +8,7 @@ errors too (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import re
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,6 +26,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from .grammar.timestamps import naive_zone
 
 __all__ = [
     "AdminConfig", "ConfigError", "DeadLetterConfig", "ExporterConfig", "ServerConfig", "Settings",
@@ -236,7 +239,21 @@ class Settings(BaseSettings):
     # so one record with a 10 MB value cannot make a span no backend accepts. Replay's JSON
     # output keeps the whole value.
     max_attribute_bytes: int = Field(8192, ge=256, le=1024 * 1024)
+    # The zone of times written without an offset (an nginx error-log header, a Dify text
+    # line, an ISO time without zone): an IANA name. Never the host's zone, so a verdict does
+    # not depend on the TZ of the machine that reads the log.
+    naive_timezone: str = "UTC"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("naive_timezone")
+    @classmethod
+    def _check_naive_timezone(cls, value: str) -> str:
+        naive_zone(value)  # raises ValueError naming the zone; pydantic names the key
+        return value
+
+    def naive_tz(self) -> tzinfo:
+        """`naive_timezone` as a tzinfo, for the sources' `local_tz`/`tz` arguments."""
+        return naive_zone(self.naive_timezone)
 
     @field_validator("audited_paths")
     @classmethod

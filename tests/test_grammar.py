@@ -1,0 +1,148 @@
+"""processor.grammar: every written form of a time, and every tool's size grammar, in one table
+each; the same text means the same value in every source and on every machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import tzinfo
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from processor.config import ConfigError, load_settings
+from processor.grammar import timestamps as ts
+
+S = 1_000_000_000
+T = 1795701600 * S  # 2026-11-26T14:00:00Z
+SUMMER = 1782907200 * S  # 2026-07-01T12:00:00Z
+H = 3600 * S
+BERLIN = ZoneInfo("Europe/Berlin")
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+# (form, text, zone for naive times (None: the default, UTC), expected ns or None)
+TIMES: list[tuple[str, str, tzinfo | None, int | None]] = [
+    # ISO 8601 / RFC 3339
+    ("iso8601", "2026-11-26T14:00:00Z", None, T),
+    ("iso8601", "2026-11-26t14:00:00z", None, T),
+    ("iso8601", "2026-11-26T14:00:00.1Z", None, T + S // 10),
+    ("iso8601", "2026-11-26T14:00:00.123456789Z", None, T + 123_456_789),
+    ("iso8601", "2026-11-26T14:00:00.000000001+00:00", None, T + 1),
+    ("iso8601", "2026-11-26T14:00:00.1234567899Z", None, T + 123_456_789),  # Go truncates too
+    ("iso8601", "2026-11-26T16:00:00.5+02:00", None, T + S // 2),
+    ("iso8601", "2026-11-26T16:00:00+0200", None, T),
+    ("iso8601", "2026-11-26T16:00:00+02", None, T),
+    ("iso8601", "2026-11-26T09:30:00-04:30", None, T),
+    ("iso8601", "2026-11-26 14:00:00,123", None, T + 123_000_000),  # Python logging asctime
+    ("iso8601", "2026-11-26T14:00:00", None, T),  # naive: UTC by default
+    ("iso8601", "2026-11-26T15:00:00", BERLIN, T),  # CET in November
+    ("iso8601", "2026-07-01T14:00:00", BERLIN, SUMMER),  # CEST in July
+    ("iso8601", "2026-11-26T22:00:00", SHANGHAI, T),
+    ("iso8601", "2026-11-26T16:00:00+02:00", SHANGHAI, T),  # an offset beats the zone
+    ("iso8601", "1970-01-01T00:00:00Z", None, 0),
+    ("iso8601", "2262-04-11T23:47:16.854775807Z", None, 2**63 - 1),
+    ("iso8601", "2262-04-11T23:47:16.854775808Z", None, None),  # past int64 ns
+    ("iso8601", "1969-12-31T23:59:59.999999999Z", None, None),  # before the epoch
+    ("iso8601", "2026-13-01T00:00:00Z", None, None),
+    ("iso8601", "2026-02-29T00:00:00Z", None, None),  # 2026 is no leap year
+    ("iso8601", "2016-12-31T23:59:60Z", None, None),  # leap second: Go rejects it too
+    ("iso8601", "2026-11-26T14:00:00.Z", None, None),
+    ("iso8601", "2026-11-26T14:00:00+25:00", None, None),
+    ("iso8601", "2026-11-26", None, None),
+    ("iso8601", "", None, None),
+    ("iso8601", "yesterday", None, None),
+    ("iso8601", "２０２６-11-26T14:00:00Z", None, None),  # fullwidth digits are no digits
+    # nginx $time_local
+    ("time_local", "26/Nov/2026:14:00:00 +0000", None, T),
+    ("time_local", "26/Nov/2026:15:00:00 +0100", None, T),
+    ("time_local", "26/Nov/2026:09:00:00 -0500", None, T),
+    ("time_local", "26/Nov/2026:14:00:00 +0000", SHANGHAI, T),  # always has its offset
+    ("time_local", "26/nov/2026:14:00:00 +0000", None, None),  # nginx writes "Nov"
+    ("time_local", "26/Foo/2026:14:00:00 +0000", None, None),
+    ("time_local", "31/Nov/2026:14:00:00 +0000", None, None),
+    ("time_local", "26/Nov/2026:14:00:00", None, None),
+    # nginx error-log header time (no offset)
+    ("error_log", "2026/11/26 14:00:00", None, T),
+    ("error_log", "2026/11/26 15:00:00", BERLIN, T),
+    ("error_log", "2026/11/26 22:00:00", SHANGHAI, T),
+    ("error_log", "2026/13/45 99:99:99", None, None),
+    ("error_log", "2026-11-26 14:00:00", None, None),
+    # PostgreSQL %m / %t / csvlog
+    ("postgres", "2026-11-26 14:00:00 UTC", None, T),
+    ("postgres", "2026-11-26 14:00:00.123 UTC", None, T + 123_000_000),
+    ("postgres", "2026-11-26 14:00:00.123456 GMT", None, T + 123_456_000),
+    ("postgres", "2026-11-26 15:00:00.5 CET", None, T + S // 2),
+    ("postgres", "2026-11-26 23:00:00 JST", None, T),
+    ("postgres", "2026-11-26 09:00:00 EST", None, T),
+    ("postgres", "2026-11-26 15:00:00 +01", None, T),
+    ("postgres", "2026-11-26 19:30:00 +0530", None, T),
+    ("postgres", "2026-11-26 19:30:00 +05:30", None, T),
+    ("postgres", "2026-11-26 14:00:00", None, T),  # no zone: naive
+    ("postgres", "2026-11-26 22:00:00", SHANGHAI, T),
+    ("postgres", "2026-11-26 14:00:00 CST", None, None),  # ambiguous: refused, not guessed
+    ("postgres", "2026-11-26T14:00:00 UTC", None, None),
+    # epoch seconds ($msec, PostgreSQL %n)
+    ("epoch", "1795701600", None, T),
+    ("epoch", "1795701600.123", None, T + 123_000_000),
+    ("epoch", "1795701600.123456789", None, T + 123_456_789),  # every digit kept
+    ("epoch", "0.000000001", None, 1),
+    ("epoch", "-1.5", None, None),
+    ("epoch", "1795701600.", None, None),
+    ("epoch", "1e9", None, None),
+    ("epoch", "9223372036.854775807", None, 2**63 - 1),
+    ("epoch", "9223372037", None, None),  # past int64 ns
+    ("epoch", "999999999999", None, None),  # 12 digits: no epoch in seconds
+]
+
+FORMS: dict[str, Callable[[str, tzinfo | None], int | None]] = {
+    "iso8601": ts.iso8601_ns,
+    "time_local": lambda text, _tz: ts.nginx_time_local_ns(text),
+    "error_log": ts.nginx_error_time_ns,
+    "postgres": ts.postgres_ns,
+    "epoch": lambda text, _tz: ts.epoch_seconds_ns(text),
+}
+
+
+def _parse_all() -> list[int | None]:
+    return [FORMS[form](text, zone) for form, text, zone, _ in TIMES]
+
+
+@pytest.mark.parametrize(("form", "text", "zone", "expected"), TIMES)
+def test_every_written_time(form: str, text: str, zone: tzinfo | None,
+                            expected: int | None) -> None:
+    assert FORMS[form](text, zone) == expected
+
+
+def test_results_do_not_depend_on_the_machine_time_zone() -> None:
+    """The whole table again, in a process whose local zone is Tokyo (+9, no DST) and in one in
+    New York (-5/-4): a naive time must not be read in the host's zone anywhere."""
+    code = ("import json, tests.test_grammar as t, time; time.tzset(); "
+            "print(json.dumps(t._parse_all()))")
+    here = _parse_all()
+    for zone in ("Asia/Tokyo", "America/New_York"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "TZ": zone}, check=True, timeout=60)
+        assert json.loads(out.stdout) == here, zone
+
+
+def test_nanoseconds_are_exact_where_a_float_would_round() -> None:
+    # A float64 holds ~16 digits: today's epoch in ns has 19.
+    assert ts.iso8601_ns("2026-11-26T14:00:00.999999999Z") == T + 999_999_999
+    assert ts.epoch_seconds_ns("1795701600.999999999") == T + 999_999_999
+
+
+def test_iso8601_form_tells_a_bad_time_from_another_format() -> None:
+    assert ts.iso8601_form("1969-12-31T23:59:59Z")  # the form, out of range
+    assert ts.iso8601_form("2026-02-30T00:00:00Z")  # the form, no calendar date
+    assert not ts.iso8601_form("26/Nov/2026:14:00:00 +0000")
+
+
+def test_naive_timezone_setting_is_validated_and_names_the_key() -> None:
+    assert load_settings().naive_tz().utcoffset(None) is not None  # UTC by default
+    assert load_settings(naive_timezone="Europe/Berlin").naive_tz() == BERLIN
+    with pytest.raises(ConfigError) as err:
+        load_settings(naive_timezone="Europe/Atlantis")
+    assert "naive_timezone" in str(err.value) and "Europe/Atlantis" in str(err.value)
