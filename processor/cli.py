@@ -250,7 +250,7 @@ def _meter_provider(settings: Settings) -> MeterProvider:
 def _replay(args: argparse.Namespace) -> int:
     from .config import ConfigError, ExporterConfig, load_settings
     from .otlp.exporter import DownstreamUnavailable, SpanExporter
-    from .replay import ReplayError, replay
+    from .replay import ReplayError, parse_source_options, replay
 
     try:
         settings = load_settings(args.config)
@@ -261,8 +261,10 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"audit-guard replay: {exc}", file=sys.stderr)
         return 2
     try:
-        return replay(args.files, source=args.source, settings=settings, window_s=args.window,
-                      out=sys.stdout.buffer, err=sys.stderr, exporter=exporter)
+        source, file_sources = parse_source_options(args.source)
+        return replay(args.files, source=source, file_sources=file_sources, settings=settings,
+                      window_s=args.window, out=sys.stdout.buffer, err=sys.stderr,
+                      exporter=exporter)
     except ReplayError as exc:
         print(f"audit-guard replay: {exc}", file=sys.stderr)
         return 2
@@ -358,9 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     replay.add_argument("files", nargs="+", type=Path, metavar="FILE",
                         help="log files (.gz is read too)")
-    replay.add_argument("--source", default="auto",
-                        choices=["auto", "nginx", "app", "docker", "cri", "pgaudit"],
-                        help="format of the files (default: detected per file)")
+    replay.add_argument(
+        "--source", action="append", default=[], metavar="FORMAT[=FILE]",
+        help="read every file as FORMAT, or (FORMAT=FILE, repeatable) just that file; FORMAT: "
+             "nginx, nginx_error, app, pgaudit, docker, cri (docker/cri: the wrapped lines' "
+             "format is still detected; nginx or app for a container log applies to the lines "
+             "inside it). Default: detected per file from its first lines, on keys only one "
+             "format writes; the summary says which format and why",
+    )
     replay.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
                         help="how long after an Nginx request its app audit record may come "
                              "before it counts as missing (default 30)")

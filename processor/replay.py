@@ -13,10 +13,13 @@ app audit record within the window:
     {"file": null, "line": null, "source": "app", "trace_id": <the request's>, "span_id": ...,
      "flags": ["missing_record"], "fields": {...the Nginx request's fields...}}
 
-Formats are detected per file: Nginx JSON access logs, app logs (Dify JSON or text, generic JSON
-audit lines), PostgreSQL logs with pgaudit lines (stderr, csvlog, jsonlog), and any of these
-inside Docker json-file or CRI container logs (recombined first; a line split by the runtime and
-never completed is flagged `truncated:partial_line`).
+Formats are detected per file (processor.sources.detect: on what only one format writes, never
+on generic keys such as request_id or status): Nginx JSON access logs, app logs (Dify JSON or
+text, generic JSON audit lines), PostgreSQL logs with pgaudit lines (stderr, csvlog, jsonlog),
+nginx error logs, and Nginx or app lines inside Docker json-file or CRI container logs
+(recombined first; a line split by the runtime and never completed is flagged
+`truncated:partial_line`). `--source FORMAT` forces one format for every file, `--source
+FORMAT=FILE` for one file; the summary names each file's format and why.
 
 A human summary goes to stderr. Exit 0 when nothing is flagged, 1 when anything is, 2 on a usage
 or unreadable-input error (and when --export cannot hand the spans on). A file that cannot be
@@ -32,7 +35,7 @@ import gzip
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import blake2b
@@ -47,15 +50,13 @@ from .correlate.errorlog import ErrorLogIndex
 from .correlate.reconcile import expected_app_records, missing_span_id
 from .pipeline import CHUNK_ROWS, Pipeline
 from .record import RecordBatch
-from .sources import app, container, nginx_error, pgaudit
+from .sources import container, detect, nginx_error
 
-__all__ = ["ReplayError", "detect_source", "record_fields", "replay"]
+__all__ = ["ReplayError", "detect_file", "parse_source_options", "record_fields", "replay"]
 
-SOURCES = ("auto", "nginx", "nginx_error", "app", "docker", "cri", "pgaudit")
+SOURCES = ("auto", *detect.FORMATS)
 CONTAINER_FORMATS = (container.DOCKER, container.CRI)
-_NGINX_HINTS = (b'"request_method"', b'"request_uri"', b'"request_id"', b'"remote_addr"',
-                b'"status"', b'"uri"', b'"msec"', b'"body_bytes_sent"')
-_SAMPLE = 20
+_SAMPLE = 50  # lines a format is decided on
 
 
 class ReplayError(Exception):
@@ -90,35 +91,44 @@ def _sample(path: Path) -> list[bytes]:
     return sample
 
 
-def _content_source(sample: list[bytes]) -> str:
-    """nginx or app, for lines that are not container or PostgreSQL logs."""
-    hits = sum(1 for line in sample if line.lstrip().startswith(b"{")
-               and sum(h in line for h in _NGINX_HINTS) >= 2)
-    return "nginx" if sample and hits * 2 >= len(sample) else "app"
+def parse_source_options(values: Sequence[str]) -> tuple[str, dict[Path, str]]:
+    """`--source` values → (the format for every file, {file: its own format}).
+
+    Each value is FORMAT (all files) or FORMAT=FILE (that file; repeatable)."""
+    every: str | None = None
+    per_file: dict[Path, str] = {}
+    accepted = ", ".join(SOURCES)
+    for value in values:
+        fmt, eq, name = value.partition("=")
+        if fmt not in SOURCES or (eq and fmt == "auto"):
+            raise ReplayError(f"--source {value}: unknown format {fmt!r}; accepted formats: "
+                              f"{accepted} (as FORMAT for every file, or FORMAT=FILE)")
+        if not eq:
+            if every is not None and every != fmt:
+                raise ReplayError(f"--source {every} and --source {fmt}: give one format for "
+                                  "every file, and FORMAT=FILE for the files that differ")
+            every = fmt
+            continue
+        if not name:
+            raise ReplayError(f"--source {value}: no file after '='; write FORMAT=FILE")
+        path = Path(name)
+        if per_file.get(path, fmt) != fmt:
+            raise ReplayError(f"--source gives {path} two formats: {per_file[path]} and {fmt}")
+        per_file[path] = fmt
+    return every or "auto", per_file
 
 
-def detect_source(path: Path) -> str:
-    """The format of a log file from its first lines: nginx, app, pgaudit, docker or cri."""
+def detect_file(path: Path, forced: str = "auto", given_as: str = "") -> detect.Detection:
+    """The format of a log file from its first lines (or `forced`, named by `given_as`)."""
     sample = _sample(path)
-    if not sample:
-        return "nginx"  # an empty file has no records; any parser will do
-    wrapper = container.detect_format(sample)
-    if wrapper is not None:
-        return wrapper
-    if pgaudit.detect_format(sample) is not None:
-        return "pgaudit"
-    if nginx_error.detect_format(sample):
-        return "nginx_error"
-    source = _content_source(sample)
-    if source == "app":
-        found = app.parse_lines(list(sample)).flags.values()
-        if sum(flags.MALFORMED in f for f in found) * 2 > len(sample):
-            raise ReplayError(
-                f"{path}: format not recognized from its first lines (expected an Nginx JSON "
-                "access log, an app log, a PostgreSQL log or a Docker/CRI container log); "
-                "give --source to force one"
-            )
-    return source
+    found = (detect.detect(sample) if forced == "auto"
+             else detect.forced(forced, sample, given_as or f"--source {forced}"))
+    if found.format is None:
+        raise ReplayError(
+            f"{path}: {found.label}: {found.why}. Name its format with --source FORMAT={path} "
+            f"(FORMAT: {', '.join(detect.FORMATS)})"
+        )
+    return found
 
 
 def _iso(ns: int | None) -> str | None:
@@ -236,8 +246,10 @@ def _chunks(path: Path) -> Iterator[tuple[list[int], list[bytes]]]:
         yield numbers, lines
 
 
-def _batches(path: Path, source: str, pipeline: Pipeline) -> Iterator[RecordBatch]:
+def _batches(path: Path, found: detect.Detection, pipeline: Pipeline) -> Iterator[RecordBatch]:
     """Parsed (not yet checked) batches of one file."""
+    source = found.format
+    assert source is not None  # detect_file raises for an undecided file
     if source == "pgaudit":
         # Multi-line entries (TAB continuations, quoted newlines): the whole file at once.
         numbered = list(_lines(path))
@@ -252,7 +264,7 @@ def _batches(path: Path, source: str, pipeline: Pipeline) -> Iterator[RecordBatc
         entries = container.recombine_docker(_lines(path))
     else:
         entries = container.recombine_cri(_lines(path))
-    inner = _content_source([e.content.encode() for e in entries[:_SAMPLE]])
+    inner = found.inner or "app"  # an empty wrapped sample: the lines after it are read as app
     for start in range(0, len(entries), CHUNK_ROWS):
         chunk = entries[start:start + CHUNK_ROWS]
         batch = pipeline.parse(inner, [e.content for e in chunk], numbers=[e.line for e in chunk])
@@ -269,6 +281,7 @@ def replay(
     files: list[Path],
     *,
     source: str = "auto",
+    file_sources: Mapping[Path, str] | None = None,
     settings: Settings,
     out: IO[bytes],
     err: IO[str],
@@ -277,6 +290,7 @@ def replay(
 ) -> int:
     if source not in SOURCES:
         raise ReplayError(f"--source must be one of {', '.join(SOURCES)} (got {source!r})")
+    overrides = _overrides(files, file_sources or {})
     if window_s <= 0:
         raise ReplayError(f"--window must be > 0 seconds (got {window_s})")
     failed: list[Path] = []
@@ -286,14 +300,16 @@ def replay(
         err.write(f"audit-guard replay: {exc}\n")
         failed.append(path)
 
-    sources: dict[Path, str] = {}
+    sources: dict[Path, detect.Detection] = {}
     for path in files:
         if not path.is_file():
             fail(path, ReplayError(f"cannot read {path}: "
                                    + ("not a regular file" if path.exists() else "no such file")))
             continue
+        own = overrides.get(path)
         try:
-            sources[path] = source if source != "auto" else detect_source(path)
+            sources[path] = (detect_file(path, own, f"--source {own}={path}") if own
+                             else detect_file(path, source))
         except ReplayError as exc:
             fail(path, exc)
     readable = list(sources)
@@ -306,7 +322,7 @@ def replay(
     # files were given.
     events: dict[Path, list[nginx_error.ErrorEvent]] = {}
     for path in readable:
-        if sources[path] == "nginx_error":
+        if sources[path].format == "nginx_error":
             found: list[nginx_error.ErrorEvent] = []
             try:
                 for number, line in _lines(path):
@@ -356,6 +372,22 @@ def replay(
                   f"{', '.join(map(str, failed))}\n")
         return 2
     return 1 if sum(stats.flagged.values()) or stats.missing else 0
+
+
+def _overrides(files: list[Path], file_sources: Mapping[Path, str]) -> dict[Path, str]:
+    """{file as given on the command line: its forced format}; an override must name one of
+    the files (compared after resolving, so ./a.log names a.log)."""
+    given = {p.resolve(): p for p in files}
+    out: dict[Path, str] = {}
+    for path, fmt in file_sources.items():
+        if fmt not in detect.FORMATS:
+            raise ReplayError(f"--source {fmt}={path}: unknown format {fmt!r}; accepted "
+                              f"formats: {', '.join(detect.FORMATS)}")
+        if path.resolve() not in given:
+            raise ReplayError(f"--source {fmt}={path}: {path} is not one of the files to "
+                              f"replay ({', '.join(map(str, files))})")
+        out[given[path.resolve()]] = fmt
+    return out
 
 
 def _write_event(event: nginx_error.ErrorEvent, out: IO[bytes], stats: _Stats, name: str) -> None:
@@ -422,7 +454,9 @@ class _Progress:
             self._err.write("\n")
 
 
-def _summary(err: IO[str], files: list[Path], sources: dict[Path, str], stats: _Stats) -> None:
+def _summary(err: IO[str], files: list[Path], found: dict[Path, detect.Detection],
+             stats: _Stats) -> None:
+    sources = {path: found[path].format for path in files}
     total = sum(stats.records.values())
     flagged = sum(stats.flagged.values())
     err.write(f"audit-guard replay: {len(files)} file(s), {total} record(s), {flagged} flagged\n")
@@ -432,6 +466,9 @@ def _summary(err: IO[str], files: list[Path], sources: dict[Path, str], stats: _
         name = str(path)
         err.write(f"  {name:<{width}}  {sources[path]:<8}{stats.records[name]:>9}"
                   f"{stats.flagged[name]:>9}\n")
+    err.write("  read as:\n")
+    for path in files:
+        err.write(f"    {path}: {found[path]}\n")
     if stats.joined_errors:
         err.write(f"  {stats.joined_errors} error-log event(s) joined to their access record\n")
     for path in files:
