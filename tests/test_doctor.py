@@ -191,8 +191,10 @@ def test_rotation_is_judged_at_the_observed_log_rate(tmp_path: Path) -> None:
         }]))
         return doc
 
+    # Docker reads max-size 10m as 10,000,000 bytes (go-units FromHumanSize is decimal):
+    # 3 x 10 MB at 6 MiB/h is 4.8 h, not 5.
     (quiet,) = [f for f in check_inspect(inspect(6)) if f.check == "docker.log_rotation"]
-    assert quiet.level is Level.OK and "5.0 h" in quiet.title
+    assert quiet.level is Level.OK and "4.8 h" in quiet.title
     (busy,) = [f for f in check_inspect(inspect(180)) if f.check == "docker.log_rotation"]
     assert busy.level is Level.WARN and "10 min" in busy.title and "180 MiB/h" in busy.title
     # Empty files (nothing written in the span): no rate to judge by, the fixed 100 MB rule

@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import tzinfo
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from processor.config import ConfigError, load_settings
+from processor.grammar import sizes
 from processor.grammar import timestamps as ts
 
 S = 1_000_000_000
 T = 1795701600 * S  # 2026-11-26T14:00:00Z
 SUMMER = 1782907200 * S  # 2026-07-01T12:00:00Z
 H = 3600 * S
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
 BERLIN = ZoneInfo("Europe/Berlin")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -146,3 +152,77 @@ def test_naive_timezone_setting_is_validated_and_names_the_key() -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(naive_timezone="Europe/Atlantis")
     assert "naive_timezone" in str(err.value) and "Europe/Atlantis" in str(err.value)
+
+
+# -- sizes: each tool's own grammar ---------------------------------------------------------
+
+# (text, nginx, docker max-size, logrotate, collector ByteSize); None: the tool refuses it.
+# The nginx and logrotate columns are what `nginx -t` 1.22 and `logrotate -d` 3.21 accept (see
+# test_sizes_agree_with_the_installed_tools); docker and the collector are from their code.
+SIZES: list[tuple[str, int | None, int | None, int | None, int | None]] = [
+    ("100", 100, 100, 100, 100),
+    ("16k", 16384, 16000, 16384, None),
+    ("16K", 16384, 16000, 16384, None),
+    ("16KB", None, 16000, None, 16000),
+    ("16kb", None, 16000, None, 16000),
+    ("16KiB", None, 16000, None, 16384),  # docker: the "i" does not make it binary
+    ("16KIB", None, 16000, None, None),  # the collector's "i" is lowercase only
+    ("1m", 1024**2, 1000**2, None, None),
+    ("1M", 1024**2, 1000**2, 1024**2, None),
+    ("1MiB", None, 1000**2, None, 1024**2),
+    ("1MB", None, 1000**2, None, 1000**2),
+    ("1G", None, 1000**3, 1024**3, None),
+    ("1g", None, 1000**3, None, None),
+    ("1GiB", None, 1000**3, None, 1024**3),
+    ("1T", None, 1000**4, None, None),
+    ("1.5M", None, 1_500_000, None, None),
+    ("1.5MiB", None, 1_500_000, None, 1_572_864),
+    ("100 MB", None, 100_000_000, None, 100_000_000),
+    ("100  MB", None, None, None, 100_000_000),  # docker takes one space at most
+    ("0x10", None, None, 16, None),  # logrotate: strtoul(…, 0)
+    ("010", 10, 10, 8, 10),
+    ("09", 9, 9, None, 9),
+    ("10b", None, 10, None, None),
+    ("-1", None, None, None, None),  # docker's "unlimited" is no size
+    ("", None, None, None, None),
+    ("k", None, None, 0, None),  # logrotate: strtoul("") is 0, and nothing is left over
+    ("16 k", None, 16000, None, None),
+]
+
+
+@pytest.mark.parametrize(("text", "nginx", "docker", "logrotate", "collector"), SIZES)
+def test_every_tool_reads_sizes_its_own_way(text: str, nginx: int | None, docker: int | None,
+                                            logrotate: int | None,
+                                            collector: int | None) -> None:
+    got = {tool: grammar.parse(text) for tool, grammar in sizes.GRAMMARS.items()}
+    assert got == {"nginx": nginx, "docker": docker, "logrotate": logrotate,
+                   "collector": collector}
+
+
+_NGINX_CONF = """error_log {dir}/e.log; pid {dir}/n.pid; events {{}}
+http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};
+  fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};
+  server {{ listen 127.0.0.1:1; location / {{ client_body_buffer_size "{size}"; }} }} }}
+"""
+
+
+def test_sizes_agree_with_the_installed_tools(tmp_path: Path) -> None:
+    """The nginx and logrotate columns, asked of the real programs (installed by bootstrap):
+    accepted or refused exactly where the table says. client_body_buffer_size is read by
+    ngx_conf_set_size_slot, like proxy_buffer_size, without its cross-checks."""
+    for text, nginx, _docker, logrotate, _collector in SIZES:
+        if not text or '"' in text:
+            continue
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(_NGINX_CONF.format(dir=tmp_path, size=text))
+        run = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(tmp_path)],
+                             capture_output=True, text=True, timeout=30)
+        assert (run.returncode == 0) == (nginx is not None), (text, run.stderr)
+        log = tmp_path / "a.log"
+        log.touch()
+        lconf = tmp_path / "logrotate.conf"
+        lconf.write_text(f"{log} {{\n  size {text}\n}}\n")
+        run = subprocess.run([LOGROTATE, "-d", "-s", str(tmp_path / "state"), str(lconf)],
+                             capture_output=True, text=True, timeout=30)
+        m = re.search(r"rotating pattern: .*?(\d+) bytes", run.stderr)
+        assert (int(m.group(1)) if m else None) == logrotate, (text, run.stderr)

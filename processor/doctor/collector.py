@@ -7,12 +7,12 @@ and line that set the value. `${env:...}` references are left as they are.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..grammar.sizes import COLLECTOR_BYTE_SIZE
 from .findings import Evidence, Finding, Level
 from .logrotate_conf import glob_matches
 
@@ -26,15 +26,14 @@ DEPRECATED = {("receivers", "filelog"): "file_log", ("exporters", "otlp"): "otlp
               ("exporters", "loadbalancing"): "load_balancing"}
 NETWORK_EXPORTERS = {"otlp", "otlp_grpc", "otlphttp", "otlp_http", "loadbalancing",
                      "load_balancing"}
-_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
-          "gb": 1000**3, "gib": 1024**3}
 
 
 def parse_bytes(value: Any) -> int | None:
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*(\d+)\s*([kmg]i?b|b)?\s*", str(value).lower())
-    return int(m.group(1)) * _UNITS[m.group(2) or ""] if m else None
+    """A stanza ByteSize (`max_log_size: 1MiB`) as the collector reads it: a YAML number as
+    is, a string by processor.grammar.sizes.COLLECTOR_BYTE_SIZE; None where it refuses it."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    return COLLECTOR_BYTE_SIZE.parse(value) if isinstance(value, str) else None
 
 
 def _convert(node: yaml.Node, file: str, path: tuple[str, ...], lines: Lines) -> Any:

@@ -7,24 +7,24 @@ running containers really use: their LogConfig overrides the daemon defaults).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from ..grammar.sizes import DOCKER_MAX_SIZE
 from .app import EnvValues, check_app_env, parse_env_list
 from .findings import Evidence, Finding, Level
 
 __all__ = ["check_daemon_json", "check_inspect", "parse_size"]
 
 SUB = "docker"
-MIN_ROTATION = 100 * 1024 * 1024
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# 100 MB as the daemon counts: max-size goes through go-units FromHumanSize, 1000-based.
+MIN_ROTATION = 100 * 1000 * 1000
 
 
 def parse_size(text: str) -> int | None:
-    """Docker's size strings ("10m", "1g", "512k"); None when unparseable or unlimited (-1)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*", text.lower())
-    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+    """Docker's max-size ("10m" = 10,000,000 bytes); None when the daemon would refuse it, or
+    for unlimited (-1). The grammar: processor.grammar.sizes.DOCKER_MAX_SIZE."""
+    return DOCKER_MAX_SIZE.parse(text)
 
 
 # A rotation must hold at least this long at the observed rate: a collector down (restart,

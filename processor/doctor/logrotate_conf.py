@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..grammar.sizes import LOGROTATE_SIZE
+
 __all__ = ["Block", "Setting", "glob_matches", "parse_config", "parse_size"]
 
 SCRIPTS = ("prerotate", "postrotate", "firstaction", "lastaction", "preremove")
@@ -36,8 +38,6 @@ NEGATABLE = ("compress", "delaycompress", "copytruncate", "copy", "renamecopy", 
              "allowhardlink")
 FREQUENCIES = ("hourly", "daily", "weekly", "monthly", "yearly")
 _DIRECTIVE = re.compile(r"([A-Za-z]+)[ \t]*(?:=[ \t]*)?(.*)")
-_SIZE = re.compile(r"(\d+)([kKmMgG]?)")
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MAX_INCLUDE_DEPTH = 16  # logrotate's MAX_NESTING
 
 
@@ -65,9 +65,9 @@ class Block:
 
 
 def parse_size(text: str) -> int | None:
-    """`100`, `100k`, `10M`, `1G` → bytes (logrotate: k/M/G are powers of 1024)."""
-    m = _SIZE.fullmatch(text.strip())
-    return int(m.group(1)) * _UNITS[m.group(2).lower()] if m else None
+    """`100`, `100k`, `10M`, `1G` → bytes as logrotate reads them (k/K, M, G, 1024-based:
+    processor.grammar.sizes.LOGROTATE_SIZE); None where logrotate says "unknown unit"."""
+    return LOGROTATE_SIZE.parse(text.strip())
 
 
 def glob_matches(pattern: str, path: str) -> bool:

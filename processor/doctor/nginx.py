@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..grammar.sizes import NGINX_SIZE
 from .findings import Evidence, Finding, Level
 from .nginx_conf import Directive, load_dump, load_file
 
@@ -152,15 +153,13 @@ def _access_log_findings(log: Directive | None, formats: dict[str, Directive]) -
     return found
 
 
-_SIZE = re.compile(r"(\d+)([kKmM]?)")
 MIN_HEADER_BUFFER = 4096  # nginx's default on x86-64 (one page): apps' headers fit in it
 
 
 def _buffer_size_finding(loc: Directive, d: Directive) -> Finding:
     """proxy_buffer_size holds the upstream's response header: a header that does not fit is
     `upstream sent too big header` and a 502 — after the app already did (and audited) it."""
-    m = _SIZE.fullmatch(d.args[0]) if d.args else None
-    size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()] if m else None
+    size = NGINX_SIZE.parse(d.args[0]) if d.args else None
     where = f"location {' '.join(loc.args)}"
     if size is None or size >= MIN_HEADER_BUFFER:
         return Finding("nginx.proxy_buffer_size", SUB, Level.OK,
