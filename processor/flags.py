@@ -15,11 +15,20 @@ __all__ = [
     "MISSING_RECORD",
     "TRUNCATION_REASONS",
     "invalid_field",
+    "invalid_field_name",
     "missing_field",
     "rule",
+    "rule_name",
     "truncated",
     "truncated_attribute",
+    "truncation_reason",
 ]
+
+# Prefixes of the parameterised flags; read them back with the inverse helpers below, never by
+# slicing a flag by hand.
+_TRUNCATED = "truncated:"
+_INVALID_FIELD = "invalid_field:"
+_RULE = "rule:"
 
 # Why a record is known or suspected to be cut short.
 JSON_CUT = "json_cut"  # the record's JSON ends mid-value; the intact prefix was salvaged
@@ -42,7 +51,12 @@ MALFORMED = "malformed"  # not a record of its format at all (e.g. not JSON); ke
 def truncated(reason: str) -> str:
     if reason not in TRUNCATION_REASONS:
         raise ValueError(f"unknown truncation reason {reason!r}")
-    return f"truncated:{reason}"
+    return _TRUNCATED + reason
+
+
+def truncation_reason(flag: str) -> str | None:
+    """The reason of a `truncated:<reason>` flag (inverse of `truncated`); None for others."""
+    return flag[len(_TRUNCATED):] if flag.startswith(_TRUNCATED) else None
 
 
 def missing_field(name: str) -> str:
@@ -50,11 +64,22 @@ def missing_field(name: str) -> str:
 
 
 def invalid_field(name: str) -> str:
-    return f"invalid_field:{name}"
+    return _INVALID_FIELD + name
+
+
+def invalid_field_name(flag: str) -> str | None:
+    """The field of an `invalid_field:<name>` flag (inverse of `invalid_field`); None for
+    others."""
+    return flag[len(_INVALID_FIELD):] if flag.startswith(_INVALID_FIELD) else None
 
 
 def rule(name: str) -> str:
-    return f"rule:{name}"
+    return _RULE + name
+
+
+def rule_name(flag: str) -> str | None:
+    """The rule of a `rule:<name>` flag (inverse of `rule`); None for any other flag."""
+    return flag[len(_RULE):] if flag.startswith(_RULE) else None
 
 
 def truncated_attribute(key: str) -> str:

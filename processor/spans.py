@@ -283,7 +283,7 @@ class SpanBuilder:
     def _encode_flags(self, found: tuple[str, ...]) -> bytes:
         """`audit.flags`, and `audit.rules` (the names of the matched rules) when any."""
         blob = encode_attribute("audit.flags", found)
-        rules = tuple(f[5:] for f in found if f.startswith("rule:"))
+        rules = tuple(name for name in map(flags.rule_name, found) if name is not None)
         if rules:
             blob += encode_attribute("audit.rules", rules)
         if len(self._flags) >= 50_000:

@@ -178,10 +178,10 @@ class BatchStats:
                 self.malformed[source] += 1
             if severities:
                 for flag in found:
-                    if flag.startswith("rule:"):
-                        severity = severities.get(flag[5:])
-                        if severity is not None:
-                            self.rule_matches[(flag[5:], severity)] += 1
+                    name = flags.rule_name(flag)
+                    severity = severities.get(name) if name is not None else None
+                    if name is not None and severity is not None:
+                        self.rule_matches[(name, severity)] += 1
         if any(batch.observed_time_unix_nano):
             lags = self.lags_s.setdefault(source, [])
             for seen, logged in zip(batch.observed_time_unix_nano, batch.time_unix_nano,

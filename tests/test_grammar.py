@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from processor import flags
 from processor.config import ConfigError, load_settings
 from processor.grammar import sizes
 from processor.grammar import timestamps as ts
@@ -226,3 +227,20 @@ def test_sizes_agree_with_the_installed_tools(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=30)
         m = re.search(r"rotating pattern: .*?(\d+) bytes", run.stderr)
         assert (int(m.group(1)) if m else None) == logrotate, (text, run.stderr)
+
+
+# -- flags: every parameterised flag reads back through its inverse -------------------------
+
+
+@pytest.mark.parametrize("name", ["admin_export", "a:b", "rule:nested", "x"])
+def test_flag_helpers_have_inverses(name: str) -> None:
+    assert flags.rule_name(flags.rule(name)) == name
+    assert flags.invalid_field_name(flags.invalid_field(name)) == name
+    for other in (flags.DUPLICATE, flags.invalid_field("rule"), flags.missing_field(name),
+                  flags.truncated_attribute("rule:x")):
+        assert flags.rule_name(other) is None
+    for reason in flags.TRUNCATION_REASONS:
+        assert flags.truncation_reason(flags.truncated(reason)) == reason
+        assert flags.rule_name(flags.truncated(reason)) is None
+    assert flags.truncation_reason(flags.rule("truncated:x")) is None
+    assert flags.invalid_field_name(flags.missing_field(name)) is None
