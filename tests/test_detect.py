@@ -192,6 +192,13 @@ def test_forced_formats() -> None:
     assert forced("nginx", cri(issue), "--source nginx=x.log") == Detection(
         "cri", "nginx access inside CRI", "--source nginx=x.log", inner="nginx")
     assert forced("app", issue, "--source app").format == "app"
+    # docker forced but its lines tell nothing: read as app (as the service does), said so
+    unknown = forced("docker", docker([b"hello"]), "--source docker")
+    assert (unknown.format, unknown.inner, unknown.label) == (
+        "docker", "app", "app inside Docker json-file")
+    assert unknown.why.startswith("--source docker; Docker json-file log, wrapped lines' "
+                                  "format not recognized: none of 1 sampled")
+    assert unknown.why.endswith("; read as app, as the service reads container logs")
     with pytest.raises(ValueError, match="unknown format 'csv'"):
         forced("csv", issue, "--source csv")
 

@@ -250,8 +250,10 @@ def detect(sample: list[bytes]) -> Detection:
 def forced(fmt: str, sample: list[bytes], given_as: str) -> Detection:
     """The operator's format for a file (`given_as`: the option that said so).
 
-    docker/cri: the wrapped lines' format is still detected. nginx/app for a file that is a
-    container log: the wrapper is read and the forced format applies to the lines inside.
+    docker/cri: the wrapped lines' format is still detected; when it cannot be, they are read
+    as app lines, as the service reads container logs (the shipped collector config gives them
+    audit.source "app"), and the reason says so. nginx/app for a file that is a container log:
+    the wrapper is read and the forced format applies to the lines inside.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
@@ -260,7 +262,9 @@ def forced(fmt: str, sample: list[bytes], given_as: str) -> Detection:
         inner = detect_plain(_unwrapped(fmt, sample))
         found = _wrapped(fmt, inner)
         if found.format is None:
-            return Detection(None, found.label, f"{found.why}; {given_as} names only the wrapper")
+            return Detection(fmt, f"app inside {WRAPPER_NAMES[fmt]}",
+                             f"{given_as}; {found.label}: {found.why}; read as app, as the "
+                             "service reads container logs", inner=APP)
         return Detection(fmt, found.label, f"{given_as}; inside: {inner.why}", inner=found.inner)
     if wrapper is not None:
         return Detection(wrapper, f"{_FORCED_LABELS[fmt]} inside {WRAPPER_NAMES[wrapper]}",
