@@ -317,6 +317,17 @@ def test_nginx_log_and_docker_wrapped_app_log_give_no_false_findings(tmp_path: P
     assert not [r for r in out if "missing_record" in r["flags"]]
     assert f"{app_log}: app JSON inside Docker json-file ({requests}/{requests} sampled " \
            "lines have level, event)" in result.stderr
+    # The same records in a plain file: the same verdicts.
+    plain = write(tmp_path / "app.jsonl", [app_audit_line(r) for r in app_records])
+    plain_out = rows(run(stack.paths.access_log, plain))
+    assert [r["flags"] for r in plain_out if r["file"] == str(plain)] == \
+        [r["flags"] for r in out if r["file"] == str(app_log)]
+    assert not [r for r in plain_out if {"duplicate", "missing_record"} & set(r["flags"])]
+    # Reconciliation is armed: an app record left out is reported, once.
+    dropped = write(tmp_path / "dropped.jsonl", [app_audit_line(r) for r in app_records[1:]])
+    missing = [r for r in rows(run(stack.paths.access_log, dropped))
+               if "missing_record" in r["flags"]]
+    assert [r["trace_id"] for r in missing] == [app_records[0]["trace_id"]]
     # The bug this guards against: read as Nginx, every app record is its request's duplicate.
     wrong = rows(run("--source", f"nginx={app_log}", stack.paths.access_log, app_log))
     assert sum("duplicate" in r["flags"] for r in wrong) == requests
