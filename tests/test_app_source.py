@@ -429,8 +429,9 @@ def test_bad_mapping_errors() -> None:
     with pytest.raises(ValueError) as err:
         FieldMapping({"user_id": "actor.id", "time": "@timestamp"})
     message = str(err.value)
+    # The rules' error reporting (processor.grammar.jmes), plus the quoting hint.
     assert message.startswith("field mapping 'time': invalid JMESPath expression '@timestamp' "
-                              "at position 1 (near 'timestamp'): ")
+                              "at position 1 near 'timestamp': ")
     assert "'\"@timestamp\"'" in message  # the quoting hint
     with pytest.raises(ValueError, match=r"'app_id'.*'context\.\[' at position 9"):
         FieldMapping({"app_id": "context.["})
@@ -440,6 +441,11 @@ def test_bad_mapping_errors() -> None:
         FieldMapping({"user_id": ""})
     with pytest.raises(ValueError, match="unknown field 'actor'"):
         FieldMapping({"actor": "actor.id"})
+    # Refused when configured, as a rule would be, not failed on every record.
+    with pytest.raises(ValueError, match=r"'user_id'.*unknown function lenght\(\)"):
+        FieldMapping({"user_id": "lenght(actor)"})
+    with pytest.raises(ValueError, match=r"'status'.*length\(\) takes 1 argument"):
+        FieldMapping({"status": "length(a, b)"})
 
 
 def test_mapping_is_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import jmespath
 import pytest
 
+from processor.grammar.jmes import root_reads
 from processor.record import RecordBatch
 from processor.rules import (
     RuleError,
@@ -21,7 +22,6 @@ from processor.rules import (
     compile_expression,
     record_view,
 )
-from processor.rules.compile import root_reads
 
 # -- built-in rules --------------------------------------------------------------------------
 

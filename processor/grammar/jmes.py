@@ -1,4 +1,7 @@
-"""JMESPath rule expressions compiled once into plain-Python callables.
+"""JMESPath expressions compiled once into plain-Python callables: the one JMESPath compiler,
+used by the audit rules (processor.rules) and by the app source's field maps
+(processor.sources.app.FieldMapping), so an expression is accepted, refused and evaluated the
+same way in both.
 
 `jmespath.compile(expr).search(obj)` builds a new TreeInterpreter and walks the AST through
 dict lookups and a visitor dispatch on every call: ~2-10 µs per record and expression, far over

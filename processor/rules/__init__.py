@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .compile import CompiledExpression, ExpressionError, compile_expression, is_truthy
+from ..grammar.jmes import CompiledExpression, ExpressionError, compile_expression, is_truthy
 from .ruleset import (
     SEVERITIES,
     VIEW_KEYS,

@@ -36,8 +36,14 @@ from typing import Any
 import yaml
 
 from .. import flags as flag_vocabulary
+from ..grammar.jmes import (
+    CompiledExpression,
+    Evaluator,
+    ExpressionError,
+    compile_expression,
+    is_truthy,
+)
 from ..record import AuditRecord, RecordBatch
-from .compile import CompiledExpression, Evaluator, ExpressionError, compile_expression, is_truthy
 
 __all__ = [
     "COLUMN_KEYS",
