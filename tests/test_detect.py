@@ -182,6 +182,14 @@ def test_ties_splits_and_unknowns_are_undecided_with_the_reason() -> None:
     assert wrapped.format is None and wrapped.label.startswith("Docker json-file log")
 
 
+def test_what_replay_cannot_read_inside_a_container_log_is_said() -> None:
+    found = detect(docker(list(SEEDS["pgaudit_stderr"])))
+    assert (found.format, found.label) == (None, "PostgreSQL stderr inside Docker json-file")
+    assert found.why.endswith("replay the container's output instead (docker logs CONTAINER "
+                              "> FILE)")
+    assert detect([]) == Detection("nginx", "empty", "no line to read")  # no record either way
+
+
 def test_forced_formats() -> None:
     issue = [dumps(APP_LINES["issue"])]
     # docker forced: the wrapped lines are still detected

@@ -237,8 +237,9 @@ def _wrapped(wrapper: str, inner: Detection) -> Detection:
         return Detection(None, f"{name} log, wrapped lines' format not recognized", inner.why)
     if inner.format not in CONTENT_FORMATS and inner.label != "empty":
         return Detection(None, f"{inner.label} inside {name}",
-                         f"replay reads Nginx access and app lines inside container logs, not "
-                         f"{inner.label} ({inner.why}); give the file a --source of its own")
+                         f"replay reads only Nginx access and app lines inside container logs, "
+                         f"not {inner.label} ({inner.why}); replay the container's output "
+                         "instead (docker logs CONTAINER > FILE)")
     return Detection(wrapper, f"{inner.label} inside {name}", inner.why, inner=inner.format)
 
 
