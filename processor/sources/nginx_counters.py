@@ -54,7 +54,9 @@ Liberal where real outputs vary (CRLF, trailing blanks, comments, label order, e
 escaped label values, a JSONP wrapper, integral floats), strict where a wrong number would be
 worse than none: a counter that is not a finite, non-negative integer, a series without a host,
 the same host and code twice, or a text that is not the expected format at all raises
-CounterFormatError. Nothing here reads the clock or does I/O.
+CounterFormatError. The exposition syntax (labels, escapes, values) is read by
+prometheus_client's parser, line by line; those checks sit on top of it. Nothing here reads the
+clock or does I/O.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import DataPointFlags, NumberDataPoint
+from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "ALL_ZONES",
@@ -250,54 +253,24 @@ def parse_vts_json(data: bytes | str, time_unix_nano: int) -> list[CounterSample
 
 # ------------------------------------------------------------------------------ VTS Prometheus
 
-_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,?)', re.DOTALL)
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-_UNESCAPED = {"\\": "\\", '"': '"', "n": "\n"}
-
-
-def _unescape(value: str) -> str:
-    # The exposition format has three escapes; any other backslash pair is kept as written.
-    return _ESCAPE.sub(lambda m: _UNESCAPED.get(m.group(1), m.group(0)), value)
-
-
-def _labels(line: str, start: int) -> tuple[dict[str, str], int]:
-    """Labels from line[start] == "{" to the closing "}" → (labels, index after "}")."""
-    labels: dict[str, str] = {}
-    pos = start + 1
-    while True:
-        while pos < len(line) and line[pos] in " \t":
-            pos += 1
-        if pos < len(line) and line[pos] == "}":
-            return labels, pos + 1
-        m = _LABEL.match(line, pos)
-        if m is None:
-            raise _fail('name="value" labels in {…}', line)
-        labels[m.group(1)] = _unescape(m.group(2))
-        pos = m.end()
-        if not m.group(3):  # no comma: only the closing brace may follow
-            while pos < len(line) and line[pos] in " \t":
-                pos += 1
-            if pos < len(line) and line[pos] == "}":
-                return labels, pos + 1
-            raise _fail("',' or '}' after a label", line)
-
-
-def _series(line: str) -> tuple[str, dict[str, str], str] | None:
-    """A sample line → (metric name, labels, value text); None for anything else."""
-    m = _NAME.match(line)
-    if m is None:
-        return None
-    name, pos = m.group(0), m.end()
-    while pos < len(line) and line[pos] in " \t":
-        pos += 1
-    labels: dict[str, str] = {}
-    if pos < len(line) and line[pos] == "{":
-        labels, pos = _labels(line, pos)
-    rest = line[pos:].split()
-    if not rest or len(rest) > 2:  # value, and an optional timestamp
+def _request_series(line: str) -> tuple[dict[str, str], int | float] | None:
+    """A line of the exposition format → (labels, value) when it is a METRIC_NAME sample; None
+    for another metric's line. The format itself (label syntax and escapes, the value, an
+    optional timestamp) is prometheus_client's parser's; a line it refuses raises."""
+    # The parser takes "1 2 3" as value 1 at timestamp "2 3"; the format has one value and at
+    # most one timestamp after the labels.
+    after_labels = line[line.rfind("}") + 1:] if "{" in line else line.split(None, 1)[-1]
+    if not 1 <= len(after_labels.split()) <= 2:
         raise _fail("'<metric>{labels} <value> [timestamp]'", line)
-    return name, labels, rest[0]
+    try:
+        families = list(text_string_to_metric_families(line + "\n"))
+    except ValueError as exc:  # the parser's reason: "Invalid labels: …", "Invalid value: …"
+        raise _fail(f"'<metric>{{labels}} <value> [timestamp]' ({exc})", line) from None
+    for family in families:
+        for sample in family.samples:
+            if sample.name == METRIC_NAME:
+                return sample.labels, sample.value
+    return None  # a longer name sharing the prefix
 
 
 def _counted_codes(codes: Mapping[str, object], host: str) -> list[str]:
@@ -331,10 +304,10 @@ def parse_vts_prometheus(text: str, time_unix_nano: int) -> list[CounterSample]:
             seen_vts = True
         if line.startswith("#") or not line.startswith(METRIC_NAME):
             continue
-        series = _series(line)
-        if series is None or series[0] != METRIC_NAME:
-            continue  # a longer name sharing the prefix
-        _, labels, value = series
+        series = _request_series(line)
+        if series is None:
+            continue
+        labels, value = series
         host = labels.get("host")
         if host is None:
             raise _fail(f"a host label on {METRIC_NAME}", line)
