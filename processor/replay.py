@@ -124,10 +124,9 @@ def detect_file(path: Path, forced: str = "auto", given_as: str = "") -> detect.
     found = (detect.detect(sample) if forced == "auto"
              else detect.forced(forced, sample, given_as or f"--source {forced}"))
     if found.format is None:
-        raise ReplayError(
-            f"{path}: {found.label}: {found.why}. Name its format with --source FORMAT={path} "
-            f"(FORMAT: {', '.join(detect.FORMATS)})"
-        )
+        hint = (f". Name its format with --source FORMAT={path} (FORMAT: "
+                f"{', '.join(detect.FORMATS)})" if found.forceable else "")
+        raise ReplayError(f"{path}: {found.label}: {found.why}{hint}")
     return found
 
 

@@ -184,7 +184,8 @@ def test_ties_splits_and_unknowns_are_undecided_with_the_reason() -> None:
 
 def test_what_replay_cannot_read_inside_a_container_log_is_said() -> None:
     found = detect(docker(list(SEEDS["pgaudit_stderr"])))
-    assert (found.format, found.label) == (None, "PostgreSQL stderr inside Docker json-file")
+    assert (found.format, found.label, found.forceable) == (
+        None, "PostgreSQL stderr inside Docker json-file", False)
     assert found.why.endswith("replay the container's output instead (docker logs CONTAINER "
                               "> FILE)")
     assert detect([]) == Detection("nginx", "empty", "no line to read")  # no record either way

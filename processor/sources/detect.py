@@ -97,6 +97,7 @@ class Detection:
     label: str
     why: str
     inner: str | None = None  # docker/cri: the wrapped lines' format
+    forceable: bool = True  # undecided: would naming the format with --source help?
 
     def __str__(self) -> str:
         return f"{self.label} ({self.why})"
@@ -239,7 +240,7 @@ def _wrapped(wrapper: str, inner: Detection) -> Detection:
         return Detection(None, f"{inner.label} inside {name}",
                          f"replay reads only Nginx access and app lines inside container logs, "
                          f"not {inner.label} ({inner.why}); replay the container's output "
-                         "instead (docker logs CONTAINER > FILE)")
+                         "instead (docker logs CONTAINER > FILE)", forceable=False)
     return Detection(wrapper, f"{inner.label} inside {name}", inner.why, inner=inner.format)
 
 
