@@ -97,12 +97,13 @@ def parse_source_options(values: Sequence[str]) -> tuple[str, dict[Path, str]]:
     Each value is FORMAT (all files) or FORMAT=FILE (that file; repeatable)."""
     every: str | None = None
     per_file: dict[Path, str] = {}
-    accepted = ", ".join(SOURCES)
+    accepted = ", ".join(detect.FORMATS)
     for value in values:
         fmt, eq, name = value.partition("=")
         if fmt not in SOURCES or (eq and fmt == "auto"):
             raise ReplayError(f"--source {value}: unknown format {fmt!r}; accepted formats: "
-                              f"{accepted} (as FORMAT for every file, or FORMAT=FILE)")
+                              f"{accepted}, as FORMAT (every file; auto, the default, detects "
+                              "each) or FORMAT=FILE (that file)")
         if not eq:
             if every is not None and every != fmt:
                 raise ReplayError(f"--source {every} and --source {fmt}: give one format for "

@@ -266,8 +266,8 @@ def test_per_file_override(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--source", "bogus"], "--source bogus: unknown format 'bogus'; accepted formats: auto, "
-                            "nginx, nginx_error, app, pgaudit, docker, cri"),
+    (["--source", "bogus"], "--source bogus: unknown format 'bogus'; accepted formats: "
+                            "nginx, nginx_error, app, pgaudit, docker, cri, as FORMAT"),
     (["--source", "csv=F"], "--source csv=F: unknown format 'csv'"),
     (["--source", "auto=F"], "--source auto=F: unknown format 'auto'"),
     (["--source", "app="], "--source app=: no file after '='"),
