@@ -5,6 +5,7 @@ log carrying request_id/status/path (plain or Docker-wrapped) is never read as N
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from processor.sources.detect import (
     Detection,
@@ -22,7 +25,7 @@ from processor.sources.detect import (
     line_evidence,
     object_evidence,
 )
-from tests.fuzz_corpus import SEEDS
+from tests.fuzz_corpus import FORMATS, SEEDS, mutated_lines
 from tests.nginx_upstream import nginx_with_upstream, wait_for_lines
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -210,6 +213,33 @@ def test_forced_formats() -> None:
     assert unknown.why.endswith("; read as app, as the service reads container logs")
     with pytest.raises(ValueError, match="unknown format 'csv'"):
         forced("csv", issue, "--source csv")
+
+
+# Each seed format of the fuzz corpus → what detection must say for its clean lines.
+EXPECTED = {"nginx_json": "nginx", "nginx_short": "nginx", "nginx_error": "nginx_error",
+            "app_dify_json": "app", "app_dify_text": "app", "app_generic": "app",
+            "docker": "docker", "cri": "cri", "pgaudit_stderr": "pgaudit",
+            "pgaudit_csvlog": "pgaudit", "pgaudit_jsonlog": "pgaudit"}
+
+
+def test_every_fuzz_seed_format_is_detected() -> None:
+    assert set(EXPECTED) == set(FORMATS)
+    for fmt, expected in EXPECTED.items():
+        assert detect(list(SEEDS[fmt])).format == expected, fmt
+
+
+@pytest.mark.parametrize("fmt", list(EXPECTED))
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rnd=st.randoms(use_true_random=False), count=st.integers(1, 40))
+def test_detection_of_mutated_lines_never_raises(fmt: str, rnd: random.Random,
+                                                 count: int) -> None:
+    """Cut, flipped, huge, deeply nested lines: a verdict or an undecided one, never an
+    exception; and a file never turns into the other side of nginx vs app."""
+    found = detect(mutated_lines(fmt, count, rnd, allow_huge=rnd.random() < 0.1))
+    assert isinstance(found, Detection) and found.why
+    other = {"nginx": "app", "app": "nginx"}.get(EXPECTED[fmt])
+    assert other is None or (found.inner or found.format) != other, found
 
 
 # -- through `audit-guard replay` -------------------------------------------------------------
