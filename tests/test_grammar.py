@@ -20,6 +20,9 @@ from processor import flags
 from processor.config import ConfigError, load_settings
 from processor.grammar import sizes
 from processor.grammar import timestamps as ts
+from processor.record import RecordBatch
+from processor.rules import RuleSet
+from processor.telemetry import BatchStats
 
 S = 1_000_000_000
 T = 1795701600 * S  # 2026-11-26T14:00:00Z
@@ -244,3 +247,18 @@ def test_flag_helpers_have_inverses(name: str) -> None:
         assert flags.rule_name(flags.truncated(reason)) is None
     assert flags.truncation_reason(flags.rule("truncated:x")) is None
     assert flags.invalid_field_name(flags.missing_field(name)) is None
+
+
+def test_rule_matches_are_counted_by_the_rule_name_read_back_from_the_flag() -> None:
+    """telemetry reads `rule:<name>` through flags.rule_name: each rule's flags are counted
+    under its name and severity, other flags (even one naming a rule) not at all."""
+    rules = RuleSet.from_yaml(
+        "- {name: admin.export, when: 'status == `500`', severity: high}\n"
+        "- {name: rule, when: 'status == `500`', severity: low}\n")
+    batch = RecordBatch("nginx", 3, status=[500, 200, 500])
+    batch.flags = {0: [flags.DUPLICATE, flags.rule("admin.export"), flags.rule("rule")],
+                   1: [flags.invalid_field("rule"), flags.missing_field("rule")],
+                   2: [flags.rule("admin.export")]}
+    stats = BatchStats()
+    stats.add_batch(batch, rules)
+    assert stats.rule_matches == {("admin.export", "high"): 2, ("rule", "low"): 1}
