@@ -1,7 +1,7 @@
 """Audit field validation: who (user_id), in which app (app_id), did what (method, path), with
 what result (status), when (time). Each problem becomes a `missing_field:<name>` or
 `invalid_field:<name>` flag, also listed in the record's violations (span: `audit.violations`).
-Any other field a source could not parse, or found out of range (processor.sources.ranges:
+Any other field a source could not parse, or found out of range (processor.grammar.ranges:
 duration, sizes, ids), is `invalid_field:<name>` too.
 """
 
@@ -139,7 +139,7 @@ def _visit(found: dict[int, list[str]], column: list[Any], rule: Callable[..., s
 
 
 def _unparsed(batch: RecordBatch, found: dict[int, list[str]]) -> None:
-    """Every field a source could not parse or found out of range (processor.sources.ranges)
+    """Every field a source could not parse or found out of range (processor.grammar.ranges)
     is `invalid_field:<name>`, whichever field it is: it replaces a `missing_field:<name>` the
     rules above gave for the now absent value."""
     if not any(batch.unparsed):

@@ -6,7 +6,7 @@ One function per written form, all with the same contract:
   for the arithmetic);
 - None when the text is not that form, is not a calendar time (month 13, 30 February, second
   60 — rejected like Go's time.Parse, which the runtimes and the collector use), or is outside
-  the range a span can carry (processor.sources.ranges.time_ok: 1970 .. 2262);
+  the range a span can carry (processor.grammar.ranges.time_ok: 1970 .. 2262);
 - a time written without offset is read in `naive_tz` — UTC unless the operator configured
   another zone (Settings.naive_timezone) — never in the machine's local zone, so a result does
   not depend on the TZ of the host that parses it.
@@ -35,7 +35,7 @@ import re
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..sources import ranges
+from . import ranges
 
 __all__ = [
     "POSTGRES_TIME_PATTERN",

@@ -44,10 +44,9 @@ from typing import Any
 from jmespath.exceptions import JMESPathError
 
 from .. import flags
-from ..grammar import timestamps
+from ..grammar import ranges, timestamps
 from ..grammar.jmes import Evaluator, ExpressionError, compile_expression
 from ..record import AuditRecord, RecordBatch
-from . import ranges
 from .columns import text, to_int
 from .jsonline import decode_json_object, mark_decoding
 
@@ -109,7 +108,7 @@ _TEXT_LINE = re.compile(
 )
 
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
-# Fields holding an id: range-checked (processor.sources.ranges.id_ok).
+# Fields holding an id: range-checked (processor.grammar.ranges.id_ok).
 _IDS = frozenset({"request_id", "trace_id", "traceparent"})
 # A line number has at most 18 digits (range-checked: an int64 attribute).
 _CALLER = re.compile(r"(?P<file>[^:]+):(?P<line>\d{1,18})")

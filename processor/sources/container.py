@@ -72,7 +72,7 @@ class ContainerLine:
 
 def _observed_ns(text: str) -> int | None:
     """The runtime's `time` as an observed time: None when it is not one, or out of the range
-    a span can carry (processor.sources.ranges: 1970..2262)."""
+    a span can carry (processor.grammar.ranges: 1970..2262)."""
     return timestamps.iso8601_ns(text)
 
 

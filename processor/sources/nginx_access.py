@@ -17,12 +17,11 @@ from typing import Any
 import msgspec
 import orjson
 
-from ..grammar import timestamps
+from ..grammar import ranges, timestamps
+from ..grammar.ranges import check_column, check_ids, note_unparseable
 from ..record import AuditRecord, RecordBatch
-from . import ranges
 from .columns import ints, last_ints, seconds_ns, structured_rows, texts
 from .jsonline import decode_json_object, mark_decoding
-from .ranges import check_column, check_ids, note_unparseable
 
 __all__ = [
     "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "parse_line", "parse_lines", "parse_mapping",
@@ -253,7 +252,7 @@ def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
         else [t.partition("?")[0] if t is not None else None for t in targets]
     )
 
-    # Every value is range-checked here (processor.sources.ranges): one out of range becomes
+    # Every value is range-checked here (processor.grammar.ranges): one out of range becomes
     # absent and `invalid_field:<name>` on its record alone, never an error for the batch.
     statuses = ints(status, few_distinct=True)
     if None in statuses:

@@ -48,9 +48,8 @@ import orjson
 
 from .. import flags
 from ..correlate.traces import parse_traceparent
-from ..grammar import timestamps
+from ..grammar import ranges, timestamps
 from ..record import AuditRecord, RecordBatch
-from . import ranges
 from .jsonline import decode_json_object
 
 __all__ = [
@@ -520,7 +519,7 @@ def _record(first: int, text: str, last_size: int, fmt: str, entry: _Entry) -> A
     parameter = audit.get("parameter")
     rows = _int(audit.get("rows"))
     unparsed: list[str] = []
-    # Range checks (processor.sources.ranges): an id or count beyond int64 cannot be exported.
+    # Range checks (processor.grammar.ranges): an id or count beyond int64 cannot be exported.
     if statement_id is not None and not ranges.size_ok(statement_id):
         statement_id, payload_ok = None, False
     if substatement_id is not None and not ranges.size_ok(substatement_id):
