@@ -262,3 +262,29 @@ def test_rule_matches_are_counted_by_the_rule_name_read_back_from_the_flag() -> 
     stats = BatchStats()
     stats.add_batch(batch, rules)
     assert stats.rule_matches == {("admin.export", "high"): 2, ("rule", "low"): 1}
+
+
+def test_sources_read_naive_times_as_utc_whatever_the_host_zone() -> None:
+    """The readers, not only the grammar: an ISO time without offset in an nginx access record
+    (read in the host's zone before), a Docker `time`, an app line and an nginx error-log line
+    give the same instant in a Tokyo process as here."""
+    code = """if True:
+        import json, time
+        time.tzset()
+        from processor.sources import app, container, nginx_access, nginx_error
+        print(json.dumps([
+            nginx_access.parse_lines(['{"time_iso8601": "2026-11-26T14:00:00", "uri": "/"}'])
+            .time_unix_nano[0],
+            nginx_access.parse_lines(['{"time_local": "26/Nov/2026:15:00:00 +0100", "uri": "/"}'])
+            .time_unix_nano[0],
+            container.recombine_docker(
+                [(1, '{"log":"x\\\\n","stream":"stdout","time":"2026-11-26T14:00:00"}')])[0]
+            .observed_time_unix_nano,
+            app.parse_line('{"time": "2026-11-26 14:00:00.5", "path": "/"}').time_unix_nano,
+            nginx_error.parse_line(1, "2026/11/26 14:00:00 [error] 1#1: x").time_unix_nano,
+        ]))
+    """
+    for zone in ("UTC", "Asia/Tokyo"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "TZ": zone}, check=True, timeout=60)
+        assert json.loads(out.stdout) == [T, T, T, T + S // 2, T], zone
