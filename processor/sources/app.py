@@ -200,7 +200,7 @@ def _time_ns(value: Any, local_tz: tzinfo | None) -> int | None:
         parsed = timestamps.iso8601_ns(value, local_tz)
         if parsed is None:
             parsed = timestamps.epoch_seconds_ns(value)  # exact: every digit kept
-        if parsed is not None:
+        if parsed:  # the epoch itself is no real event time, whichever way it is written
             return parsed
         try:
             number = float(value)
