@@ -71,7 +71,9 @@ class ExporterConfig(BaseModel):
     """Where spans go: an OTLP/gRPC endpoint (the collector's egress receiver, Tempo, Jaeger)."""
 
     model_config = ConfigDict(extra="forbid")
-    endpoint: str = "127.0.0.1:4417"
+    # The trace backend's OTLP/gRPC receiver (Tempo, Jaeger: 4317). Sending through a collector
+    # instead loses spans it cannot deliver: its OTLP exporter drops on non-retryable codes.
+    endpoint: str = "127.0.0.1:4317"
     insecure: bool = True
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: Seconds = 10.0  # one attempt

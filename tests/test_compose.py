@@ -666,11 +666,11 @@ def test_services_are_wired_to_each_other(services: dict[str, dict[str, Any]]) -
     assert col["AUDIT_GUARD_COLLECTOR_METRICS_HOST"] == "0.0.0.0"
     assert hostport(proc["AUDIT_GUARD_SERVER__LISTEN"])[0] == "0.0.0.0"
 
-    # collector → processor → collector egress.
+    # collector → processor → the trace backend, straight (not through the collector's egress,
+    # whose OTLP exporter drops spans on non-retryable codes).
     listen_port = hostport(proc["AUDIT_GUARD_SERVER__LISTEN"])[1]
     assert col["AUDIT_GUARD_PROCESSOR_ENDPOINT"] == f"processor:{listen_port}"
-    egress_port = hostport(col["AUDIT_GUARD_EGRESS_ENDPOINT"])[1]
-    assert proc["AUDIT_GUARD_EXPORTER__ENDPOINT"] == f"collector:{egress_port}"
+    assert proc["AUDIT_GUARD_EXPORTER__ENDPOINT"] == col["AUDIT_GUARD_TRACES_ENDPOINT"]
 
     # collector → Tempo by default; Jaeger listens on the same port, so only the host changes.
     host, port = hostport(col["AUDIT_GUARD_TRACES_ENDPOINT"])
@@ -736,7 +736,7 @@ def test_processor_env_is_valid_settings(
         monkeypatch.setenv(name, value)
     settings = load_settings()
     assert settings.server.listen == "0.0.0.0:4327"
-    assert settings.exporter.endpoint == "collector:4417"
+    assert settings.exporter.endpoint == "tempo:4317"
     # Reaches the setting (an unknown AUDIT_GUARD_* name would be ignored silently).
     assert settings.reconcile.state_dir == Path("/var/lib/audit-guard")
 

@@ -1,5 +1,5 @@
 """The whole demo stack on loopback: demo upstream ← nginx; nginx's access log and the
-upstream's app audit log → collector → audit-guard processor → collector egress → Jaeger.
+upstream's app audit log → collector → audit-guard processor → Jaeger.
 Used by `audit-guard demo` and the end-to-end tests; every process is stopped by `close()`,
 whatever happened.
 """
@@ -75,7 +75,10 @@ class Stack:
             log_dir=wd,
             env={
                 "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{self.processor_port}",
-                "AUDIT_GUARD_EXPORTER__ENDPOINT": endpoints.egress,
+                # Straight to the trace backend: audit-guard's exporter retries every refusal and
+                # spools what is refused for good; the collector's own OTLP exporter would drop
+                # spans on UNAUTHENTICATED, PERMISSION_DENIED, INTERNAL, ... (see README).
+                "AUDIT_GUARD_EXPORTER__ENDPOINT": self.jaeger_ports.otlp_endpoint,
                 "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{self.admin_port}",
                 # Pending requests survive a processor restart within the demo's workdir.
                 "AUDIT_GUARD_RECONCILE__STATE_DIR": str(wd / "processor-state"),
