@@ -109,6 +109,7 @@ class Pipeline:
         self._routes = RouteTable([*DIFY_ROUTES, *settings.routes])
         self.dedup = Deduplicator(settings.dedup_max_records)
         self._in_transaction = False  # see begin()
+        self._naive_tz = settings.naive_tz()  # times written without an offset are in this zone
         self.resent = False  # whether the last checked batch was a resent chunk
         self._lag_ns = int(settings.lag_threshold_s * 1_000_000_000)
         self._app_mapping = FieldMapping(settings.app_field_map) if settings.app_field_map else None
@@ -194,7 +195,7 @@ class Pipeline:
         if source == NGINX_ERROR:
             raise ValueError("nginx error-log lines are events, not records: see process_logs")
         if source == APP:
-            batch = app.parse_lines(bodies, self._app_mapping)
+            batch = app.parse_lines(bodies, self._app_mapping, local_tz=self._naive_tz)
         elif source == PGAUDIT:
             lines = list(zip(numbers or range(1, len(bodies) + 1), bodies, strict=True))
             return pgaudit.parse(lines, log_line_prefix=self._settings.pgaudit_log_line_prefix)
@@ -355,7 +356,7 @@ class Pipeline:
         error_rows = groups.pop(NGINX_ERROR, None)
         if error_rows is not None:
             count += len(error_rows.bodies)
-            events = nginx_error.parse_lines(enumerate(error_rows.bodies, 1))
+            events = nginx_error.parse_lines(enumerate(error_rows.bodies, 1), self._naive_tz)
             late = self.errors.on_events(events, now_ns)
             if late:
                 extra.append(events_batch([e for e, _, _ in late],

@@ -321,12 +321,13 @@ def replay(
     # Error logs first: their events flag the access records they join, in whatever order the
     # files were given.
     events: dict[Path, list[nginx_error.ErrorEvent]] = {}
+    naive_tz = settings.naive_tz()
     for path in readable:
         if sources[path].format == "nginx_error":
             found: list[nginx_error.ErrorEvent] = []
             try:
                 for number, line in _lines(path):
-                    event = nginx_error.parse_line(number, line)
+                    event = nginx_error.parse_line(number, line, naive_tz)
                     if event is not None:
                         found.append(event)
             except ReplayError as exc:

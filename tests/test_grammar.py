@@ -288,3 +288,15 @@ def test_sources_read_naive_times_as_utc_whatever_the_host_zone() -> None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "TZ": zone}, check=True, timeout=60)
         assert json.loads(out.stdout) == [T, T, T, T + S // 2, T], zone
+
+
+def test_naive_timezone_reaches_the_readers() -> None:
+    """`naive_timezone` is how the service and replay read a time written without an offset
+    (an app's `2026-11-26 14:00:00`, nginx's error log)."""
+    from processor.config import load_settings
+    from processor.pipeline import Pipeline
+
+    line = '{"time": "2026-11-26T14:00:00", "request_id": "' + "a" * 32 + '", "user_id": "u"}'
+    utc = Pipeline(load_settings()).parse("app", [line]).time_unix_nano[0]
+    tokyo = Pipeline(load_settings(naive_timezone="Asia/Tokyo")).parse("app", [line])
+    assert utc is not None and tokyo.time_unix_nano[0] == utc - 9 * 3600 * 10**9
