@@ -53,16 +53,25 @@ class ServerConfig(BaseModel):
     """The OTLP/gRPC receiver the collector sends logs and metrics to."""
 
     model_config = ConfigDict(extra="forbid")
-    listen: str = "127.0.0.1:4327"
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
-    # Export calls processed at once; more wait briefly, then get UNAVAILABLE (the collector
-    # retries from its persistent queue). Bounds memory under overload.
-    max_inflight_requests: int = Field(8, ge=1, le=256)
-    # Calls gRPC holds beyond that before it refuses them outright (RESOURCE_EXHAUSTED, which
-    # an OTLP client does NOT retry): keep it well above what all senders can have in flight
-    # (the shipped collector: 2 exporters x 4 consumers). Bounds the memory of queued requests.
-    max_queued_requests: int = Field(128, ge=1, le=10_000)
-    shutdown_grace_s: Seconds = 20.0
+    listen: str = Field(
+        "127.0.0.1:4327",
+        description="host:port of the OTLP/gRPC receiver (logs, metrics, traces, health).")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024,
+        description="Largest request accepted, in bytes (default 64 MiB).")
+    max_inflight_requests: int = Field(
+        8, ge=1, le=256,
+        description="Export calls processed at once; more wait briefly (1 s), then get "
+        "UNAVAILABLE (the collector retries from its persistent queue). Bounds memory under "
+        "overload.")
+    max_queued_requests: int = Field(
+        128, ge=1, le=10_000,
+        description="Calls gRPC holds beyond those in flight before it refuses them outright "
+        "with RESOURCE_EXHAUSTED, which an OTLP client does NOT retry: keep it well above what "
+        "all senders can have in flight (the shipped collector: 2 exporters x 4 consumers). "
+        "Bounds the memory of queued requests.")
+    shutdown_grace_s: Seconds = Field(
+        20.0, description="On SIGTERM: how long calls in flight may take to finish.")
 
     _listen = field_validator("listen")(_check_hostport)
 
@@ -71,26 +80,38 @@ class ExporterConfig(BaseModel):
     """Where spans go: an OTLP/gRPC endpoint (the collector's egress receiver, Tempo, Jaeger)."""
 
     model_config = ConfigDict(extra="forbid")
-    # The trace backend's OTLP/gRPC receiver (Tempo, Jaeger: 4317). Sending through a collector
-    # instead loses spans it cannot deliver: its OTLP exporter drops on non-retryable codes.
-    endpoint: str = "127.0.0.1:4317"
-    insecure: bool = True
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeout_s: Seconds = 10.0  # one attempt
-    retry_initial_backoff_s: Seconds = 0.5
-    retry_max_backoff_s: Seconds = 5.0
-    # How long one incoming Export waits for downstream (all retries) before answering
-    # UNAVAILABLE, which makes the collector keep the data and retry later. Also bounded by the
-    # caller's own gRPC deadline (the shipped collector's exporter timeout: 30 s).
-    max_wait_s: Seconds = 20.0
-    # Span requests are split to stay at or under this size: gRPC receivers refuse larger
-    # messages (4 MiB by default: the collector's OTLP receiver, Jaeger, Tempo). Keep it under
-    # the downstream receiver's limit (the shipped otlp/egress receiver: max_recv_msg_size_mib 4).
-    max_request_bytes: int = Field(3 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
-    # gRPC codes meaning "this request will never be accepted": its spans go to the dead-letter
-    # spool (`deadletter`) instead of being retried. Every other non-OK answer is retried until
-    # max_wait_s, then answered UNAVAILABLE upstream (the collector keeps the data).
-    permanent_codes: list[str] = Field(default_factory=lambda: ["INVALID_ARGUMENT"])
+    endpoint: str = Field(
+        "127.0.0.1:4317",
+        description="Where spans go: the trace backend's OTLP/gRPC receiver (Tempo, Jaeger: "
+        "4317). Sending through a collector instead loses spans it cannot deliver: its OTLP "
+        "exporter drops on non-retryable codes.")
+    insecure: bool = Field(True, description="Plaintext gRPC (false: TLS with system roots).")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="gRPC metadata sent with every request, e.g. auth.")
+    timeout_s: Seconds = Field(10.0, description="Deadline of one attempt.")
+    retry_initial_backoff_s: Seconds = Field(
+        0.5, description="First retry delay; exponential backoff with jitter, a RetryInfo from "
+        "the server wins.")
+    retry_max_backoff_s: Seconds = Field(5.0, description="Longest delay between two retries.")
+    max_wait_s: Seconds = Field(
+        20.0,
+        description="How long one incoming Export waits for downstream (all retries of every "
+        "non-OK code but permanent_codes) before answering UNAVAILABLE, which makes the "
+        "collector keep the data and retry later. Also bounded by the caller's own gRPC "
+        "deadline (the shipped collector's exporter timeout: 30 s), so keep it below that.")
+    max_request_bytes: int = Field(
+        3 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024,
+        description="Span requests are split to stay at or under this size: gRPC receivers "
+        "refuse larger messages (4 MiB by default: the collector's OTLP receiver, Jaeger, "
+        "Tempo). Keep it under the downstream receiver's limit (the shipped otlp/egress "
+        "receiver: max_recv_msg_size_mib 4).")
+    permanent_codes: list[str] = Field(
+        default_factory=lambda: ["INVALID_ARGUMENT"],
+        description="gRPC codes (by name) meaning \"this request will never be accepted\": its "
+        "spans go to the dead-letter spool (deadletter) instead of being retried (a partial "
+        "success always does). Every other non-OK answer is retried until max_wait_s, then "
+        "answered UNAVAILABLE upstream (the collector keeps the data). An unknown name stops "
+        "start-up.")
 
     _endpoint = field_validator("endpoint")(_check_hostport)
 
@@ -112,11 +133,17 @@ class AdminConfig(BaseModel):
     status page (/)."""
 
     model_config = ConfigDict(extra="forbid")
-    listen: str = "127.0.0.1:8081"
-    # Bearer token for the mutating API (PUT /api/rules); unset: those endpoints are disabled.
-    token: str | None = Field(None, min_length=1)
-    # Recent flagged records kept in memory for /api/flags and the status page.
-    flags_buffer: int = Field(1000, ge=10, le=100_000)
+    listen: str = Field(
+        "127.0.0.1:8081",
+        description="host:port of the admin HTTP API: /metrics, /healthz, /readyz, /api/..., "
+        "the status page.")
+    token: str | None = Field(
+        None, min_length=1,
+        description="Bearer token for the mutating API (PUT /api/rules); unset: those "
+        "endpoints are disabled (403).")
+    flags_buffer: int = Field(
+        1000, ge=10, le=100_000,
+        description="Recent flagged records kept in memory for /api/flags and the status page.")
 
     _listen = field_validator("listen")(_check_hostport)
 
@@ -125,8 +152,10 @@ class TelemetryConfig(BaseModel):
     """audit-guard's own metrics, also pushed over OTLP when an endpoint is set."""
 
     model_config = ConfigDict(extra="forbid")
-    otlp_endpoint: str | None = None  # host:port of an OTLP/gRPC metrics receiver
-    export_interval_s: Seconds = 30.0
+    otlp_endpoint: str | None = Field(
+        None, description="host:port of an OTLP/gRPC metrics receiver to push the self-metrics "
+        "to as well; unset: /metrics only.")
+    export_interval_s: Seconds = Field(30.0, description="Push interval of the OTLP metrics.")
 
     @field_validator("otlp_endpoint")
     @classmethod
@@ -139,8 +168,10 @@ class CounterTarget(BaseModel):
     through the collector instead: its prometheus/nginx_vts receiver)."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str  # e.g. http://127.0.0.1:8081/stub_status
-    format: Literal["stub_status", "vts_json", "vts_prometheus"]
+    url: str = Field(description="http:// or https:// URL, e.g. "
+                     "http://127.0.0.1:8081/stub_status.")
+    format: Literal["stub_status", "vts_json", "vts_prometheus"] = Field(
+        description="What the endpoint serves: stub_status, VTS JSON or VTS Prometheus text.")
 
     @field_validator("url")
     @classmethod
@@ -154,26 +185,39 @@ class ReconcileConfig(BaseModel):
     """Completeness: Nginx requests ⇄ app records, Nginx counters ⇄ access log, silence."""
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    # An audited, proxied Nginx request waits this long for its app record.
-    window_s: Seconds = 30.0
-    # How long a request reported missing is remembered, to count a late app record as late.
-    late_horizon_s: Seconds = 3600.0
-    # Requests tracked at once (≤ 300 bytes each); past it the oldest are evicted and counted.
-    max_pending: int = Field(200_000, ge=100)
-    # Where the pending requests are persisted (SQLite, WAL), so a restart neither forgets nor
-    # invents missing records. Unset: kept in memory only (a warning says so at start-up).
-    state_dir: Path | None = None
-    # Nginx status endpoints read by audit-guard itself, every scrape_interval_s.
-    counter_targets: list[CounterTarget] = Field(default_factory=list)
-    scrape_interval_s: Seconds = 15.0
-    # A counter interval is compared with the access log only this long after it closed, so
-    # records still on their way (collector batching, ingest lag) are counted in it.
-    settle_s: Seconds = 10.0
-    # audit_log_completeness_ratio covers the decisions of this last span of time.
-    completeness_span_s: Seconds = 300.0
-    # A source that sent records and then none for this long while traffic continued is silent.
-    silence_threshold_s: Seconds = 120.0
+    enabled: bool = Field(
+        True, description="All completeness checks: request, counter and silence level.")
+    window_s: Seconds = Field(
+        30.0, description="An audited, proxied Nginx request waits this long for its app record.")
+    late_horizon_s: Seconds = Field(
+        3600.0, description="How long a request reported missing is remembered, to count a "
+        "late app record as late. At least window_s.")
+    max_pending: int = Field(
+        200_000, ge=100,
+        description="Requests tracked at once (≤ 300 bytes each); past it the oldest are "
+        "evicted and counted (audit_reconcile_evicted_total).")
+    state_dir: Path | None = Field(
+        None, description="Where reconcile.sqlite (SQLite, WAL) keeps the pending requests and "
+        "error-log events across restarts, so a restart neither forgets nor invents missing "
+        "records; compose mounts a volume at /var/lib/audit-guard. Unset: kept in memory only "
+        "(a warning says so at start-up).")
+    counter_targets: list[CounterTarget] = Field(
+        default_factory=list,
+        description="Nginx status endpoints read by audit-guard itself, every "
+        "scrape_interval_s, e.g. [{\"url\": \"http://127.0.0.1:8081/stub_status\", "
+        "\"format\": \"stub_status\"}].")
+    scrape_interval_s: Seconds = Field(
+        15.0, description="How often the counter_targets are read.")
+    settle_s: Seconds = Field(
+        10.0, description="A counter interval is compared with the access log only this long "
+        "after it closed, so records still on their way (collector batching, ingest lag) are "
+        "counted in it.")
+    completeness_span_s: Seconds = Field(
+        300.0, description="audit_log_completeness_ratio covers the decisions of this last "
+        "span of time.")
+    silence_threshold_s: Seconds = Field(
+        120.0, description="A source that sent records and then none for this long while "
+        "traffic continued is silent (audit_stream_silent).")
 
     @model_validator(mode="after")
     def _horizon(self) -> ReconcileConfig:
@@ -191,13 +235,18 @@ class DeadLetterConfig(BaseModel):
     queue size shows it)."""
 
     model_config = ConfigDict(extra="forbid")
-    # Unset: `<reconcile.state_dir>/deadletter` when reconcile.state_dir is set, else no spool.
-    dir: Path | None = None
-    # Past this the spool refuses new entries and the Export is answered UNAVAILABLE instead.
-    max_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+    dir: Path | None = Field(
+        None, description="The spool's directory. Unset: <reconcile.state_dir>/deadletter when "
+        "reconcile.state_dir is set, else no spool.")
+    max_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024 * 1024,
+        description="Past this (default 1 GiB) the spool refuses new entries and the Export is "
+        "answered UNAVAILABLE instead (the collector keeps the data).")
 
 
 class Settings(BaseSettings):
+    """Everything `audit-guard serve` reads: defaults < YAML file < AUDIT_GUARD_* environment."""
+
     model_config = SettingsConfigDict(
         env_prefix="AUDIT_GUARD_", env_nested_delimiter="__", extra="forbid"
     )
@@ -208,44 +257,61 @@ class Settings(BaseSettings):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     deadletter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
-    # Paths whose requests must carry an identity (user_id, app_id); regular expressions,
-    # matched from the start of the path. Defaults: Dify's service API, console and web app.
     audited_paths: list[str] = Field(
-        default_factory=lambda: [r"/v1/", r"/console/api/", r"/api/"]
-    )
-    # Extra route templates (`/v1/things/{thing_id}`) on top of the built-in Dify routes.
-    routes: list[str] = Field(default_factory=list)
-    # service.name of the spans of each source.
-    nginx_service_name: str = Field("nginx", min_length=1)
-    app_service_name: str = Field("app", min_length=1)
-    pgaudit_service_name: str = Field("postgresql", min_length=1)
-    # Generic app audit lines: canonical field → JMESPath expression over the JSON record,
-    # e.g. {"user_id": "actor.id", "time": "\"@timestamp\""}; compiled once at start.
-    app_field_map: dict[str, str] = Field(default_factory=dict)
-    # PostgreSQL stderr logs: the server's log_line_prefix, when not one of the common ones.
-    pgaudit_log_line_prefix: str | None = None
-    # Audit rules: the built-in set (processor/rules/builtin.yaml) and/or YAML rule files.
-    # Reloaded on SIGHUP and when a file changes; a set with any error is refused as a whole.
-    builtin_rules: bool = True
-    rules_files: list[Path] = Field(default_factory=list)
-    # How long an Nginx error-log event waits for its access record (and vice versa).
-    error_join_window_s: Seconds = 30.0
-    # An app record read more than this long after it was written is flagged `delayed`.
-    lag_threshold_s: Seconds = 5.0
-    # How many recent records per source are remembered to spot duplicates. Each check probes
-    # a hash set of this size at random: measured 0.35 µs a record at 50k, 1.7 µs at 200k (the
-    # set no longer fits the CPU cache).
-    dedup_max_records: int = Field(50_000, ge=1000)
-    # A string span attribute (path, user agent, SQL statement, …) longer than this many UTF-8
-    # bytes is cut (on a character boundary) and its record flagged truncated_attribute:<key>,
-    # so one record with a 10 MB value cannot make a span no backend accepts. Replay's JSON
-    # output keeps the whole value.
-    max_attribute_bytes: int = Field(8192, ge=256, le=1024 * 1024)
-    # The zone of times written without an offset (an nginx error-log header, a Dify text
-    # line, an ISO time without zone): an IANA name. Never the host's zone, so a verdict does
-    # not depend on the TZ of the machine that reads the log.
-    naive_timezone: str = "UTC"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+        default_factory=lambda: [r"/v1/", r"/console/api/", r"/api/"],
+        description="Paths whose requests must carry an identity (user_id, app_id): regular "
+        "expressions, matched from the start of the path. Defaults: Dify's service API, "
+        "console and web app.")
+    routes: list[str] = Field(
+        default_factory=list,
+        description="Extra route templates, e.g. /v1/things/{thing_id}, on top of the built-in "
+        "Dify routes.")
+    nginx_service_name: str = Field(
+        "nginx", min_length=1, description="service.name of the spans of Nginx records.")
+    app_service_name: str = Field(
+        "app", min_length=1, description="service.name of the spans of app records.")
+    pgaudit_service_name: str = Field(
+        "postgresql", min_length=1, description="service.name of the spans of pgaudit records.")
+    app_field_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Generic app audit lines: canonical field → JMESPath expression over the "
+        "JSON record, e.g. {\"user_id\": \"actor.id\", \"time\": \"\\\"@timestamp\\\"\"}; "
+        "compiled once at start, a bad expression stops start-up naming the field and position.")
+    pgaudit_log_line_prefix: str | None = Field(
+        None, description="PostgreSQL stderr logs: the server's log_line_prefix, when not one "
+        "of the common ones.")
+    builtin_rules: bool = Field(
+        True, description="Load the built-in audit rules (processor/rules/builtin.yaml).")
+    rules_files: list[Path] = Field(
+        default_factory=list,
+        description="Your YAML audit rule files. Reloaded on SIGHUP and when a file changes; a "
+        "set with any error is refused as a whole (the old set keeps running).")
+    error_join_window_s: Seconds = Field(
+        30.0, description="How long an Nginx error-log event waits for its access record (and "
+        "vice versa): how far apart the two may be.")
+    lag_threshold_s: Seconds = Field(
+        5.0, description="An app record read more than this long after it was written is "
+        "flagged delayed.")
+    dedup_max_records: int = Field(
+        50_000, ge=1000,
+        description="How many recent records per source are remembered to spot duplicates (a "
+        "minute of traffic at ~800 requests/s). Each check probes a hash set of this size at "
+        "random: measured 0.35 µs a record at 50k, 1.7 µs at 200k (the set no longer fits the "
+        "CPU cache).")
+    max_attribute_bytes: int = Field(
+        8192, ge=256, le=1024 * 1024,
+        description="A string span attribute (path, user agent, SQL statement, error-log text) "
+        "or span name longer than this many UTF-8 bytes is cut on a character boundary and its "
+        "record flagged truncated_attribute:<key>, so one record with a 10 MB value cannot make "
+        "a span no backend accepts. 8 KiB holds real URLs, user agents and SQL statements "
+        "whole; applied once per distinct value. Replay's JSON output keeps the whole value.")
+    naive_timezone: str = Field(
+        "UTC", description="The zone of times written without an offset (an nginx error-log "
+        "header, a Dify text line, an ISO time without zone): an IANA name, in the service and "
+        "in replay alike. Never the host's zone, so a verdict does not depend on the TZ of the "
+        "machine that reads the log.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the service's own log.")
 
     @field_validator("naive_timezone")
     @classmethod
