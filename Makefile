@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo test unit lint bench fuzz faults clean
+.PHONY: setup demo test unit lint bench fuzz faults docs clean
 
 setup:
 	@scripts/bootstrap
@@ -37,6 +37,11 @@ fuzz: setup
 # the table, exits 1 when a row lost or rewrote records. ARGS="--only kill-collector" or --list.
 faults: setup
 	$(PY) scripts/faults.py $(ARGS)
+
+# The generated reference pages: docs/configuration.md from processor/config.py, docs/metrics.md
+# from processor/telemetry.py. tests/test_docs.py fails when a checked-in page is out of date.
+docs: setup
+	$(PY) scripts/gendocs.py
 
 clean:
 	rm -rf .cache/demo .pytest_cache .ruff_cache
