@@ -6,30 +6,21 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from . import __version__
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics import MeterProvider
-
-    from .config import Settings
-    from .otlp.spool import DeadLetterSpool
 
 __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_settings
+    from .serve import StartupError, build_service
 
     config_file = args.config or (
         Path(os.environ["AUDIT_GUARD_CONFIG"]) if os.environ.get("AUDIT_GUARD_CONFIG") else None
@@ -43,208 +34,26 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from .admin import AdminServer, AdminState, bind_admin_socket, create_app
-    from .otlp.exporter import SpanExporter
-    from .otlp.server import OtlpServer
-    from .pipeline import Pipeline
-    from .telemetry import Telemetry
-
     try:
-        # Bound here, before anything starts: a taken admin port must stop start-up (exit 2),
-        # not leave a service running without health checks or metrics.
-        admin_sock = bind_admin_socket(settings.admin.listen)
-    except OSError as exc:
-        print(f"audit-guard: cannot serve the admin API and /metrics on admin.listen="
-              f"{settings.admin.listen}: {exc}", file=sys.stderr)
-        return 2
-    meter_provider = _meter_provider(settings)
-    from .rules import RuleError
-
-    try:
-        pipeline = Pipeline(settings)
-    except RuleError as exc:
-        print(f"audit-guard: audit rules refused, not starting:\n{exc}", file=sys.stderr)
-        return 2
-    try:
-        spool = _deadletter_spool(settings)
-    except OSError as exc:
-        print(f"audit-guard: deadletter.dir={settings.deadletter_dir()}: cannot keep the "
-              f"dead-letter spool there: {exc}", file=sys.stderr)
-        return 2
-    server = OtlpServer(
-        settings.server, pipeline, SpanExporter(settings.exporter, spool=spool),
-        Telemetry(meter_provider)
-    )
-    admin_state = AdminState(settings.admin.flags_buffer)
-    stop_spool_watch = threading.Event()
-    if spool is not None:
-        _watch_deadletter(spool, server.telemetry, admin_state, stop_spool_watch)
-    server.on_handed_on = admin_state.record
-    server.on_export = admin_state.note_export
-    if settings.reconcile.enabled:
-        from .completeness import Completeness
-
-        try:
-            server.completeness = Completeness(
-                settings.reconcile, pipeline, server.exporter, server.telemetry,
-                lock=server.pipeline_lock, on_handed_on=admin_state.record,
-                on_status=admin_state.set_completeness,
-            )
-        except (OSError, sqlite3.Error) as exc:
-            print(f"audit-guard: reconcile.state_dir={settings.reconcile.state_dir}: cannot "
-                  f"keep the reconciliation state there: {exc}", file=sys.stderr)
-            return 2
-    app = create_app(admin_state, pipeline.rules, token=settings.admin.token,
-                     rules_files=settings.rules_files, include_builtin=settings.builtin_rules,
-                     lag_threshold_s=settings.lag_threshold_s)
-    try:
-        admin = AdminServer(app, admin_sock).start()
-    except RuntimeError as exc:
-        print(f"audit-guard: admin.listen={settings.admin.listen}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        server.start()
-    except OSError as exc:
+        service = build_service(settings)
+        service.start()
+    except StartupError as exc:
         print(f"audit-guard: {exc}", file=sys.stderr)
         return 2
-    admin_state.mark_receiver_started()
-    if server.completeness is not None:
-        try:
-            server.completeness.start()
-        except sqlite3.Error as exc:
-            print(f"audit-guard: cannot restore the reconciliation state from "
-                  f"reconcile.state_dir={settings.reconcile.state_dir}: {exc} (move the "
-                  f"directory aside to start afresh)", file=sys.stderr)
-            server.stop()
-            return 2
-    # Throughput: start-up objects are never garbage, so freeze them out of the cyclic GC, and
-    # let the pipeline's many short-lived containers (freed by reference counting anyway)
-    # trigger it less often. Measured: about 15% less CPU per record; cycles are still collected.
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    logging.getLogger("audit_guard").info(
-        "audit-guard %s ready: OTLP in on %s, spans out to %s",
-        __version__, settings.server.listen, settings.exporter.endpoint,
-    )
 
     def _on_signal(signum: int, _frame: object) -> None:
         logging.getLogger("audit_guard").info(
             "%s: finishing in-flight batches, then exiting", signal.Signals(signum).name
         )
-        admin_state.mark_receiver_started(False)  # /readyz: 503 while draining
-        threading.Thread(target=server.stop, name="shutdown").start()
+        service.stop()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    reload_rules = _rules_reloader(settings, pipeline)
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_rules).start())
-    if settings.rules_files:
-        threading.Thread(target=_watch_files, args=(settings.rules_files, reload_rules),
-                         name="rules-watch", daemon=True).start()
-    server.wait()
-    stop_spool_watch.set()
-    if server.completeness is not None:
-        server.completeness.stop()  # after the last Export: its state is checkpointed
-    admin.stop()
-    meter_provider.shutdown()  # pushes the last OTLP metrics, if configured
-    logging.getLogger("audit_guard").info("stopped; counters: %s", server.telemetry.snapshot())
+    reload_rules = service.reload_rules
+    if reload_rules is not None:
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_rules).start())
+    service.wait()
     return 0
-
-
-def _deadletter_spool(settings: Settings) -> DeadLetterSpool | None:
-    """The dead-letter spool, or None (then a permanent rejection is answered UNAVAILABLE
-    upstream and stays in the collector's queue: said once at start)."""
-    from .otlp.spool import DeadLetterSpool
-
-    directory = settings.deadletter_dir()
-    if directory is None:
-        logging.getLogger("audit_guard").warning(
-            "no dead-letter spool (deadletter.dir and reconcile.state_dir are unset): spans "
-            "downstream refuses for good are answered UNAVAILABLE, so the collector keeps "
-            "retrying them from its queue until the cause is fixed")
-        return None
-    return DeadLetterSpool(directory, settings.deadletter.max_bytes)
-
-
-def _watch_deadletter(spool: DeadLetterSpool, telemetry: Any, admin_state: Any,
-                      stop: threading.Event) -> None:
-    """The spool's gauges at once on every change, and with the status page's summary every
-    few seconds (`resend` empties the spool from another process)."""
-    from .otlp.spool import SpoolSummary, SpoolUsage, watch_spool
-
-    telemetry.set("audit_deadletter_max_bytes", spool.max_bytes)
-
-    def gauges(usage: SpoolUsage) -> None:
-        telemetry.set("audit_deadletter_spans", usage.spans)
-        telemetry.set("audit_deadletter_bytes", usage.bytes)
-
-    def publish(summary: SpoolSummary) -> None:
-        gauges(SpoolUsage(summary.entries, summary.spans, summary.bytes))
-        admin_state.set_deadletter(summary)
-
-    spool.on_change = gauges
-    watch_spool(spool, publish, stop)
-
-
-def _rules_reloader(settings: Settings, pipeline: Any) -> Any:
-    """Recompile the rule files and swap them in; a set with any error is refused whole and the
-    running set stays (the error names the rule and the position in its expression)."""
-    from .rules import RuleError
-
-    log = logging.getLogger("audit_guard.rules")
-    lock = threading.Lock()
-
-    def reload() -> None:
-        with lock:
-            try:
-                new = pipeline.rules.load_files(settings.rules_files,
-                                                include_builtin=settings.builtin_rules)
-            except RuleError as exc:
-                log.error("audit rules NOT reloaded; the previous set stays active:\n%s", exc)
-                return
-            log.info("audit rules reloaded: %d rule(s): %s", len(new), ", ".join(new.names))
-
-    return reload
-
-
-def _watch_files(paths: list[Path], on_change: Any, interval: float = 2.0) -> None:
-    def stamp() -> list[tuple[int, int] | None]:
-        out: list[tuple[int, int] | None] = []
-        for path in paths:
-            try:
-                st = path.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append(None)
-        return out
-
-    last = stamp()
-    while True:
-        time.sleep(interval)
-        now = stamp()
-        if now != last:
-            last = now
-            on_change()
-
-
-def _meter_provider(settings: Settings) -> MeterProvider:
-    """Prometheus text (served by the admin app's /metrics from the default registry, which the
-    PrometheusMetricReader registers into); OTLP push when telemetry.otlp_endpoint is set."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.resources import Resource
-
-    readers: list[Any] = [PrometheusMetricReader()]
-    if settings.telemetry.otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-        readers.append(PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=settings.telemetry.otlp_endpoint, insecure=True),
-            export_interval_millis=settings.telemetry.export_interval_s * 1000,
-        ))
-    resource = Resource.create({"service.name": "audit-guard", "service.version": __version__})
-    return MeterProvider(metric_readers=readers, resource=resource)
 
 
 def _replay(args: argparse.Namespace) -> int:
