@@ -2,7 +2,8 @@
 
 Flags are a public contract. They appear in `audit-guard replay` output (`"flags": [...]`) and on
 every span as the string-array attribute `audit.flags`. Add new flags here, document them in
-README.md ("Flag vocabulary"), and never change the meaning of an existing one.
+the flag table of README.md ("What gets flagged"; tests/test_docs.py checks it lists every flag),
+and never change the meaning of an existing one.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 - the Prometheus config, the alert rules and their unit tests pass the real `promtool` (Debian
   package `prometheus`; a missing tool is a failure, not a skip — `make test` installs it), and a
   weakened rule makes the unit tests fail (they test something);
-- every alert carries severity, summary, description and a runbook link to the README anchor
-  `#runbook-<alert name in lowercase>`, and has a firing and a quiet case in alerts_test.yml;
+- every alert carries severity, summary, description and a `runbook_url` to the anchor
+  `docs/runbooks.md#runbook-<alert name in lowercase>`, which exists, and has a firing and a
+  quiet case in alerts_test.yml;
 - every metric name in the alert rules and the dashboard is a documented one: audit-guard's
   self-metrics, the collector's loss counters (names as a v0.160.0 collector exposes them on
   :8888), or Prometheus's own `up` / `ALERTS`;
@@ -329,8 +330,8 @@ def test_every_alert_is_written_for_an_operator(rule: dict[str, Any]) -> None:
     name = rule["alert"]
     assert rule.get("labels", {}).get("severity") in SEVERITIES, name
     ann = rule.get("annotations", {})
-    assert set(ann) >= {"summary", "description", "runbook"}, name
-    assert ann["runbook"] == f"README.md#runbook-{name.lower()}"
+    assert set(ann) >= {"summary", "description", "runbook_url"}, name
+    assert ann["runbook_url"] == f"docs/runbooks.md#runbook-{name.lower()}"
     assert 10 <= len(ann["summary"]) <= 160, f"{name}: summary should be one short line"
     assert len(ann["description"]) >= 150, f"{name}: description should say what to check"
     assert "\n" not in ann["summary"]
@@ -425,13 +426,14 @@ def test_the_allowed_audit_metrics_are_the_declared_instruments() -> None:
     assert "audit_spans_dropped_total" not in INSTRUMENTS
 
 
-def test_readme_metrics_table_lists_every_instrument() -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Self-metrics\n", 1)[1].split("\n## ", 1)[0]
-    rows = set(re.findall(r"^\| `(audit_\w+)` \|", section, re.M))
+def test_metrics_page_lists_every_instrument() -> None:
+    # docs/metrics.md is generated from INSTRUMENTS (tests/test_docs.py checks it is up to date);
+    # this checks the checked-in page as an operator reads it.
+    page = (REPO / "docs" / "metrics.md").read_text()
+    rows = set(re.findall(r"^\| `(audit_\w+)` \|", page, re.M))
     assert rows == set(INSTRUMENTS), {
-        "declared but not in the README": set(INSTRUMENTS) - rows,
-        "in the README but not declared": rows - set(INSTRUMENTS),
+        "declared but not in docs/metrics.md (run make docs)": set(INSTRUMENTS) - rows,
+        "in docs/metrics.md but not declared (run make docs)": rows - set(INSTRUMENTS),
     }
 
 
@@ -605,6 +607,14 @@ def test_grafana_service_mounts_provisioning_and_dashboards() -> None:
     assert "127.0.0.1:3000:3000" in svc["ports"]
 
 
-def test_every_runbook_link_has_its_readme_section() -> None:
-    headings = re.findall(r"^### Runbook: (\w+)$", (REPO / "README.md").read_text(), re.M)
+def test_every_runbook_link_has_its_runbook_section() -> None:
+    page = REPO / "docs" / "runbooks.md"
+    headings = re.findall(r"^### Runbook: (\w+)$", page.read_text(), re.M)
     assert {r["alert"] for r in alert_rules()} <= set(headings)
+    # The anchor each runbook_url names is the one a Markdown renderer gives that heading
+    # (GitHub: lower case, punctuation dropped, spaces as dashes).
+    anchors = {"runbook-" + h.lower() for h in headings}
+    for rule in alert_rules():
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert (REPO / path).resolve() == page.resolve(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in {path}"
