@@ -29,7 +29,7 @@ from .config import CounterTarget, ReconcileConfig
 from .correlate.counters import CounterReconciler
 from .correlate.reconcile import RequestReconciler, missing_spans_batch
 from .correlate.state import StateStore, StateWriteError
-from .otlp.exporter import DownstreamRejected, DownstreamUnavailable
+from .handoff import DownstreamRejected, DownstreamUnavailable, SpanSink
 from .sources import nginx_counters
 from .telemetry import BatchStats, Telemetry
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
         ExportMetricsServiceRequest,
     )
 
-    from .otlp.exporter import SpanExporter
     from .pipeline import Pipeline
 
 __all__ = ["STATE_FILE", "Completeness"]
@@ -59,7 +58,7 @@ class Completeness:
         self,
         config: ReconcileConfig,
         pipeline: Pipeline,
-        exporter: SpanExporter,
+        exporter: SpanSink,
         telemetry: Telemetry,
         *,
         lock: AbstractContextManager[object] | None = None,

@@ -23,12 +23,14 @@ import sqlite3
 import time
 from pathlib import Path
 
+from ..handoff import Retryable
+
 __all__ = ["StateStore", "StateWriteError"]
 
 log = logging.getLogger(__name__)
 
 
-class StateWriteError(Exception):
+class StateWriteError(Retryable):
     """The state could not be written (disk full, I/O error): retry later, nothing changed."""
 
 

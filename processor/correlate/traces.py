@@ -20,25 +20,13 @@ from hashlib import blake2b
 
 import orjson
 
+from ..grammar.traceparent import ZERO_SPAN, ZERO_TRACE, parse_traceparent
 from ..record import RecordBatch
 
 __all__ = ["assign_ids", "parse_traceparent"]
 
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_ZERO_TRACE = b"\x00" * 16
-_ZERO_SPAN = b"\x00" * 8
-
-
-def parse_traceparent(value: str) -> tuple[bytes, bytes] | None:
-    """W3C traceparent → (trace_id, parent span id); None when invalid (all-zero ids too)."""
-    m = _TRACEPARENT.fullmatch(value.strip().lower())
-    if m is None or m.group(1) == "ff":
-        return None
-    trace_id, span_id = bytes.fromhex(m.group(2)), bytes.fromhex(m.group(3))
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-        return None
-    return trace_id, span_id
+_ZERO_TRACE, _ZERO_SPAN = ZERO_TRACE, ZERO_SPAN
 
 
 def _canonical(fields: dict[str, object]) -> bytes:

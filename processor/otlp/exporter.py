@@ -22,7 +22,6 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -33,6 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from ..config import ExporterConfig
+from ..handoff import DownstreamRejected, DownstreamUnavailable, ExportOutcome
 from .split import split_request
 
 if TYPE_CHECKING:
@@ -43,28 +43,6 @@ __all__ = ["DownstreamRejected", "DownstreamUnavailable", "ExportOutcome", "Span
 log = logging.getLogger(__name__)
 
 _METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-class DownstreamUnavailable(Exception):
-    """Downstream did not accept the spans in time; nothing was lost, the caller must retry."""
-
-
-class DownstreamRejected(Exception):
-    """Downstream refused spans for good and there is no spool to keep them: the caller must
-    keep the data (never acknowledge it)."""
-
-    def __init__(self, reason: str, spans: int) -> None:
-        super().__init__(f"downstream refused {spans} span(s) for good: {reason}")
-        self.reason = reason
-        self.spans = spans
-
-
-@dataclass(frozen=True, slots=True)
-class ExportOutcome:
-    accepted: int  # spans downstream took
-    spooled: int = 0  # spans downstream refused for good, kept in the dead-letter spool
-    reason: str = ""  # why they were spooled: a gRPC code name (lower case) or partial_success
-    requests: int = 1  # requests sent (more than one when the spans were split)
 
 
 def _retry_delay(error: grpc.RpcError) -> float | None:

@@ -47,8 +47,8 @@ from urllib.parse import unquote
 import orjson
 
 from .. import flags
-from ..correlate.traces import parse_traceparent
 from ..grammar import ranges, timestamps
+from ..grammar.traceparent import parse_traceparent
 from ..record import AuditRecord, RecordBatch
 from .jsonline import decode_json_object
 
