@@ -72,7 +72,7 @@ class ReadyOut(BaseModel):
 
 
 class RuleIn(BaseModel):
-    """One audit rule, as in a rules file (README "Audit rules")."""
+    """One audit rule, as in a rules file (docs/rules.md)."""
 
     # strict: what the schema promises is what is accepted (no "1" for 1, no null for {}).
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -448,7 +448,7 @@ def create_app(
              response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                               "description": "Prometheus text format 0.0.4"}},
-             description="audit-guard's own metrics (README \"Self-metrics\").")
+             description="audit-guard's own metrics (docs/metrics.md).")
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=_METRICS_TYPE)
 

@@ -226,6 +226,6 @@ def check_logrotate(paths: list[Path] | None, audit_logs: list[AuditLog] | None 
                 Evidence(", ".join(map(str, paths)), None, log.path),
                 "A log that is never rotated grows until the disk is full; then the writer "
                 "fails and lines are lost (unless it rotates its own files).",
-                "Add a block for it (see README, Log rotation): daily, rotate 7, compress, "
-                "delaycompress, and a postrotate that makes the writer reopen."))
+                "Add a block for it (see docs/collector.md, Log rotation): daily, rotate 7, "
+                "compress, delaycompress, and a postrotate that makes the writer reopen."))
     return found

@@ -1,4 +1,4 @@
-"""Audit rules: YAML-defined JMESPath conditions flagged as `rule:<name>` (README, issue 5).
+"""Audit rules: YAML-defined JMESPath conditions flagged as `rule:<name>` (docs/rules.md, issue 5).
 
 `RuleSet` is an immutable compiled set (`RuleSet.builtin()`, `from_yaml`, `from_files`);
 `RuleRegistry` holds the active set, swaps it atomically on reload and counts matches.
