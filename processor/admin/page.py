@@ -13,7 +13,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .app import FlagsOut, RulesOut, StatusOut
+    from .models import FlagsOut, RulesOut, StatusOut
 
 __all__ = ["render_page"]
 
