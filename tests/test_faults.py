@@ -68,7 +68,7 @@ def test_measurement_sees_lost_rewritten_and_duplicate_records(tmp_path: Path) -
 @pytest.mark.timeout(420)
 def test_short_fault_matrix_loses_and_rewrites_nothing(tmp_path: Path) -> None:
     results = run_rows(short_matrix(), tmp_path, RATE, seed=11, keep=True,
-                       quiet_s=25, idle_queues_s=10, max_drain_s=90)
+                       quiet_s=40, idle_queues_s=32, max_drain_s=120)
     report = format_table(results) + "\n" + "\n".join(
         f"  {r.name}: {note}" for r in results for note in ([r.error] if r.error else [])
         + r.notes)

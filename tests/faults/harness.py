@@ -135,7 +135,7 @@ def _start_chain(scenario: Scenario, workroot: Path, notes: list[str]) -> Chain:
 
 
 def run_row(scenario: Scenario, workroot: Path, rate: float, seed: int,
-            quiet_s: float = 45, idle_queues_s: float = 15, max_drain_s: float = 300
+            quiet_s: float = 45, idle_queues_s: float = 35, max_drain_s: float = 300
             ) -> RowResult:
     result = RowResult(scenario.name)
     started = time.monotonic()
