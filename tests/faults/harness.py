@@ -2,7 +2,7 @@
 
 Each row gets its own work dir, chain (fresh ports, storage and state), and traffic, so a
 row's records are exactly the lines in its own log files and no row inherits another's
-backlog or spool. A fresh chain starts in ~10 s, cheap next to the row's traffic.
+backlog or spool. A fresh chain starts in ~5 s, cheap next to the row's traffic.
 
 A row: start the chain → traffic and the fault side by side → make sure every program runs
 and the backend accepts → drain (until every written record arrived, or nothing moved for a
