@@ -1,7 +1,7 @@
 """The fault matrix (`make faults`, issue #11): the real chain on loopback, one fault per row.
 
     traffic → nginx → access log (+ error log, app log) → collector (collector-config/
-    audit-guard.yaml) → `audit-guard serve` → collector egress → recording OTLP backend
+    audit-guard.yaml) → `audit-guard serve` → recording OTLP backend (straight, as shipped)
 
 Modules:
 - lines: access lines in the shipped log format (backlog lines, poisoned lines);

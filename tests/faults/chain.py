@@ -2,7 +2,8 @@
 
     traffic → nginx → demo upstream (writes the app audit log)
     nginx access log + error log + app log → collector (shipped config, file_storage in workdir)
-    → `audit-guard serve --config processor.yaml` → collector egress → recording backend
+    → `audit-guard serve --config processor.yaml` → recording backend (straight, as shipped;
+    the optional collector otlp/egress route with ChainOptions(processor_to_backend=False))
 
 Reuses processor.demo (ManagedProcess, start_collector, render_nginx_conf, the demo upstream).
 A restart keeps every port, the collector's storage dir and the processor's state dir.
@@ -37,9 +38,10 @@ class ChainOptions:
     backend_max_recv_bytes: int = MAX_RECV_BYTES
     # Mount a tmpfs of this many bytes as the processor's reconcile.state_dir (root only).
     state_dir_tmpfs_bytes: int | None = None
-    # The processor exports straight to the backend instead of the collector's otlp/egress
-    # (the collector's exporter then never sees the backend's answers; the processor does).
-    processor_to_backend: bool = False
+    # The processor exports straight to the backend, as shipped (demo, compose.yaml); False: via
+    # the collector's optional otlp/egress route, whose otlp exporter then meets the backend's
+    # answers (and drops spans on the ones it does not retry).
+    processor_to_backend: bool = True
 
 
 def scrape(url: str, name: str) -> float | None:

@@ -26,7 +26,7 @@ from processor.demo.procs import repo_root
 
 from .chain import Chain
 from .measure import Delivered, Reference, RowResult, compare, log_files, written_ids
-from .scenarios import RowContext, Scenario, direct_rows, full_matrix, short_matrix
+from .scenarios import RowContext, Scenario, egress_rows, full_matrix, short_matrix
 from .traffic import Traffic
 
 __all__ = ["format_table", "main", "run_row", "run_rows"]
@@ -247,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="ROW",
                         help="run only these rows (repeat, or comma-separated)")
     parser.add_argument("--short", action="store_true", help="the make-test subset")
-    parser.add_argument("--direct", action="store_true",
-                        help="add the direct-* rows: backend answers with the processor "
-                             "exporting straight to the backend (~8 min more)")
+    parser.add_argument("--via-egress", action="store_true",
+                        help="add the egress-* rows: the backend's answers with the spans "
+                             "routed through the collector's optional otlp/egress (~8 min "
+                             "more; they show that route's losses)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--rate", type=float, default=80.0, help="requests/s (default 80)")
     parser.add_argument("--seed", type=int, default=None, help="random moments' seed")
@@ -261,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     matrix = short_matrix() if args.short else full_matrix()
-    if args.direct or any(n.startswith("direct-") for arg in args.only for n in arg.split(",")):
-        matrix += direct_rows()
+    if args.via_egress or any(n.startswith("egress-") for arg in args.only
+                              for n in arg.split(",")):
+        matrix += egress_rows()
     names = [n for arg in args.only for n in arg.split(",") if n]
     unknown = set(names) - {s.name for s in matrix}
     if unknown:

@@ -24,7 +24,7 @@ from .chain import Chain, ChainOptions
 from .lines import backlog_lines, poison_line
 from .traffic import Traffic
 
-__all__ = ["BACKEND_CODES", "RowContext", "Scenario", "direct_rows", "full_matrix",
+__all__ = ["BACKEND_CODES", "RowContext", "Scenario", "egress_rows", "full_matrix",
            "short_matrix"]
 
 # Non-OK answers a backend may give (issue #11, point 6); RESOURCE_EXHAUSTED without RetryInfo.
@@ -224,18 +224,19 @@ def full_matrix() -> list[Scenario]:
     return rows
 
 
-def direct_rows() -> list[Scenario]:
-    """Opt-in (`--direct`): the backend-answer rows with the processor exporting straight to
-    the backend, so its own retries and dead-letter spool meet the backend's answers (through
-    the shipped collector, its otlp exporter answers them instead)."""
-    direct = ChainOptions(processor_to_backend=True)
-    rows = [Scenario(f"direct-{code.lower().replace('_', '-')}",
-                     f"processor → backend directly; backend answers {code} for 30s", 45,
-                     backend_answers(code, 8, 30), options=direct)
+def egress_rows() -> list[Scenario]:
+    """Opt-in (`--via-egress`): the backend-answer rows with the spans routed through the
+    collector's optional otlp/egress instead of straight to the backend: the collector's otlp
+    exporter meets the backend's answers and drops spans on those it does not retry (these rows
+    document that limit of the optional route; they are expected to lose records)."""
+    egress = ChainOptions(processor_to_backend=False)
+    rows = [Scenario(f"egress-{code.lower().replace('_', '-')}",
+                     f"via the collector's otlp/egress; backend answers {code} for 30s", 45,
+                     backend_answers(code, 8, 30), options=egress)
             for code in BACKEND_CODES]
-    rows.append(Scenario("direct-partial", "processor → backend directly; partial_success "
+    rows.append(Scenario("egress-partial", "via the collector's otlp/egress; partial_success "
                          "rejecting every span, 30s", 45, backend_answers(None, 8, 30),
-                         options=direct))
+                         options=egress))
     return rows
 
 
