@@ -12,23 +12,36 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = ["main"]
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace, prog: str) -> Settings | None:
+    """The settings of --config (else $AUDIT_GUARD_CONFIG, else defaults and env); None, with
+    the bad keys said on stderr, when they do not validate."""
     from .config import ConfigError, load_settings
-    from .serve import StartupError, build_service
 
     config_file = args.config or (
         Path(os.environ["AUDIT_GUARD_CONFIG"]) if os.environ.get("AUDIT_GUARD_CONFIG") else None
     )
     try:
-        settings = load_settings(config_file)
+        return load_settings(config_file)
     except ConfigError as exc:
-        print(f"audit-guard: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import StartupError, build_service
+
+    settings = _settings(args, "audit-guard")
+    if settings is None:
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -91,18 +104,13 @@ def _replay(args: argparse.Namespace) -> int:
 def _resend(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .config import ConfigError, ExporterConfig, load_settings
+    from .config import ExporterConfig
     from .otlp.exporter import SpanExporter
     from .otlp.resend import resend
     from .otlp.spool import DeadLetterSpool
 
-    config_file = args.config or (
-        Path(os.environ["AUDIT_GUARD_CONFIG"]) if os.environ.get("AUDIT_GUARD_CONFIG") else None
-    )
-    try:
-        settings = load_settings(config_file)
-    except ConfigError as exc:
-        print(f"audit-guard resend: {exc}", file=sys.stderr)
+    settings = _settings(args, "audit-guard resend")
+    if settings is None:
         return 2
     directory = settings.deadletter_dir()
     if directory is None:
