@@ -205,30 +205,12 @@ class OtlpServer:
         if not self.pipeline_lock.acquire(timeout=max(wait, 0.001)):
             self.telemetry.inc("audit_export_backpressure_total")
             return "audit-guard is busy with earlier requests; retry later"
+        savepoint = self.pipeline.begin()
         try:
-            savepoint = self.pipeline.begin()
-            try:
-                traces, count = self.pipeline.process_logs(request, time.time_ns(), stats)
-                outcome = self.exporter.export(traces, stats.spans, deadline) if traces else None
-                if self.completeness is not None:  # durable before the Export is acknowledged
-                    self.completeness.on_handed_on(stats, time.time_ns())
-                self.pipeline.commit()
-            except (DownstreamUnavailable, DownstreamRejected) as exc:
-                self.pipeline.rollback(savepoint)
-                self.telemetry.inc("audit_export_unavailable_total")
-                if self.on_export is not None:
-                    self.on_export(False)
-                return f"spans not handed on, keep and retry: {exc}"
-            except StateWriteError as exc:
-                self.pipeline.rollback(savepoint)
-                self.telemetry.inc("audit_state_write_errors_total")
-                log.error("%s: answering UNAVAILABLE until it can be written (free space in "
-                          "reconcile.state_dir)", exc)
-                return f"state not saved, keep and retry: {exc}"
-            except Exception as exc:  # a bug: keep the data rather than acknowledge and drop it
-                self.pipeline.rollback(savepoint)
-                log.exception("processing an Export failed; answering UNAVAILABLE")
-                return f"audit-guard failed processing this request, keep and retry: {exc!r}"
+            count, outcome = self._compute_hand_off_commit(request, deadline, stats)
+        except Exception as exc:
+            self.pipeline.rollback(savepoint)
+            return self._failed(exc)
         finally:
             self.pipeline_lock.release()
         if not count:
@@ -243,6 +225,33 @@ class OtlpServer:
         if self.on_handed_on is not None:
             self.on_handed_on(stats)
         return None
+
+    def _compute_hand_off_commit(
+        self, request: logs_service_pb2.ExportLogsServiceRequest, deadline: float | None,
+        stats: BatchStats,
+    ) -> tuple[int, ExportOutcome | None]:
+        traces, count = self.pipeline.process_logs(request, time.time_ns(), stats)
+        outcome = self.exporter.export(traces, stats.spans, deadline) if traces else None
+        if self.completeness is not None:  # durable before the Export is acknowledged
+            self.completeness.on_handed_on(stats, time.time_ns())
+        self.pipeline.commit()
+        return count, outcome
+
+    def _failed(self, exc: Exception) -> str:
+        """Why an Export is answered UNAVAILABLE (its state changes were undone)."""
+        if isinstance(exc, DownstreamUnavailable | DownstreamRejected):
+            self.telemetry.inc("audit_export_unavailable_total")
+            if self.on_export is not None:
+                self.on_export(False)
+            return f"spans not handed on, keep and retry: {exc}"
+        if isinstance(exc, StateWriteError):
+            self.telemetry.inc("audit_state_write_errors_total")
+            log.error("%s: answering UNAVAILABLE until it can be written (free space in "
+                      "reconcile.state_dir)", exc)
+            return f"state not saved, keep and retry: {exc}"
+        # A bug: keep the data rather than acknowledge and drop it.
+        log.error("processing an Export failed; answering UNAVAILABLE", exc_info=exc)
+        return f"audit-guard failed processing this request, keep and retry: {exc!r}"
 
     def count_outcome(self, outcome: ExportOutcome) -> None:
         self.telemetry.inc("audit_spans_exported_total", outcome.accepted)
