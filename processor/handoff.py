@@ -41,7 +41,6 @@ class ExportOutcome:
     accepted: int  # spans downstream took
     spooled: int = 0  # spans downstream refused for good, kept in the dead-letter spool
     reason: str = ""  # why they were spooled: a gRPC code name (lower case) or partial_success
-    requests: int = 1  # requests sent (more than one when the spans were split)
 
 
 class SpanSink(Protocol):

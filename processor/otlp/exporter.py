@@ -106,7 +106,7 @@ class SpanExporter:
                 self._keep(piece, spans, refused, reason)
                 spooled += refused
                 reasons.append(reason)
-        return ExportOutcome(accepted, spooled, ",".join(dict.fromkeys(reasons)), len(pieces))
+        return ExportOutcome(accepted, spooled, ",".join(dict.fromkeys(reasons)))
 
     def _keep(self, piece: bytes, spans: int, refused: int, reason: str) -> None:
         """Spool a request downstream refused spans of for good (all of it: a partial success
