@@ -272,12 +272,12 @@ class Pipeline:
         spans.spans = self.span_builder.spans(batch, now_ns)
         return spans.request_bytes()
 
-    def _note_nginx(self, batch: RecordBatch, stats: BatchStats, with_app: bool) -> None:
+    def _note_nginx(self, batch: RecordBatch, stats: BatchStats) -> None:
         """Nginx records, for reconciliation: the audited requests that expect an app record
-        (once an app record was ever seen, or is in this request: `with_app`) and the record
-        times per server (once nginx's counters were read). Neither costs anything while it
-        has nothing to compare with."""
-        if self.reconciler is not None and (self.reconciler.armed or with_app):
+        (before the first app record too: the reconciler holds the last window of them, as the
+        collector may send a file's first records before the app's) and the record times per
+        server (once nginx's counters were read, as they cost nothing before)."""
+        if self.reconciler is not None:
             stats.expected += expectations(batch, expected_app_records(batch, self._audited))
         if self.counters is not None and self.counters.active and not self.resent:
             served_by_host(batch, stats.served)  # a resent chunk was counted the first time
@@ -365,8 +365,7 @@ class Pipeline:
             spans = SpanBatch(self.service_names[source])
             for start in range(0, len(rows.bodies), CHUNK_ROWS):
                 end = min(start + CHUNK_ROWS, len(rows.bodies))
-                spans.spans += self._isolated(source, rows, start, end, read_ns, stats,
-                                              APP in groups)
+                spans.spans += self._isolated(source, rows, start, end, read_ns, stats)
             parts += spans.request_parts()
             count += len(rows.bodies)
             if stats is not None:
@@ -382,7 +381,7 @@ class Pipeline:
         return b"".join(parts), count
 
     def _chunk(self, source: str, rows: SourceRows, start: int, end: int, read_ns: int,
-               stats: BatchStats | None, with_app: bool) -> list[bytes]:
+               stats: BatchStats | None) -> list[bytes]:
         """decode → parse → check → correlate → rules → spans for rows [start, end)."""
         batch = self._parse_rows(source, rows, start, end)
         if source == NGINX:
@@ -396,20 +395,20 @@ class Pipeline:
         if source == NGINX:
             self.errors.remember(batch)
             if stats is not None:
-                self._note_nginx(batch, stats, with_app)
+                self._note_nginx(batch, stats)
         if stats is not None:
             stats.add_batch(batch, self.rules.current)
         return spans
 
     def _isolated(self, source: str, rows: SourceRows, start: int, end: int, read_ns: int,
-                  stats: BatchStats | None, with_app: bool) -> list[bytes]:
+                  stats: BatchStats | None) -> list[bytes]:
         """`_chunk`, with a last-resort net: no record may fail its batch. Values are range-
         checked when parsed, so this is for bugs: the chunk's state changes are undone, its
         rows are processed one by one, and a row that still fails is exported as an
         `invalid_field:record` span carrying its raw text (counted, logged once per chunk)."""
         savepoint = self._savepoint()
         try:
-            return self._chunk(source, rows, start, end, read_ns, stats, with_app)
+            return self._chunk(source, rows, start, end, read_ns, stats)
         except Exception:
             log.exception("processing a chunk of %d %s records failed; retrying them one by "
                           "one (this is a bug: please report it with the log line)",
@@ -419,7 +418,7 @@ class Pipeline:
         for i in range(start, end):
             savepoint = self._savepoint()
             try:
-                out += self._chunk(source, rows, i, i + 1, read_ns, stats, with_app)
+                out += self._chunk(source, rows, i, i + 1, read_ns, stats)
             except Exception:
                 self._undo(savepoint)
                 batch = unprocessable_batch(source, rows.bodies[i])

@@ -325,7 +325,31 @@ def test_the_first_app_records_arm_the_request_they_come_in(pipeline) -> None:
     assert len(stats.expected) == 1 and len(stats.app_seen) == 1
     alone = BatchStats()
     pipeline.process_logs(logs("nginx", nginx_line(rid())), T0, alone)
-    assert alone.expected == []  # still not armed: nothing was committed
+    assert len(alone.expected) == 1  # collected; the reconciler decides whether to track it
+    assert not pipeline.reconciler.armed and len(pipeline.reconciler) == 0  # nothing committed
+
+
+def test_nginx_records_that_come_before_the_first_app_record_are_tracked(pipeline) -> None:
+    """The collector reads each file on its own: at start-up the Nginx file's first Exports may
+    come before the app's. Those of the last window are held and tracked once armed — matched
+    when their app record comes, reported when it does not; older ones are dropped."""
+    r = reconciler()
+    stale, matched, missing = rid(), rid(), rid()
+    r.commit(found(pipeline, "nginx", nginx_line(stale))[0], [], T0)
+    r.commit(found(pipeline, "nginx", nginx_line(matched), nginx_line(missing))[0], [],
+             T0 + 40 * S)
+    assert len(r) == 0 and not r.armed
+    r.commit([], found(pipeline, "app", app_line(matched))[1], T0 + 41 * S)
+    assert r.armed and len(r) == 2  # matched (a tombstone) and missing; stale was too old
+    due = r.due(T0 + 80 * S)
+    assert [d.trace_id.hex() for d in due] == [missing]
+
+
+def test_held_nginx_records_are_bounded(pipeline) -> None:
+    r = reconciler(max_pending=3)
+    for i in range(10):
+        r.commit(found(pipeline, "nginx", nginx_line(rid()))[0], [], T0 + i)
+    assert r._unarmed_count <= 4  # one over the bound at most, dropped at the next commit
 
 
 def test_killed_service_still_reports_after_restart(downstream, tmp_path) -> None:

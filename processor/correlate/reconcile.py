@@ -9,6 +9,11 @@ by an app audit record (same trace id) within a window.
 
     app record first ──► APP_FIRST (kept one window) ──(nginx record)──► RESOLVED
 
+Not armed until the first app record: a deployment without app logs would otherwise report
+every request missing. The collector reads each file on its own, so the Nginx records of the
+first seconds may come in Exports before the app's: those of the last window are held in memory
+(bounded by max_pending) and tracked from the arming commit on.
+
 RESOLVED and APP_FIRST entries are tombstones: a retried or duplicated Nginx batch must not
 re-open a request that was already matched, or a restart would invent a missing record.
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -262,8 +268,12 @@ class RequestReconciler:
         self.evicted_total = 0
         # Armed by the first app record: until an app audit stream has been seen at all, Nginx
         # requests are not tracked (a deployment without app logs would otherwise report every
-        # request missing). Persisted: a restart stays armed.
+        # request missing). Persisted: a restart stays armed. The collector reads each file on
+        # its own, so the first Nginx records may come before the first app record: those of
+        # the last window are held here (memory only, bounded) and tracked once armed.
         self.armed = False
+        self._unarmed: deque[tuple[int, list[tuple[bytes, bytes]]]] = deque()
+        self._unarmed_count = 0
         # Over the last window of decisions: requests matched in time vs reported missing.
         self._outcomes: list[tuple[int, int, int]] = []  # (when, matched, missing)
 
@@ -330,6 +340,9 @@ class RequestReconciler:
         """An Export's findings, once its spans were handed on: Nginx requests that expect an
         app record, and the trace ids of the app records that came."""
         result = CommitResult()
+        if not self.armed:
+            with self._lock:
+                expected = self._hold_unarmed(expected, now_ns, arming=bool(seen))
         if not seen and (not expected or not self.armed):
             return result
         with self._lock:
@@ -339,6 +352,23 @@ class RequestReconciler:
             result.evicted = self._evict()
         self.checkpoint(now_ns)
         return result
+
+    def _hold_unarmed(self, expected: list[tuple[bytes, bytes]], now_ns: int, *, arming: bool
+                      ) -> list[tuple[bytes, bytes]]:
+        """Before the first app record: keep the last window's expectations aside. At arming,
+        returns them with this commit's own, to be tracked (and journaled) from now on."""
+        held = self._unarmed
+        while held and (held[0][0] < now_ns - self._window or self._unarmed_count > self._max):
+            self._unarmed_count -= len(held.popleft()[1])
+        if not arming:
+            if expected:
+                held.append((now_ns, expected))
+                self._unarmed_count += len(expected)
+            return []
+        earlier = [pair for _, pairs in held for pair in pairs]
+        held.clear()
+        self._unarmed_count = 0
+        return earlier + expected
 
     def _apply_commit(self, expected: list[tuple[bytes, bytes]], seen: list[bytes], now_ns: int,
                       result: CommitResult) -> None:
