@@ -179,10 +179,11 @@ class Pipeline:
                 for kv in r.attributes:
                     if kv.key == PARTIAL_ATTRIBUTE and kv.value.bool_value:
                         rows.partial.add(first + j)
-            # The container runtime's time (the record's timestamp) when the collector parsed
-            # it, else when the collector read it: the app's own time comes from the record.
-            rows.observed += [r.time_unix_nano or r.observed_time_unix_nano or None
-                              for r in records]
+            # The container runtime's time (the record's timestamp, set by the collector's
+            # container parser): when the app's write reached its log. Never the collector's
+            # read time: a plain file read late (first start, collector down) is a backlog of
+            # the pipeline, not an app whose stdout was held back (`delayed`).
+            rows.observed += [r.time_unix_nano or None for r in records]
 
     def parse(
         self,

@@ -214,6 +214,21 @@ def test_app_record_from_a_container_is_a_child_span_with_its_lag(pipeline) -> N
     assert cut["audit.flags"] == ["truncated:partial_line"]
 
 
+def test_a_plain_app_log_read_late_is_not_delayed(pipeline) -> None:
+    """A plain file carries no runtime time: the collector's read time is when the pipeline got
+    to it (a backlog after a first start or an outage), not when the app's write reached the
+    log. Reading it minutes late must not flag `delayed`."""
+    line = orjson.dumps({"ts": "2025-11-26T14:00:01.000Z", "severity": "INFO", "trace_id": RID,
+                         "message": "audit", "user_id": "u1", "path": "/v1/chat-messages",
+                         "method": "POST", "status": 200}).decode()
+    req = _source_request("app", line)
+    req.resource_logs[0].scope_logs[0].log_records[0].observed_time_unix_nano = (
+        1764165601_000_000_000 + 600 * 10**9)
+    (span,) = _spans_by_service(pipeline, req)["app"]
+    assert "delayed" not in attrs(span).get("audit.flags", [])
+    assert "audit.ingest_lag_ms" not in attrs(span)
+
+
 def test_same_record_twice_is_flagged_duplicate_once_exported(pipeline) -> None:
     body = orjson.dumps(LINE).decode()
     other = orjson.dumps({**LINE, "request_id": "b" * 32}).decode()
