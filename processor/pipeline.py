@@ -49,10 +49,13 @@ CHUNK_ROWS = 1024
 SOURCE_ATTRIBUTE = "audit.source"
 # Set by collector-config/ on a container line whose 16 KiB pieces never completed.
 PARTIAL_ATTRIBUTE = "audit.partial"
+# Set by file_log (include_file_record_offset): where the record starts in its file. The same
+# line read again (a collector killed before it saved its offsets) has the same one.
+OFFSET_ATTRIBUTE = "log.file.record_offset"
 # Attributes the collector adds about *where* it read a record, not part of the record.
 _COLLECTOR_ATTRIBUTES = frozenset(
     {SOURCE_ATTRIBUTE, "log.file.name", "log.file.path", "log.iostream", "logtag", "time",
-     PARTIAL_ATTRIBUTE, "attrs"}
+     PARTIAL_ATTRIBUTE, OFFSET_ATTRIBUTE, "attrs"}
 )
 
 
@@ -85,6 +88,7 @@ class SourceRows:
     mapped: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows already parsed
     observed: list[int | None] = field(default_factory=list)  # app: when it was read
     partial: set[int] = field(default_factory=set)  # app: container lines never completed
+    offsets: list[int | None] = field(default_factory=list)  # in their files; [] when unknown
 
 
 def _attribute(attributes: Iterable[KeyValue], key: str) -> str | None:
@@ -92,6 +96,24 @@ def _attribute(attributes: Iterable[KeyValue], key: str) -> str | None:
         if kv.key == key:
             return kv.value.string_value
     return None
+
+
+def _record_offsets(records: Any) -> list[int | None] | None:
+    """Each record's offset in its file (`log.file.record_offset`: file_log's
+    include_file_record_offset), or None when the first record has none."""
+    at = next((j for j, kv in enumerate(records[0].attributes) if kv.key == OFFSET_ATTRIBUTE),
+              None)
+    if at is None:
+        return None
+    offsets: list[int | None] = []
+    for r in records:
+        attributes = r.attributes
+        if len(attributes) > at and (kv := attributes[at]).key == OFFSET_ATTRIBUTE:
+            offsets.append(kv.value.int_value)  # the usual case: every record laid out alike
+            continue
+        offsets.append(next((kv.value.int_value for kv in attributes
+                             if kv.key == OFFSET_ATTRIBUTE), None))
+    return offsets
 
 
 class Pipeline:
@@ -110,7 +132,7 @@ class Pipeline:
         self.dedup = Deduplicator(settings.dedup_max_records)
         self._in_transaction = False  # see begin()
         self._naive_tz = settings.naive_tz()  # times written without an offset are in this zone
-        self.resent = False  # whether the last checked batch was a resent chunk
+        self.again: list[int] = []  # rows of the last checked batch that were seen before
         self._lag_ns = int(settings.lag_threshold_s * 1_000_000_000)
         self._app_mapping = FieldMapping(settings.app_field_map) if settings.app_field_map else None
         self.errors = ErrorLogJoin(int(settings.error_join_window_s * 1_000_000_000))
@@ -173,6 +195,10 @@ class Pipeline:
                 else:
                     rows.mapped[len(rows.bodies)] = self._mapping(body, log_record.attributes)
                     rows.bodies.append("")
+        offsets = _record_offsets(records)
+        if offsets is not None or rows.offsets:
+            rows.offsets += [None] * (len(rows.bodies) - len(records) - len(rows.offsets))
+            rows.offsets += offsets or [None] * len(records)
         if source == APP:
             first = len(rows.bodies) - len(records)
             for j, r in enumerate(records):
@@ -227,16 +253,19 @@ class Pipeline:
         }
 
     # check + correlate -------------------------------------------------------------------
-    def check(self, batch: RecordBatch, content: bytes | None = None) -> RecordBatch:
+    def check(self, batch: RecordBatch, content: bytes | None = None,
+              offsets: list[int | None] | None = None) -> RecordBatch:
         """check (truncation, fields, lag) → correlate (route, ids, duplicates) → rules.
-        `content`: a digest of the raw records (see Deduplicator); default: of `batch.raw`."""
+        `content`: a digest of the raw records, default: of `batch.raw`; `offsets`: the
+        records' offsets in their files, where the collector gave them (see Deduplicator)."""
         check_truncation(batch)
         self._validate(batch)
         check_lag(batch, self._lag_ns)
         batch.route = self._routes.routes(batch.path)
         assign_ids(batch)
-        self.resent = self.dedup(batch,
-                                 content_digest(batch.raw) if content is None else content)
+        self.again = self.dedup(batch,
+                                content_digest(batch.raw) if content is None else content,
+                                offsets)
         if not self._in_transaction:
             self.dedup.commit()
         self.rules.flag(batch)
@@ -280,8 +309,8 @@ class Pipeline:
         server (once nginx's counters were read, as they cost nothing before)."""
         if self.reconciler is not None:
             stats.expected += expectations(batch, expected_app_records(batch, self._audited))
-        if self.counters is not None and self.counters.active and not self.resent:
-            served_by_host(batch, stats.served)  # a resent chunk was counted the first time
+        if self.counters is not None and self.counters.active:
+            served_by_host(batch, stats.served, self.again)  # those were counted the first time
 
     def _note_app(self, batch: RecordBatch, stats: BatchStats | None) -> None:
         """App records: their trace ids resolve pending requests (once handed on); one whose
@@ -389,7 +418,8 @@ class Pipeline:
             self.errors.on_access(batch)
         # The chunk's place in its request is part of its identity: a line written twice, cut
         # into chunks of its own by the net below, is still a duplicate.
-        batch = self.check(batch, content_digest(rows.bodies[start:end]) + start.to_bytes(4))
+        batch = self.check(batch, content_digest(rows.bodies[start:end]) + start.to_bytes(4),
+                           rows.offsets[start:end] if rows.offsets else None)
         if source == APP:
             self._note_app(batch, stats)
         spans = self.span_builder.spans(batch, read_ns)

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from processor.demo.procs import free_port, port_open, wait_until  # noqa: E402
 
+FILE_PATH = "/var/log/nginx/audit.json.log"
 LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 USERS = [f"user-{i}" for i in range(200)]
 APPS = [f"app-{i}" for i in range(20)]
@@ -91,11 +92,23 @@ def make_batches(records: int, batch: int, first: int = 0) -> list[bytes]:
     """Requests of distinct records (numbered from `first`): a record sent twice would be
     measured as a duplicate, which is not the common case."""
     out = []
+    offset = 0
     for start in range(first, first + records, batch):
         req = ExportLogsServiceRequest()
-        scope = req.resource_logs.add().scope_logs.add()
+        resource_logs = req.resource_logs.add()
+        resource_logs.resource.attributes.add(key="audit.source").value.string_value = "nginx"
+        scope = resource_logs.scope_logs.add()
         for i in range(start, min(start + batch, first + records)):
-            scope.log_records.add().body.string_value = make_line(i).decode()
+            # What the shipped file_log/nginx_access receiver sends with each line.
+            line = make_line(i)
+            record = scope.log_records.add()
+            record.observed_time_unix_nano = 1764165600_000_000_000 + i * 1000
+            record.body.string_value = line.decode()
+            attributes = record.attributes
+            attributes.add(key="log.file.path").value.string_value = FILE_PATH
+            attributes.add(key="log.file.name").value.string_value = FILE_PATH.rsplit("/")[-1]
+            attributes.add(key="log.file.record_offset").value.int_value = offset
+            offset += len(line) + 1
         out.append(req.SerializeToString())
     return out
 

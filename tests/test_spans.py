@@ -41,11 +41,17 @@ def attrs(span: Span) -> dict:
     return out
 
 
-def export(pipeline: Pipeline, *bodies: str) -> list[Span]:
+def export(pipeline: Pipeline, *bodies: str, offsets: list[int] | None = None) -> list[Span]:
+    """The spans of one Export of `bodies`; `offsets`: as file_log's include_file_record_offset
+    gives them (with the file's path and name around it, as the shipped config sets)."""
     req = ExportLogsServiceRequest()
     scope = req.resource_logs.add().scope_logs.add()
-    for body in bodies:
-        scope.log_records.add().body.string_value = body
+    for i, body in enumerate(bodies):
+        record = scope.log_records.add()
+        record.body.string_value = body
+        if offsets is not None:
+            record.attributes.add(key="log.file.name").value.string_value = "audit.json.log"
+            record.attributes.add(key="log.file.record_offset").value.int_value = offsets[i]
     payload, count = pipeline.process_logs(req, now_ns=42)
     assert count == len(bodies)
     traces = ExportTraceServiceRequest.FromString(payload)  # the official schema decodes it
@@ -254,6 +260,51 @@ def test_a_retried_request_gives_the_same_spans(pipeline) -> None:
     assert [s.SerializeToString() for s in again] == [s.SerializeToString() for s in first]
     assert [attrs(s)["audit.flags"][-1] for s in first] == [
         "truncated:response_short"] * 3 + ["duplicate"]
+
+
+def test_a_line_read_again_is_the_same_record_a_line_written_twice_is_not(pipeline) -> None:
+    """A collector killed before it saved its read offsets reads its last lines again, composed
+    into other requests: by their file offsets they are the same records (identical spans). The
+    same text at another offset was written twice: a duplicate, with the same id every time."""
+    bodies = [orjson.dumps({**LINE, "request_id": f"{i:032x}"}).decode() for i in range(4)]
+    bodies.append(bodies[1])  # written twice
+    offsets = [i * 1000 for i in range(5)]
+    first = export(pipeline, *bodies[:3], offsets=offsets[:3])
+    first += export(pipeline, *bodies[3:], offsets=offsets[3:])
+    # Re-read from offset 1000 on, after a crash, as one request.
+    again = export(pipeline, *bodies[1:], offsets=offsets[1:])
+    assert [s.SerializeToString() for s in again] == [s.SerializeToString() for s in first[1:]]
+    assert "duplicate" not in attrs(first[3])["audit.flags"]
+    assert attrs(first[4])["audit.flags"][-1] == "duplicate"
+    assert first[4].span_id != first[1].span_id
+    # Without offsets (another sender) a differently composed request is a duplicate.
+    assert attrs(export(pipeline, bodies[2], bodies[3])[0])["audit.flags"][-1] == "duplicate"
+
+
+def test_records_read_again_are_not_counted_twice_by_the_counter_check() -> None:
+    from processor.correlate.counters import served_by_host
+    from processor.pipeline import NGINX
+
+    pipeline = Pipeline(load_settings())
+    bodies = [orjson.dumps({**LINE, "request_id": f"{i:032x}"}).decode() for i in range(3)]
+    export(pipeline, *bodies[:2], offsets=[0, 100])
+    export(pipeline, *bodies, offsets=[0, 100, 200])
+    assert pipeline.again == [0, 1]
+    served: dict = {}
+    rows = pipeline.group_logs(_offsets_request(bodies, [0, 100, 200]))[NGINX]
+    batch = pipeline.check(pipeline.parse(NGINX, rows.bodies), b"", rows.offsets)
+    served_by_host(batch, served, pipeline.again)
+    assert sum(map(len, served.values())) == 0  # all three were seen before
+
+
+def _offsets_request(bodies: list[str], offsets: list[int]) -> ExportLogsServiceRequest:
+    req = ExportLogsServiceRequest()
+    scope = req.resource_logs.add().scope_logs.add()
+    for body, offset in zip(bodies, offsets, strict=True):
+        record = scope.log_records.add()
+        record.body.string_value = body
+        record.attributes.add(key="log.file.record_offset").value.int_value = offset
+    return req
 
 
 def test_hand_framed_string_attributes_equal_the_stubs_encoding() -> None:

@@ -27,6 +27,7 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections import Counter, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ..record import RecordBatch
@@ -42,11 +43,21 @@ def _ms(time_unix_nano: int) -> int:
     return time_unix_nano - time_unix_nano % _MS
 
 
-def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]]) -> None:
+def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]],
+                   counted: Collection[int] = ()) -> None:
     """Add the times of a checked Nginx batch's records, per server name ($server_name, which
-    VTS names its zones by; else the Host), to `into`."""
+    VTS names its zones by; else the Host), to `into`; not those of the rows `counted` before
+    (records read again or resent)."""
+    if len(counted) == len(batch):
+        return
     hosts = [f.get("server_name") or a
              for f, a in zip(batch.fields, batch.server_address, strict=True)]
+    if counted:
+        skip = set(counted)
+        for i, (host, t) in enumerate(zip(hosts, batch.time_unix_nano, strict=True)):
+            if t and i not in skip:
+                into.setdefault(host, []).append(t)
+        return
     if len(set(hosts)) == 1:
         into.setdefault(hosts[0], []).extend(t for t in batch.time_unix_nano if t)
         return

@@ -1,12 +1,19 @@
-"""Duplicate detection: the same source reporting the same record twice (a log re-read after
-lost offsets, a line written twice). The second sighting is flagged `duplicate` and exported
-under its own span id — visible, but never counted as a distinct request.
+"""Duplicate detection: the same source reporting the same record twice (a line written twice,
+a file copied back). The second sighting is flagged `duplicate` and exported under its own span
+id — visible, but never counted as a distinct request.
 
-A retry is not a duplicate. The collector resends a request it got no answer for, and a crash
-between hand-off and acknowledgement resends one that was handed on: processing it again must
-give the same spans. So each sighting remembers the chunk it came in (a digest of the chunk's
-raw records) and a record is a duplicate only when it was first seen in a different chunk, or
-earlier in the same one; the n-th sighting's id is fixed by when that sighting was first made.
+A re-read or a retry is not a duplicate. The collector resends a request it got no answer for,
+a crash between hand-off and acknowledgement resends one that was handed on, and a collector
+killed before it saved its read offsets reads the last lines again, composed into different
+requests: processing them again must give the same spans. So each sighting remembers where it
+came from, and a record is a duplicate only when it was first seen somewhere else:
+
+- where the collector says (file_log's `include_file_record_offset`): the record's offset in
+  its file. The same line read again sits at the same offset; a line written twice does not.
+- otherwise (replay, other senders): the chunk it came in (a digest of the chunk's raw records)
+  and its occurrence in the chunk.
+
+The n-th sighting's span id is fixed by when that sighting was first made.
 
 State changes are kept in an undo log until `commit` (called once the spans were handed on);
 `rollback` undoes them, so a failed hand-off leaves no trace. Memory is bounded: sightings are
@@ -16,6 +23,7 @@ kept per chunk and the oldest chunks are forgotten at commit once `max_records` 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from hashlib import blake2b
 from itertools import repeat
 
@@ -29,14 +37,18 @@ __all__ = ["Deduplicator"]
 # Chunks remembered at most (retries add chunks without new keys).
 _MAX_CHUNKS = 10_000
 
+# Where a record was first seen: its file offset (int) or its chunk's digest (bytes).
+Sighting = int | bytes
+
 
 class Deduplicator:
     def __init__(self, max_records: int) -> None:
         self._max = max_records
-        self._first: dict[str, dict[bytes, bytes]] = {}  # source → record key → first chunk
-        self._chunks: dict[str, deque[tuple[bytes, list[bytes]]]] = {}  # (chunk, new keys)
-        # key → the later sightings, as (chunk, occurrence in the chunk), in the order seen.
-        self._repeats: dict[bytes, list[tuple[bytes, int]]] = {}
+        self._first: dict[str, dict[bytes, Sighting]] = {}  # source → record key → first seen
+        # Per source, per chunk: the keys it saw first, and where.
+        self._chunks: dict[str, deque[tuple[list[bytes], list[Sighting]]]] = {}
+        # key → the later sightings, as (where, occurrence in the chunk), in the order seen.
+        self._repeats: dict[bytes, list[tuple[Sighting, int]]] = {}
         self._undo: list[tuple[str, object]] = []
 
     # -- transaction -------------------------------------------------------------------------
@@ -48,12 +60,9 @@ class Deduplicator:
         while len(self._undo) > savepoint:
             kind, change = self._undo.pop()
             if kind == "keys":
-                source, origin, keys = change  # type: ignore[misc]
-                first = self._first[source]
-                for key in keys:
-                    if first.get(key) == origin:
-                        del first[key]
-                self._chunks[source].pop()
+                source = change  # type: ignore[assignment]
+                keys, where = self._chunks[source].pop()  # type: ignore[index]
+                _forget(self._first[source], keys, where)  # type: ignore[index]
             else:
                 key = change  # type: ignore[assignment]
                 sightings = self._repeats[key]  # type: ignore[index]
@@ -67,55 +76,62 @@ class Deduplicator:
         for source, first in self._first.items():
             chunks = self._chunks[source]
             while (len(first) > self._max or len(chunks) > _MAX_CHUNKS) and len(chunks) > 1:
-                origin, keys = chunks.popleft()
-                for key in keys:
-                    if first.get(key) == origin:
-                        del first[key]
+                _forget(first, *chunks.popleft())
         if len(self._repeats) > self._max:
             self._repeats.clear()
 
     # -- the check ---------------------------------------------------------------------------
-    def __call__(self, batch: RecordBatch, content: bytes) -> bool:
-        """Flag the batch's duplicates; `content`: a digest of the chunk's raw records, which
-        tells a resent chunk from another one with the same record ids. True when the whole
-        chunk was seen before, exactly (a resend: what it reports was counted already)."""
+    def __call__(self, batch: RecordBatch, content: bytes,
+                 offsets: Sequence[int | None] | None = None) -> list[int]:
+        """Flag the batch's duplicates. `content`: a digest of the chunk's raw records, which
+        tells a resent chunk from another one with the same record ids; `offsets`: the records'
+        offsets in their files, where the collector gave them. Returns the rows that are the
+        same records seen again (re-read or resent: what they report was counted already)."""
         # A record is the same as another when its source, trace and span id all are. The key
         # is trace id + span id as one bytes object: bytes cache their hash.
         source = batch.source
         first = self._first.setdefault(source, {})
-        chunks = self._chunks.setdefault(source, deque())
         keys = list(map(bytes.__add__, batch.trace_id, batch.span_id))
         origin = xxh3_64_digest(b"".join((content, *keys)))
-        distinct = set(keys)
-        if len(distinct) == len(keys) and first.keys().isdisjoint(distinct):
-            first.update(zip(keys, repeat(origin)))  # the usual case: all new
-            new = keys
-            resent = False
+        if offsets is None or None in offsets:
+            where: list[Sighting] = [origin if o is None else o
+                                     for o in (offsets or repeat(None, len(keys)))]
         else:
-            resent = first.get(keys[0]) == origin if keys else False
-            new = self._check(batch, keys, origin, first)
-        chunks.append((origin, new))
-        self._undo.append(("keys", (source, origin, new)))
-        return resent
+            where = list(offsets)
+        distinct = set(keys)
+        again: list[int] = []
+        if len(distinct) == len(keys) and first.keys().isdisjoint(distinct):
+            first.update(zip(keys, where, strict=True))  # the usual case: all new
+            new, new_where = keys, where
+        else:
+            new, new_where = self._check(batch, keys, where, first, again)
+        self._chunks.setdefault(source, deque()).append((new, new_where))
+        self._undo.append(("keys", source))
+        return again
 
-    def _check(self, batch: RecordBatch, keys: list[bytes], origin: bytes,
-               first: dict[bytes, bytes]) -> list[bytes]:
+    def _check(self, batch: RecordBatch, keys: list[bytes], where: list[Sighting],
+               first: dict[bytes, Sighting], again: list[int]
+               ) -> tuple[list[bytes], list[Sighting]]:
         new: list[bytes] = []
+        new_where: list[Sighting] = []
         here: dict[bytes, int] = {}  # key → sightings so far in this chunk
-        for i, key in enumerate(keys):
-            seen_in = first.get(key)
-            occurrence = here.get(key, 0)
+        for i, (key, at) in enumerate(zip(keys, where, strict=True)):
+            seen_at = first.get(key)
+            occurrence = here.get(key, 0) if isinstance(at, bytes) else 0
             here[key] = occurrence + 1
-            if seen_in is None:
-                first[key] = origin
+            if seen_at is None:
+                first[key] = at
                 new.append(key)
+                new_where.append(at)
                 continue
-            if seen_in == origin and occurrence == 0:
-                continue  # this very chunk again (a retry): the same record, not a duplicate
+            if seen_at == at and occurrence == 0:
+                again.append(i)  # the same record again (a re-read, a retry): not a duplicate
+                continue
             sightings = self._repeats.setdefault(key, [])
-            sighting = (origin, occurrence)
+            sighting = (at, occurrence)
             try:
                 n = sightings.index(sighting) + 2
+                again.append(i)  # this duplicate was seen before, from the same place
             except ValueError:
                 sightings.append(sighting)
                 self._undo.append(("repeat", key))
@@ -125,4 +141,10 @@ class Deduplicator:
                 b"".join((batch.source.encode(), key, b"dup", str(n).encode())),
                 digest_size=8,
             ).digest()
-        return new
+        return new, new_where
+
+
+def _forget(first: dict[bytes, Sighting], keys: list[bytes], where: list[Sighting]) -> None:
+    for key, at in zip(keys, where, strict=True):
+        if first.get(key) == at:
+            del first[key]
