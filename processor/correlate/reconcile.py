@@ -20,14 +20,16 @@ re-open a request that was already matched, or a restart would invent a missing 
 State changes only when an Export's spans were handed on (`commit`, called before the Export is
 acknowledged) and when a missing span was handed on (`declare_missing`). Each change is first
 appended to a SQLite journal (WAL mode), so a crash loses nothing that was acknowledged; the
-journal is folded into a snapshot every `checkpoint_interval`. After a restart every request
+journal is folded into a snapshot every `checkpoint_interval` (the entries' and the snapshot's
+layout: processor.correlate.reconcile_journal). After a restart every request
 still PENDING gets a fresh window: the collector may hold its app record in its queue.
 
 Memory: one dict entry per tracked request, a bytes key and a packed bytes value (≤ 300 bytes
-with the path cut to MAX_PATH_BYTES); at `max_pending` entries the oldest are evicted and
-counted. Entries live in two dicts kept in deadline order (insertion order): those that wait one
-window (PENDING, APP_FIRST, RESOLVED) and those kept late_horizon_s (MISSING), so expiry scans
-only their heads.
+with the path cut to MAX_PATH_BYTES: processor.correlate.missing, which also says which Nginx
+requests expect an app record and builds the missing spans); at `max_pending` entries the
+oldest are evicted and counted. Entries live in two dicts kept in deadline order (insertion
+order): those that wait one window (PENDING, APP_FIRST, RESOLVED) and those kept late_horizon_s
+(MISSING), so expiry scans only their heads.
 """
 
 from __future__ import annotations
@@ -36,21 +38,32 @@ import logging
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from hashlib import blake2b
-from itertools import compress, islice
-from operator import itemgetter, methodcaller
+from itertools import islice
 from pathlib import Path
-from typing import Any
 
-from .. import flags
-from ..record import RecordBatch
+from .missing import (
+    MAX_PATH_BYTES,
+    Due,
+    expectations,
+    expected_app_records,
+    missing_span_id,
+    missing_spans_batch,
+    unpack_due,
+)
+from .reconcile_journal import (
+    MISSING_KIND,
+    decode_entry,
+    decode_snapshot,
+    encode_commit,
+    encode_missing,
+    encode_snapshot,
+)
 from .state import StateStore, StateWriteError
 
 __all__ = [
-    "MAX_PATH_BYTES", "CommitResult", "Due", "RequestReconciler", "expected_app_records",
-    "missing_span_id", "missing_spans_batch",
+    "MAX_PATH_BYTES", "CommitResult", "Due", "RequestReconciler", "expectations",
+    "expected_app_records", "missing_span_id", "missing_spans_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,147 +71,12 @@ log = logging.getLogger(__name__)
 # LATE: resolved by an app record after the request was reported missing (kept one window, so
 # that the same app record, sent again, is flagged late_record again).
 PENDING, RESOLVED, MISSING, APP_FIRST, LATE = 1, 2, 3, 4, 5
-MAX_PATH_BYTES = 96  # the path is only for the synthetic span's name; its trace has the rest
-# state, deadline | parent span id, request end, status | method NUL path
+# state, deadline; then the request as processor.correlate.missing packs it
 _HEAD = struct.Struct("<Bq")
-_REQUEST = struct.Struct("<8sqH")
-_TRACE_ID = 16
-_COMMIT, _MISSING = b"C", b"M"
 _RESOLVED = bytes([RESOLVED])
 # The journal is folded into the snapshot every checkpoint_interval_s, or sooner when this much
 # was appended (a busy server: the disk and the restart time stay bounded).
 _MAX_JOURNAL_BYTES = 64 * 1024 * 1024
-_U32 = struct.Struct("<I")
-_ENTRY_HEAD = struct.Struct("<cqII")  # kind, now, number of expectations, number of sightings
-
-
-def missing_span_id(trace_id: bytes) -> bytes:
-    """Span id of the synthetic `missing_record` span of a request (replay uses it too)."""
-    return blake2b(trace_id + b"missing:app", digest_size=8).digest()
-
-
-def _last(value: object) -> str:
-    """The last attempt's value of an upstream_* list ("502, 200" → "200"); "" (nothing) for
-    an object or array, as _status_answered takes it: never str() of one, which a deeply
-    nested one makes exhaust the recursion limit."""
-    if not isinstance(value, str | int | float):
-        return ""
-    return str(value).rpartition(" ")[2]
-
-
-def _status_answered(status: object) -> bool:
-    """Empty upstream_status = nginx answered itself (no app record expected). A log format
-    without upstream_status (None): assume the request was proxied."""
-    return status is None or (isinstance(status, str | int) and _last(status) not in ("", "-"))
-
-
-def _bytes_answered(received: object) -> bool:
-    """0 bytes received from the upstream = the connection failed before the app said
-    anything. Not logged (None): assume it answered."""
-    return received is None or _last(received) not in ("", "-", "0")
-
-
-_UPSTREAM_STATUS = methodcaller("get", "upstream_status")
-_UPSTREAM_RECEIVED = methodcaller("get", "upstream_bytes_received")
-
-
-def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -> list[int]:
-    """Rows of a checked Nginx batch for which an app audit record is expected: an audited path,
-    a request id to join on, and a request the app answered (see the two rules above)."""
-    paths = batch.path
-    audited_paths = {p for p in set(paths) if p is not None and audited(p)}
-    if not audited_paths:
-        return []
-    rows = list(compress(range(len(paths)), map(audited_paths.__contains__, paths)))
-    if True in batch.trace_id_generated:
-        generated = batch.trace_id_generated
-        rows = [i for i in rows if not generated[i]]
-    if not rows:
-        return []
-    fields = batch.fields if len(rows) == len(paths) else list(map(batch.fields.__getitem__, rows))
-    statuses = list(map(_UPSTREAM_STATUS, fields))
-    received = list(map(_UPSTREAM_RECEIVED, fields))
-    # Both take few distinct values: decide per distinct value, visit rows only if one fails.
-    try:
-        bad_status = {v for v in set(statuses) if not _status_answered(v)}
-        bad_received = {v for v in set(received) if not _bytes_answered(v)}
-    except TypeError:  # an unhashable (mapped) value: decide row by row
-        bad_status = bad_received = None
-    if bad_status is not None and not bad_status and not bad_received:
-        return rows
-    keep = [_status_answered(st) and _bytes_answered(rb)
-            for st, rb in zip(statuses, received, strict=True)]
-    return list(compress(rows, keep))
-
-
-def expectations(batch: RecordBatch, rows: list[int]) -> list[tuple[bytes, bytes]]:
-    """(trace id, packed request) for the given rows: what the missing span will need.
-
-    Never raises on odd values: a status or time the packed layout cannot hold (the sources
-    range-check them, but a record may come from elsewhere) is packed as 0 (unknown), and the
-    method is cut on a UTF-8 boundary without NUL (the method/path separator)."""
-    if not rows:
-        return []
-    if len(rows) == len(batch):  # the usual case: every row expects one
-        def pick(col: list[Any]) -> list[Any]:
-            return col
-    elif len(rows) > 1:
-        pick = itemgetter(*rows)
-    else:
-        def pick(col: list[Any]) -> list[Any]:
-            return [col[rows[0]]]
-    statuses = [s if s is not None and 0 <= s <= 0xFFFF else 0 for s in pick(batch.status)]
-    ends = [t if t is not None and 0 <= t < 1 << 63 else 0 for t in pick(batch.time_unix_nano)]
-    heads = map(_REQUEST.pack, pick(batch.span_id), ends, statuses)
-    names = dict.fromkeys(zip(pick(batch.method), pick(batch.path), strict=True))
-    for method, path in names:
-        head = (method or "HTTP").encode("utf-8", "replace").replace(b"\0", b"")
-        # 16 bytes, the last character whole (a cut one is dropped): _due decodes it strictly.
-        head = head[:16].decode("utf-8", "ignore").encode()
-        names[(method, path)] = (head + b"\0"
-                                 + (path or "").encode("utf-8", "replace")[:MAX_PATH_BYTES])
-    tails = map(names.__getitem__, zip(pick(batch.method), pick(batch.path), strict=True))
-    return list(zip(pick(batch.trace_id), map(bytes.__add__, heads, tails), strict=True))
-
-
-@dataclass(frozen=True, slots=True)
-class Due:
-    """A request whose app record did not come within the window."""
-
-    trace_id: bytes
-    parent_span_id: bytes
-    end_unix_nano: int
-    status: int
-    method: str
-    path: str
-
-
-def _due(trace_id: bytes, value: bytes) -> Due:
-    span_id, end, status = _REQUEST.unpack_from(value, _HEAD.size)
-    method, _, path = value[_HEAD.size + _REQUEST.size:].partition(b"\0")
-    return Due(trace_id, span_id, end, status, method.decode(), path.decode("utf-8", "replace"))
-
-
-def missing_spans_batch(due: list[Due], window_s: float) -> RecordBatch:
-    """Synthetic app records for requests with no app audit record: children of the Nginx span,
-    flagged missing_record, `audit.missing=true` (the span builder gives them status Error)."""
-    n = len(due)
-    batch = RecordBatch(
-        "app", n,
-        time_unix_nano=[d.end_unix_nano or None for d in due],
-        method=[d.method for d in due],
-        path=[d.path or None for d in due],
-        status=[d.status or None for d in due],
-        name=[f"missing app audit record: {d.method} {d.path}" for d in due],
-        attributes=[{"audit.missing": True, "audit.reconcile.window_s": window_s}
-                    for _ in due],
-        trace_id=[d.trace_id for d in due],
-        span_id=[missing_span_id(d.trace_id) for d in due],
-        parent_span_id=[d.parent_span_id for d in due],
-    )
-    for i in range(n):
-        batch.flags[i] = [flags.MISSING_RECORD]
-    return batch
 
 
 @dataclass
@@ -207,34 +85,6 @@ class CommitResult:
     late: int = 0  # app records that resolved a request already reported missing
     evicted: int = 0  # pending requests dropped to stay within max_pending
 
-
-def _encode_commit(now_ns: int, expected: list[tuple[bytes, bytes]], seen: list[bytes]) -> bytes:
-    parts = [_ENTRY_HEAD.pack(_COMMIT, now_ns, len(expected), len(seen))]
-    for trace_id, request in expected:
-        parts += (trace_id, _U32.pack(len(request)), request)
-    parts += seen
-    return b"".join(parts)
-
-
-def _encode_missing(now_ns: int, trace_ids: list[bytes]) -> bytes:
-    return b"".join([_ENTRY_HEAD.pack(_MISSING, now_ns, len(trace_ids), 0), *trace_ids])
-
-
-def _decode(entry: bytes) -> tuple[bytes, int, list[tuple[bytes, bytes]], list[bytes]]:
-    kind, now_ns, n_expected, n_seen = _ENTRY_HEAD.unpack_from(entry)
-    pos = _ENTRY_HEAD.size
-    if kind == _MISSING:
-        ids = [entry[pos + k * _TRACE_ID:pos + (k + 1) * _TRACE_ID] for k in range(n_expected)]
-        return kind, now_ns, [], ids
-    expected = []
-    for _ in range(n_expected):
-        trace_id = entry[pos:pos + _TRACE_ID]
-        (size,) = _U32.unpack_from(entry, pos + _TRACE_ID)
-        pos += _TRACE_ID + _U32.size
-        expected.append((trace_id, entry[pos:pos + size]))
-        pos += size
-    seen = [entry[pos + k * _TRACE_ID:pos + (k + 1) * _TRACE_ID] for k in range(n_seen)]
-    return kind, now_ns, expected, seen
 
 
 class RequestReconciler:
@@ -297,18 +147,12 @@ class RequestReconciler:
         assert self._journal is not None
         snapshot, journal = self._journal.load()
         with self._lock:
-            pos = 1
-            self.armed = bool(snapshot and snapshot[0])
-            while snapshot and pos < len(snapshot):
-                trace_id = snapshot[pos:pos + _TRACE_ID]
-                (size,) = _U32.unpack_from(snapshot, pos + _TRACE_ID)
-                pos += _TRACE_ID + _U32.size
-                value = snapshot[pos:pos + size]
+            self.armed, entries = decode_snapshot(snapshot)
+            for trace_id, value in entries:
                 (self._missing if value[0] == MISSING else self._live)[trace_id] = value
-                pos += size
             for entry in journal:
-                kind, when, expected, seen = _decode(entry)
-                if kind == _MISSING:
+                kind, when, expected, seen = decode_entry(entry)
+                if kind == MISSING_KIND:
                     self._apply_missing(seen, when)
                 else:
                     self._apply_commit(expected, seen, when, CommitResult())
@@ -347,7 +191,7 @@ class RequestReconciler:
             return result
         with self._lock:
             if self._journal is not None:
-                self._journal.append(_encode_commit(now_ns, expected, seen))
+                self._journal.append(encode_commit(now_ns, expected, seen))
             self._apply_commit(expected, seen, now_ns, result)
             result.evicted = self._evict()
         self.checkpoint(now_ns)
@@ -434,7 +278,7 @@ class RequestReconciler:
                 if deadline > now_ns or len(out) >= limit:
                     break
                 if state == PENDING:
-                    out.append(_due(trace_id, value))
+                    out.append(unpack_due(trace_id, value[_HEAD.size:]))
                 else:
                     forget.append(trace_id)
             for trace_id in forget:
@@ -453,7 +297,7 @@ class RequestReconciler:
         late_horizon_s to recognise a late app record). Returns how many changed state."""
         with self._lock:
             if self._journal is not None:
-                self._journal.append(_encode_missing(now_ns, trace_ids))
+                self._journal.append(encode_missing(now_ns, trace_ids))
             changed = self._apply_missing(trace_ids, now_ns)
             if changed:
                 self._outcomes.append((now_ns, 0, changed))
@@ -497,12 +341,9 @@ class RequestReconciler:
                 and self._journal.appended_bytes < _MAX_JOURNAL_BYTES):
             return
         with self._lock:
-            parts = [b"\x01" if self.armed else b"\x00"]
-            for entries in (self._live, self._missing):
-                for trace_id, value in entries.items():
-                    parts += (trace_id, _U32.pack(len(value)), value)
+            snapshot = encode_snapshot(self.armed, (self._live, self._missing))
             try:
-                self._journal.checkpoint(b"".join(parts), now_ns)
+                self._journal.checkpoint(snapshot, now_ns)
             except StateWriteError as exc:  # the journal still holds everything: retry later
                 log.warning("%s; the journal keeps every change, retrying at the next "
                             "checkpoint", exc)
