@@ -17,26 +17,28 @@ Per-request switches (query parameters, so one test can mix normal and faulty re
   size=N       pad the JSON body to N bytes (when N exceeds the natural size)
   noaudit=1    write no app-log line (simulates a dropped audit line)
 
+The answers themselves (routes, error bodies, SSE, the cut responses):
+processor.demo.upstream_answers.
+
 Run: python -m processor.demo.upstream --port N [--host ADDR] [--log FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import secrets
-import socket
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
+
+from .upstream_answers import CUT_PROMISED, CUT_SENT, ResponseWriter, error_body, route
 
 __all__ = [
     "CUT_PROMISED",
@@ -48,30 +50,12 @@ __all__ = [
     "serve",
 ]
 
-# The cut response: what the header promises vs what is actually sent before the close.
-CUT_PROMISED = 100_000
-CUT_SENT = 30_000
-
 DEFAULT_USER = "demo-user"
 DEFAULT_APP = "demo"
 TENANT = "demo-tenant"
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_DOCUMENTS = re.compile(r"^/v1/datasets/[^/]+/documents(?:/.*)?$")
-
-_REASONS = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    429: "too_many_requests",
-    500: "internal_server_error",
-    502: "bad_gateway",
-    503: "service_unavailable",
-    504: "gateway_timeout",
-}
 
 
 def _now_iso() -> str:
@@ -128,7 +112,7 @@ class DemoServer(ThreadingHTTPServer):
         self.app_log.close()
 
 
-class DemoHandler(BaseHTTPRequestHandler):
+class DemoHandler(ResponseWriter):
     # HTTP/1.1 so chunked SSE and keep-alive work as with Dify's gunicorn.
     protocol_version = "HTTP/1.1"
     server_version = "dify-demo/0.1"
@@ -195,15 +179,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         started = time.monotonic()
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        raw = self._read_body()
-        body: dict[str, Any] = {}
-        bad_json = False
-        if raw.strip():
-            try:
-                parsed = json.loads(raw)
-                body = parsed if isinstance(parsed, dict) else {}
-            except ValueError:
-                bad_json = True
+        body, bad_json = self._json_body()
 
         user = body.get("user") if isinstance(body.get("user"), str) else None
         user_id = user or query.get("user") or DEFAULT_USER
@@ -211,15 +187,15 @@ class DemoHandler(BaseHTTPRequestHandler):
         trace_id, traceparent = self._trace_id()
         streaming = body.get("response_mode") == "streaming"
 
-        status, payload = self._route(url.path, body, user_id, app_id)
+        status, payload = route(self.command, url.path, body, user_id, app_id)
         if bad_json:
-            status, payload = 400, _error(400, "Invalid JSON body.")
+            status, payload = 400, error_body(400, "Invalid JSON body.")
         forced = query.get("status", "")
         # 1xx are interim responses, not answers: only final statuses can be forced.
         if forced.isdigit() and 200 <= int(forced) <= 599:
             status = int(forced)
             if status >= 400:
-                payload = _error(status, f"Forced status {status} (demo switch).")
+                payload = error_body(status, f"Forced status {status} (demo switch).")
         if status >= 400:
             streaming = False
 
@@ -234,23 +210,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         # normal-looking app line, which is exactly what the processor has to cope with.
         if query.get("noaudit") != "1":
             duration_ms = (time.monotonic() - started) * 1000
-            record = {
-                # Dify's request-logging message: METHOD path status duration_ms trace_id
-                "message": f"{self.command} {url.path} {status} {duration_ms:.1f} {trace_id}",
-                "trace_id": trace_id,
-                # A fresh span id: the app's request span, child of nginx's (traceparent).
-                "span_id": secrets.token_hex(8),
-                "identity": {"tenant_id": TENANT, "user_id": user_id, "user_type": "end_user"},
-                "attributes": {
-                    "app_id": app_id,
-                    "path": url.path,
-                    "method": self.command,
-                    "status": status,
-                    # Not a Dify key: lets tests check what nginx actually forwarded.
-                    "traceparent": traceparent,
-                },
-            }
-            self.server.app_log.write(record)  # one line: `caller` names this line
+            self._audit_line(url.path, status, duration_ms, trace_id, traceparent, user_id, app_id)
 
         try:
             if streaming:
@@ -261,166 +221,42 @@ class DemoHandler(BaseHTTPRequestHandler):
             # The client (nginx) went away mid-response: normal for aborts, not a server error.
             self.close_connection = True
 
-    def _route(
-        self, path: str, body: dict[str, Any], user_id: str, app_id: str
-    ) -> tuple[int, dict[str, Any]]:
-        method = self.command
-        if path in ("/v1/chat-messages", "/v1/completion-messages"):
-            if method != "POST":
-                return 405, _error(405, "The method is not allowed for the requested URL.")
-            answer = {
-                "event": "message",
-                "task_id": str(uuid.uuid4()),
-                "id": str(uuid.uuid4()),
-                "message_id": str(uuid.uuid4()),
-                "mode": "chat" if path == "/v1/chat-messages" else "completion",
-                "answer": f"Echo: {body.get('query', '')}",
-                "metadata": {"usage": {"total_tokens": 12}},
-                "created_at": int(time.time()),
-            }
-            if path == "/v1/chat-messages":
-                answer["conversation_id"] = body.get("conversation_id") or str(uuid.uuid4())
-            return 200, answer
-        if path == "/v1/datasets":
-            if method != "GET":
-                return 405, _error(405, "The method is not allowed for the requested URL.")
-            return 200, {
-                "data": [{"id": "ds-1", "name": "Demo"}],
-                "has_more": False,
-                "limit": 20,
-                "total": 1,
-                "page": 1,
-            }
-        if _DOCUMENTS.match(path):
-            if method not in ("GET", "POST", "DELETE"):
-                return 405, _error(405, "The method is not allowed for the requested URL.")
-            if method == "DELETE":
-                return 200, {"result": "success"}
-            return 200, {"data": [], "has_more": False, "limit": 20, "total": 0, "page": 1}
-        if path == "/v1/model-configs":
-            if method not in ("GET", "PUT", "POST"):
-                return 405, _error(405, "The method is not allowed for the requested URL.")
-            return 200, {
+    def _json_body(self) -> tuple[dict[str, Any], bool]:
+        """(the body's JSON object, or {} when it holds none; whether it was not JSON)."""
+        raw = self._read_body()
+        if raw.strip():
+            try:
+                parsed = json.loads(raw)
+                return (parsed if isinstance(parsed, dict) else {}), False
+            except ValueError:
+                return {}, True
+        return {}, False
+
+    def _audit_line(self, path: str, status: int, duration_ms: float, trace_id: str,
+                    traceparent: str | None, user_id: str, app_id: str) -> None:
+        record = {
+            # Dify's request-logging message: METHOD path status duration_ms trace_id
+            "message": f"{self.command} {path} {status} {duration_ms:.1f} {trace_id}",
+            "trace_id": trace_id,
+            # A fresh span id: the app's request span, child of nginx's (traceparent).
+            "span_id": secrets.token_hex(8),
+            "identity": {"tenant_id": TENANT, "user_id": user_id, "user_type": "end_user"},
+            "attributes": {
                 "app_id": app_id,
-                "model": {"provider": "demo", "name": "demo-model"},
-                "updated_by": user_id,
-            }
-        if path == "/v1/parameters":
-            if method != "GET":
-                return 405, _error(405, "The method is not allowed for the requested URL.")
-            return 200, {
-                "opening_statement": "",
-                "user_input_form": [],
-                "file_upload": {"enabled": False},
-            }
-        return 404, _error(404, "The requested URL was not found on the server.")
-
-    # -- responses --------------------------------------------------------------------------
-
-    def _send_json(
-        self,
-        status: int,
-        payload: dict[str, Any],
-        extra: list[tuple[str, str]],
-        cut: bool,
-        size: str | None,
-    ) -> None:
-        data = json.dumps(payload).encode()
-        if size and size.isdigit() and int(size) > len(data) + 16:
-            # `, "padding": ""` is 15 bytes; the x's bring the body to exactly `size`.
-            payload = {**payload, "padding": "x" * (int(size) - len(data) - 15)}
-            data = json.dumps(payload).encode()
-        if cut:
-            # Fixed-length body, broken promise: the header says CUT_PROMISED bytes.
-            data = (data + b" " * CUT_PROMISED)[:CUT_PROMISED]
-        self.send_response(status)
-        if status in (204, 304):
-            # These statuses have no body by definition; sending one would desync keep-alive.
-            for name, value in extra:
-                self.send_header(name, value)
-            self.end_headers()
-            return
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in extra:
-            self.send_header(name, value)
-        if cut:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if cut:
-            self.wfile.write(data[:CUT_SENT])
-            self._abort()
-            return
-        self.wfile.write(data)
-
-    def _send_stream(self, status: int, extra: list[tuple[str, str]], cut: bool) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        for name, value in extra:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.flush()
-        message_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-        conversation_id = str(uuid.uuid4())
-        words = ["Hello", " from", " the", " demo", " upstream", "."]
-        for i, word in enumerate(words):
-            if cut and i == len(words) // 2:
-                # Mid-stream death: no message_end, no terminating zero-length chunk.
-                self._abort()
-                return
-            self._chunk(
-                _sse(
-                    {
-                        "event": "message",
-                        "task_id": task_id,
-                        "message_id": message_id,
-                        "conversation_id": conversation_id,
-                        "answer": word,
-                        "created_at": int(time.time()),
-                    }
-                )
-            )
-            time.sleep(0.01)  # several TCP writes, as a real token stream
-        self._chunk(
-            _sse(
-                {
-                    "event": "message_end",
-                    "task_id": task_id,
-                    "message_id": message_id,
-                    "conversation_id": conversation_id,
-                    "metadata": {"usage": {"total_tokens": len(words)}},
-                }
-            )
-        )
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _abort(self) -> None:
-        """Close the connection now, with what was written so far on the wire (a clean FIN)."""
-        self.wfile.flush()
-        self.close_connection = True
-        # The peer may already be gone; the close is best effort either way.
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_WR)
+                "path": path,
+                "method": self.command,
+                "status": status,
+                # Not a Dify key: lets tests check what nginx actually forwarded.
+                "traceparent": traceparent,
+            },
+        }
+        self.server.app_log.write(record)  # one line: `caller` names this line
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # Per-request lines on stderr would duplicate nginx's access log and the app log;
         # errors still go through log_error → log_message → stderr.
         pass
 
-
-def _error(status: int, message: str) -> dict[str, Any]:
-    return {"code": _REASONS.get(status, "error"), "message": message, "status": status}
-
-
-def _sse(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event)}\n\n".encode()
 
 
 def serve(port: int, log_path: Path | None = None) -> DemoServer:
