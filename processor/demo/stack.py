@@ -54,8 +54,30 @@ class Stack:
         )
         # The collector retries its sends to the processor until the processor is up.
         self.app_log = wd / "app.log"
+        self._start_collector()
+        self._start_processor()
+
+        upstream = ManagedProcess(
+            "upstream",
+            [sys.executable, "-m", "processor.demo.upstream", "--port", str(self.upstream_port),
+             "--log", str(self.app_log)],
+            log_dir=wd,
+        ).start()
+        self.procs.append(upstream)
+        upstream.wait_ready(lambda: port_open(self.upstream_port), timeout=30)
+
+        nginx = ManagedProcess("nginx", nginx_argv(self.nginx_paths.conf), log_dir=wd).start()
+        self.procs.append(nginx)
+        # A TCP connect, not a request: stub_status would count a request nobody logs.
+        nginx.wait_ready(
+            lambda: port_open(self.nginx_port) and port_open(self.status_port), timeout=30
+        )
+
+    def _start_collector(self) -> None:
+        assert self.nginx_paths is not None and self.jaeger_ports is not None
+        assert self.app_log is not None
         collector, endpoints = start_collector(
-            wd,
+            self.workdir,
             access_log=self.nginx_paths.access_log,
             nginx_error_log=self.nginx_paths.error_log,
             app_log=self.app_log,
@@ -69,6 +91,9 @@ class Stack:
         )
         self.procs.append(collector)
 
+    def _start_processor(self) -> None:
+        assert self.jaeger_ports is not None
+        wd = self.workdir
         processor = ManagedProcess(
             "processor",
             [sys.executable, "-m", "processor.cli", "serve"],
@@ -91,22 +116,6 @@ class Stack:
         ).start()
         self.procs.append(processor)
         processor.wait_ready(lambda: port_open(self.processor_port), timeout=60)
-
-        upstream = ManagedProcess(
-            "upstream",
-            [sys.executable, "-m", "processor.demo.upstream", "--port", str(self.upstream_port),
-             "--log", str(self.app_log)],
-            log_dir=wd,
-        ).start()
-        self.procs.append(upstream)
-        upstream.wait_ready(lambda: port_open(self.upstream_port), timeout=30)
-
-        nginx = ManagedProcess("nginx", nginx_argv(self.nginx_paths.conf), log_dir=wd).start()
-        self.procs.append(nginx)
-        # A TCP connect, not a request: stub_status would count a request nobody logs.
-        nginx.wait_ready(
-            lambda: port_open(self.nginx_port) and port_open(self.status_port), timeout=30
-        )
 
     @property
     def base_url(self) -> str:
