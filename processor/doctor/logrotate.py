@@ -102,9 +102,20 @@ def _ev(s: Setting | None, block: Block, value: str | None = None) -> Evidence:
 
 def _check_block(block: Block, logs: list[AuditLog]) -> list[Finding]:
     names = ", ".join(a.path for a in logs)
+    found = [*_compress(block, names), *_rotate_count(block, names),
+             *_rotated_name(block, names), *_reopen(block, logs, names),
+             *_copytruncate(block, names), *_frequency(block, names)]
+    if not found:
+        found.append(Finding("logrotate.rotation", SUB, Level.OK,
+                             f"{names}: rotation keeps <name>.1 readable and reopens",
+                             _ev(None, block)))
+    return found
+
+
+def _compress(block: Block, names: str) -> list[Finding]:
+    """compress without delaycompress."""
     opt = block.options.get
     found: list[Finding] = []
-    renames = not (block.on("copytruncate") or block.on("copy"))
     if block.on("compress") and not block.on("delaycompress"):
         found.append(Finding(
             "logrotate.compress", SUB, Level.FAIL,
@@ -115,6 +126,13 @@ def _check_block(block: Block, logs: list[AuditLog]) -> list[Finding]:
             "busy file) exist only inside the .gz, which the collector does not read.",
             "Add `delaycompress` to the block (keeps <name>.1 plain text until the next "
             "rotation)."))
+    return found
+
+
+def _rotate_count(block: Block, names: str) -> list[Finding]:
+    """rotate 0, or no rotate at all."""
+    opt = block.options.get
+    found: list[Finding] = []
     rotate = opt("rotate")
     if rotate is None or rotate.value == 0:
         unset = rotate is None
@@ -128,6 +146,13 @@ def _check_block(block: Block, logs: list[AuditLog]) -> list[Finding]:
             "gone." + (" (A global `rotate` in a config file not read here may apply: pass "
                        "/etc/logrotate.conf to check with it.)" if unset else ""),
             "Keep at least two: `rotate 7` (with delaycompress, .1 stays readable)."))
+    return found
+
+
+def _rotated_name(block: Block, names: str) -> list[Finding]:
+    """A first rotated name other than <name>.1 next to the log."""
+    opt = block.options.get
+    found: list[Finding] = []
     moved = [block.options[k] for k in ("olddir", "dateext", "extension", "addextension")
              if block.on(k)]
     start = opt("start")
@@ -143,6 +168,13 @@ def _check_block(block: Block, logs: list[AuditLog]) -> list[Finding]:
             "the writer reopened (or not yet read at the copy) are lost.",
             "Remove " + ", ".join(f"`{m.text}`" for m in moved) + " (or add the rotated "
             "name to the collector's file_log `include`, never a compressed one)."))
+    return found
+
+
+def _reopen(block: Block, logs: list[AuditLog], names: str) -> list[Finding]:
+    """Rename rotation without making the writer reopen its log."""
+    renames = not (block.on("copytruncate") or block.on("copy"))
+    found: list[Finding] = []
     if renames and any(a.nginx for a in logs):
         script = block.scripts.get("postrotate")
         if script is None or not _REOPEN.search(str(script.value)):
@@ -165,6 +197,13 @@ def _check_block(block: Block, logs: list[AuditLog]) -> list[Finding]:
             "Unless the writer notices the rename by itself (e.g. Python's WatchedFileHandler), "
             "it keeps writing into <name>.1 and then .2, which the collector does not read.",
             "Add a postrotate that makes the writer reopen its log, or use copytruncate."))
+    return found
+
+
+def _copytruncate(block: Block, names: str) -> list[Finding]:
+    """copytruncate's own loss window."""
+    opt = block.options.get
+    found: list[Finding] = []
     if block.on("copytruncate"):
         found.append(Finding(
             "logrotate.copytruncate", SUB, Level.WARN,
@@ -175,11 +214,6 @@ def _check_block(block: Block, logs: list[AuditLog]) -> list[Finding]:
             "unread tail from <name>.1 and the truncated file from its start.",
             "Where the writer can reopen its log (nginx can), rotate by rename with a "
             "postrotate that reopens instead."))
-    found.extend(_frequency(block, names))
-    if not found:
-        found.append(Finding("logrotate.rotation", SUB, Level.OK,
-                             f"{names}: rotation keeps <name>.1 readable and reopens",
-                             _ev(None, block)))
     return found
 
 
