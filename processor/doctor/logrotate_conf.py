@@ -149,29 +149,36 @@ class _Reader:
                 self.blocks.append(block)
                 block = None
                 continue
-            m = _DIRECTIVE.match(line)
-            if m is None:
-                raise ValueError(f"{where}:{n}: cannot read {line!r}")
-            key, value = m.group(1).lower(), m.group(2).strip()
-            if key in SCRIPTS:
-                if block is None:
-                    raise ValueError(f"{where}:{n}: {key} is only allowed inside a log block")
-                script = (key, n, [])
-            elif key == "include":
-                if block is not None:
-                    raise ValueError(f"{where}:{n}: include inside a log block")
-                target = Path(value.strip("\"'")).expanduser()
-                self.read_path(target if target.is_absolute() else path.parent / target,
-                               depth + 1)
-            else:
-                options = block.options if block is not None else self.defaults
-                _apply(options, key, value, Setting(None, where, n, line))
+            script = self._directive(line, n, path, depth, block)
         if script is not None:
             raise ValueError(f"{where}:{script[1]}: {script[0]} without endscript")
         if pending:
             raise ValueError(f"{where}:{pending[0][0]}: log path(s) without a `{{` block")
         if block is not None:  # logrotate accepts a block the file ends in: so do we
             self.blocks.append(block)
+
+    def _directive(self, line: str, n: int, path: Path, depth: int, block: Block | None
+                   ) -> tuple[str, int, list[str]] | None:
+        """One directive (line n of path); returns the script it opens (postrotate, …)."""
+        where = str(path)
+        m = _DIRECTIVE.match(line)
+        if m is None:
+            raise ValueError(f"{where}:{n}: cannot read {line!r}")
+        key, value = m.group(1).lower(), m.group(2).strip()
+        if key in SCRIPTS:
+            if block is None:
+                raise ValueError(f"{where}:{n}: {key} is only allowed inside a log block")
+            return (key, n, [])
+        if key == "include":
+            if block is not None:
+                raise ValueError(f"{where}:{n}: include inside a log block")
+            target = Path(value.strip("\"'")).expanduser()
+            self.read_path(target if target.is_absolute() else path.parent / target,
+                           depth + 1)
+        else:
+            options = block.options if block is not None else self.defaults
+            _apply(options, key, value, Setting(None, where, n, line))
+        return None
 
     def _open(self, pending: list[tuple[int, str]], where: str) -> tuple[Block, str]:
         text = " ".join(t for _, t in pending)
