@@ -157,19 +157,33 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import main as doctor_main
 
         return doctor_main(args_in[1:])
+    args = _parser().parse_args(args_in)
+    return int(args.func(args))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audit-guard",
         description="Keeps audit logs honest: flags truncated, invalid and missing audit records.",
     )
     parser.add_argument("--version", action="version", version=f"audit-guard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_replay(sub)
+    _add_resend(sub)
+    _add_doctor_and_demo(sub)
+    return parser
 
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the OTLP/gRPC processor service")
     serve.add_argument(
         "--config", type=Path, help="YAML config file (default: $AUDIT_GUARD_CONFIG, if set)"
     )
     serve.set_defaults(func=_serve)
 
+
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay = sub.add_parser(
         "replay",
         help="run the pipeline over log files; JSON Lines to stdout, a summary to stderr",
@@ -185,14 +199,17 @@ def main(argv: list[str] | None = None) -> int:
              "inside it). Default: detected per file from its first lines, on keys only one "
              "format writes; the summary says which format and why",
     )
-    replay.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
-                        help="how long after an Nginx request its app audit record may come "
-                             "before it counts as missing (default 30)")
+    replay.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                        help="how far apart an Nginx request and its app audit record (or its "
+                             "error-log event) may be; default: the config's reconcile.window_s "
+                             "and error_join_window_s (30)")
     replay.add_argument("--export", metavar="HOST:PORT",
                         help="also send the spans to this OTLP/gRPC endpoint")
     replay.add_argument("--config", type=Path, help="YAML config file (audited_paths, routes…)")
     replay.set_defaults(func=_replay)
 
+
+def _add_resend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     resend = sub.add_parser(
         "resend",
         help="send the dead-letter spool (spans downstream refused for good) again, oldest first",
@@ -209,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     resend.add_argument("--dry-run", action="store_true", help="list the spool, send nothing")
     resend.set_defaults(func=_resend)
 
+
+def _add_doctor_and_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub.add_parser(
         "doctor", add_help=False,
         help="find why audit logs go missing: checks nginx, Docker, the app, PostgreSQL, "
@@ -221,9 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--once", action="store_true", help="exit after the summary")
     demo.add_argument("--requests", type=int, default=40, help="requests in the traffic burst")
     demo.set_defaults(func=_demo)
-
-    args = parser.parse_args(args_in)
-    return int(args.func(args))
 
 
 if __name__ == "__main__":
