@@ -387,6 +387,9 @@ class Pipeline:
         if error_rows is not None:
             count += len(error_rows.bodies)
             events = nginx_error.parse_lines(enumerate(error_rows.bodies, 1), self._naive_tz)
+            if error_rows.offsets:  # the line's place in its file: its identity (see _same)
+                for event in events:
+                    event.at = error_rows.offsets[event.line - 1]
             late = self.errors.on_events(events, now_ns)
             if late:
                 extra.append(events_batch([e for e, _, _ in late],
@@ -414,22 +417,32 @@ class Pipeline:
                stats: BatchStats | None) -> list[bytes]:
         """decode → parse → check → correlate → rules → spans for rows [start, end)."""
         batch = self._parse_rows(source, rows, start, end)
-        if source == NGINX:
-            self.errors.on_access(batch)
         # The chunk's place in its request is part of its identity: a line written twice, cut
         # into chunks of its own by the net below, is still a duplicate.
-        batch = self.check(batch, content_digest(rows.bodies[start:end]) + start.to_bytes(4),
-                           rows.offsets[start:end] if rows.offsets else None)
+        return self.correlate(batch, read_ns, stats,
+                              content_digest(rows.bodies[start:end]) + start.to_bytes(4),
+                              rows.offsets[start:end] if rows.offsets else None)
+
+    def correlate(self, batch: RecordBatch, read_ns: int, stats: BatchStats | None,
+                  content: bytes | None = None, offsets: list[int | None] | None = None,
+                  *, spans: bool = True) -> list[bytes]:
+        """A parsed batch through the stateful stages, as both shells run them: the error-log
+        join → check (duplicates, rules) → reconciliation's findings → spans (unless `spans`
+        is False: replay without --export). Returns the spans."""
+        source = batch.source
+        if source == NGINX:
+            self.errors.on_access(batch)
+        batch = self.check(batch, content, offsets)
         if source == APP:
             self._note_app(batch, stats)
-        spans = self.span_builder.spans(batch, read_ns)
+        built = self.span_builder.spans(batch, read_ns) if spans else []
         if source == NGINX:
             self.errors.remember(batch)
             if stats is not None:
                 self._note_nginx(batch, stats)
         if stats is not None:
             stats.add_batch(batch, self.rules.current)
-        return spans
+        return built
 
     def _isolated(self, source: str, rows: SourceRows, start: int, end: int, read_ns: int,
                   stats: BatchStats | None) -> list[bytes]:

@@ -152,6 +152,20 @@ class RecordBatch:
     def rows(self) -> list[AuditRecord]:
         return [self.row(i) for i in range(self.size)]
 
+    def slice(self, start: int, end: int) -> RecordBatch:
+        """Rows [start, end) as a batch of their own (the columns copied, findings re-indexed)."""
+        if start == 0 and end >= self.size:
+            return self
+        part = RecordBatch(self.source, 0)
+        part.size = end - start
+        for name in COLUMNS:
+            setattr(part, name, getattr(self, name)[start:end])
+        for sparse in _SPARSE:
+            setattr(part, sparse, {i - start: list(found)
+                                   for i, found in getattr(self, sparse).items()
+                                   if start <= i < end})
+        return part
+
     @classmethod
     def scatter(
         cls, source: str, size: int, parts: list[tuple[list[int], RecordBatch]]

@@ -257,9 +257,11 @@ class ErrorLogJoin:
 
 
 def _same(a: ErrorEvent, b: ErrorEvent) -> bool:
-    """The same error-log line (its position in a request does not count)."""
+    """The same error-log line (its position in a request does not count; its place in its
+    file does, where both are known)."""
     return (a.time_unix_nano, a.pid, a.tid, a.connection, a.message, a.request_uri) == (
-        b.time_unix_nano, b.pid, b.tid, b.connection, b.message, b.request_uri)
+        b.time_unix_nano, b.pid, b.tid, b.connection, b.message, b.request_uri) and (
+        a.at is None or b.at is None or a.at == b.at)
 
 
 class _Remembered:

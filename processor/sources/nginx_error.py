@@ -116,6 +116,10 @@ class ErrorEvent:
     request_protocol: str | None
     cut: bool  # the line hit nginx's 2048-byte cap or lost its closing quote
     kind: str | None
+    # Where the line is in its file, when known (the collector's record offset; replay's line
+    # number): two identical lines at two places are two events, the same line sent again is
+    # one.
+    at: int | None = None
 
 
 _LEVEL = "|".join(LEVELS)
