@@ -1,4 +1,4 @@
-"""Joining Nginx error-log events to their access records (offline, for replay).
+"""Joining Nginx error-log events to their access records (serve and replay alike).
 
 A cut response often leaves its only trace in the error log: a streamed (SSE) answer whose
 upstream closed early is logged 200/OK in the access log. An event joins the access record with
@@ -21,7 +21,7 @@ import orjson
 from ..record import RecordBatch
 from ..sources.nginx_error import FLAG_FOR_KIND, ErrorEvent, join_key
 
-__all__ = ["ErrorLogIndex", "ErrorLogJoin", "events_batch"]
+__all__ = ["ErrorLogJoin", "events_batch"]
 
 
 def _access_key(fields: dict[str, Any]) -> tuple[int, str, str] | None:
@@ -54,50 +54,13 @@ def _joins(
     return out
 
 
-class ErrorLogIndex:
-    """Error events that mean a cut, by join key; `apply` flags the access rows they match."""
-
-    def __init__(self, events: Iterable[ErrorEvent], window_ns: int) -> None:
-        self._window = window_ns
-        self._by_key: dict[tuple[int, str, str], list[ErrorEvent]] = {}
-        self.unmatched: list[ErrorEvent] = []
-        self._matched: set[int] = set()  # id() of events that joined a record
-        for event in events:
-            if event.kind is None or FLAG_FOR_KIND.get(event.kind) is None:
-                continue
-            key = join_key(event)
-            if key is None:
-                self.unmatched.append(event)
-            else:
-                self._by_key.setdefault(key, []).append(event)
-
-    def __bool__(self) -> bool:
-        return bool(self._by_key)
-
-    def apply(self, batch: RecordBatch) -> None:
-        """Flag the access rows an event joins (before the batch is checked)."""
-        for i, event in _joins(batch, self._by_key, self._window):
-            self._matched.add(id(event))
-            _flag_row(batch, i, event)
-
-    @property
-    def joined(self) -> int:
-        """How many events joined an access record."""
-        return len(self._matched)
-
-    def leftover(self) -> list[ErrorEvent]:
-        """Events that mean a cut and joined no access record."""
-        rest = [e for events in self._by_key.values() for e in events
-                if id(e) not in self._matched]
-        return sorted(self.unmatched + rest, key=lambda e: e.line)
-
-
 class ErrorLogJoin:
-    """The service's join (stateful, bounded). nginx writes a cut's error line before the
-    request's access line, and the pipeline handles a request's error-log records before its
-    access records, so usually the event is pending when its access row comes: the row itself
-    is flagged, exactly as replay does. When the access row was already handed on, the event
-    becomes a flagged child span of the request's span instead (`audit.late_evidence=true`).
+    """The join (stateful, bounded; replay drives it with the records' own times). nginx
+    writes a cut's error line before the request's access line, and the pipeline handles a
+    request's error-log records before its access records, so usually the event is pending
+    when its access row comes: the row itself is flagged. When the access row was already
+    handed on, the event becomes a flagged child span of the request's span instead
+    (`audit.late_evidence=true`).
     An event that joins nothing within the window is reported on its own.
 
     Retries give the same answer: an event already known (pending, or joined to a row) is not
