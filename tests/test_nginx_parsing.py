@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.sources.jsonline import decode_json_object
 from processor.sources.nginx_access import parse_line, parse_mapping
@@ -141,3 +143,49 @@ def test_int_columns_convert_like_each_value(col) -> None:
     expected = [to_int(v) for v in col]
     assert ints(col) == expected
     assert ints(col, few_distinct=True) == expected
+
+
+# -- the column fast paths against the per-value functions (hypothesis) ----------------------
+_SCALARS = st.one_of(
+    st.sampled_from(["", "-", "--", " ", ",", "+", "200", "000", "1_000", "0.042", "GET",
+                     "1764165600.123", "inf", "nan", "1e400", "50, 100", "1 : 2", "-1"]),
+    st.text(max_size=8), st.integers(-(2**70), 2**70), st.booleans(), st.none(),
+    st.floats(allow_nan=True, allow_infinity=True), st.just({}), st.just([1]),
+)
+_COLUMNS = st.one_of(
+    st.lists(_SCALARS, max_size=12),
+    st.lists(st.text(max_size=6), max_size=12),  # every value a str: the fast paths
+    st.lists(st.sampled_from(["", "-", "200", "x"]), max_size=12),
+    st.lists(st.integers(0, 2**40), max_size=12),
+    st.lists(st.floats(0, 2e9), max_size=12),
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(col=_COLUMNS, as_tuple=st.booleans())
+def test_column_fast_paths_equal_the_per_value_functions(col: list, as_tuple: bool) -> None:
+    """texts/ints/last_ints/seconds_ns (C-level passes, min() as the every-value-is-a-str
+    test, float.__round__) give exactly what their per-value function gives."""
+    from processor.sources.columns import (
+        ints,
+        last_int,
+        last_ints,
+        least_str,
+        seconds_ns,
+        text,
+        text_column,
+        texts,
+        to_int,
+        to_ns,
+    )
+
+    column = tuple(col) if as_tuple else col  # the shipped format's columns are tuples
+    all_str = bool(col) and all(v.__class__ is str for v in col)
+    assert (least_str(column) is not None) == all_str
+    assert texts(column) == [text(v) for v in col]
+    out, every_str = text_column(column)
+    assert out == [text(v) for v in col] and every_str == all_str
+    for few in (False, True):
+        assert ints(column, few_distinct=few) == [to_int(v) for v in col]
+        assert seconds_ns(column, few_distinct=few) == [to_ns(v) for v in col]
+    assert last_ints(column) == [last_int(v) for v in col]

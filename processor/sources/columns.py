@@ -2,7 +2,13 @@
 
 Each has a C-level fast path (`map` over builtins) for the common case — every value well
 formed — and falls back to the per-value function when any value is not. Both give the same
-result; the per-value functions define it.
+result; the per-value functions define it (tests/test_nginx_parsing.py compares them on
+generated columns).
+
+"Every value is a str" is asked of most columns, and answered by one `min()` pass: it only
+succeeds when its values are comparable, a str and any other JSON type never are, so a str
+result means every value is one (and its least value says at once whether "" or "-" is among
+them). That costs a third of a `set(map(type, col))` pass.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from operator import mul
 from typing import Any
 
 __all__ = [
-    "ints", "last_int", "last_ints", "seconds_ns", "structured_rows", "text", "texts", "to_int",
-    "to_ns",
+    "ints", "last_int", "last_ints", "least_str", "seconds_ns", "structured_rows", "text",
+    "text_column", "texts", "to_int", "to_ns",
 ]
 
 _NONE = type(None)
+_ROUND = float.__round__
 _EMPTY = {"": None, "-": None}  # nginx logs a variable without value as "" or "-"
 
 
@@ -31,14 +38,33 @@ def text(value: Any) -> str | None:
     return str(value)
 
 
+def least_str(col: list[Any]) -> str | None:
+    """The least value when every value of `col` is a str, else None (also for no values)."""
+    try:
+        least = min(col)
+    except (TypeError, ValueError):  # values that do not compare (str and another type), none
+        return None
+    return least if least.__class__ is str else None
+
+
 def texts(col: list[Any]) -> list[str | None]:
+    return text_column(col)[0]
+
+
+def text_column(col: list[Any]) -> tuple[list[str | None], bool]:
+    """`text` over a column, and whether every value was a str (then no row holds a JSON
+    object or array: the caller need not look for one)."""
+    least = least_str(col)
+    if least is not None:
+        # No "" or "-" when the least value sorts after "-" ("" and "-" sort before it).
+        return (list(col) if least > "-" else list(map(_EMPTY.get, col, col))), True
     try:
         out = list(map(_EMPTY.get, col, col))
     except TypeError:  # an unhashable value (a JSON object or array)
-        return list(map(text, col))
+        return list(map(text, col)), False
     if set(map(type, out)) <= {str, _NONE}:
-        return out
-    return list(map(text, col))
+        return out, False
+    return list(map(text, col)), False
 
 
 def structured_rows(col: list[Any]) -> list[int]:
@@ -68,10 +94,13 @@ def ints(col: list[Any], one: Callable[[Any], int | None] = to_int,
     """Integers; `one` converts a value when the fast path (all plain digits) does not apply.
     `few_distinct`: the values repeat (e.g. status codes), so each distinct one is converted
     once."""
-    kinds = set(map(type, col))
+    kinds = ({str} if col and col[0].__class__ is str and least_str(col) is not None
+             else set(map(type, col)))
     if few_distinct and kinds == {str}:  # one type: no 1 == 1.0 == True clash
         converted = {v: one(v) for v in set(col)}
         return list(map(converted.__getitem__, col))
+    if kinds == {int}:  # bare JSON numbers (int(v) is v)
+        return list(col)
     if kinds <= {str, int}:
         try:
             return list(map(int, col))
@@ -112,15 +141,16 @@ def seconds_ns(col: list[Any], few_distinct: bool = False) -> list[int | None]:
     if few_distinct and (kinds == {str} or kinds == {float}):  # one type: no 1 == 1.0 clash
         converted = {v: to_ns(v) for v in set(col)}
         return list(map(converted.__getitem__, col))
+    # float.__round__ is round() for a float without round()'s method lookup: 2x faster.
     if kinds == {float}:  # bare JSON numbers, as the shipped log format writes $msec
         try:
-            return list(map(mul, map(round, map(mul, col, repeat(1_000_000.0))),
+            return list(map(mul, map(_ROUND, map(mul, col, repeat(1_000_000.0))),
                             repeat(1000)))
         except (ValueError, OverflowError):  # NaN, infinity (not from JSON, but mapped bodies)
             return list(map(to_ns, col))
     if kinds <= {str, int, float}:
         try:
-            micros = map(round, map(mul, map(float, col), repeat(1_000_000.0)))
+            micros = map(_ROUND, map(mul, map(float, col), repeat(1_000_000.0)))
             return list(map(mul, micros, repeat(1000)))
         except (ValueError, OverflowError):  # not a number, "inf", "1e400"
             pass
