@@ -10,25 +10,20 @@ extracted column by column with C-level itemgetter/zip passes.
 
 from __future__ import annotations
 
-from itertools import repeat
-from operator import is_not, itemgetter
+from operator import itemgetter
 from typing import Any
 
 import msgspec
 import orjson
 
-from ..grammar import ranges, timestamps
-from ..grammar.ranges import check_column, check_ids, note_unparseable
 from ..record import AuditRecord, RecordBatch
-from .columns import ints, last_ints, seconds_ns, structured_rows, texts
 from .jsonline import decode_json_object, mark_decoding
+from .nginx_columns import SOURCE, from_columns
 
 __all__ = [
     "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "parse_line", "parse_lines", "parse_mapping",
     "parse_mappings",
 ]
-
-SOURCE = "nginx"
 
 # canonical field → accepted source keys, best first.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -161,15 +156,6 @@ _AUDIT_JSON_COLUMNS = tuple(None if key is None else AUDIT_JSON_KEYS.index(key)
                             for key in _plan(AUDIT_JSON_KEYS))
 
 
-def _iso_to_ns(value: Any) -> int | None:
-    """$time_iso8601, else $time_local (both carry their offset)."""
-    text = value if isinstance(value, str) else None
-    if not text or text == "-":
-        return None
-    ns = timestamps.iso8601_ns(text)
-    return ns if ns is not None else timestamps.nginx_time_local_ns(text)
-
-
 def _plan_of(keys: tuple[str, ...]) -> tuple[str | None, ...]:
     return _PLANS.get(keys) or _plan(keys)
 
@@ -206,124 +192,7 @@ def parse_mappings(objs: list[dict[str, Any]]) -> RecordBatch:
     keys = tuple(objs[0])
     if not all(map(keys.__eq__, map(tuple, objs))):
         return _parse_mixed(objs)
-    return _from_columns(objs, _columns(objs, _plan_of(keys)))
-
-
-def _from_columns(objs: list[Any], columns: list[Any]) -> RecordBatch:
-    """The records' raw columns (in _CANON order, None = not logged) → RecordBatch."""
-    n = len(objs)
-    none = [None] * n
-
-    unparsed: dict[int, list[str]] = {}
-
-    def texts_of(col: Any, name: str | None = None) -> list[str | None]:
-        """Text values; a field the format does not log stays None. `name`: a JSON object or
-        array where the text belongs is absent and invalid_field:<name>."""
-        if col is none:
-            return none
-        out = texts(col)
-        if name is not None and None in out:
-            for i in structured_rows(col):
-                names = unparsed.setdefault(i, [])
-                if name not in names:
-                    names.append(name)
-        return out
-
-    (
-        method, request_uri, path, status, msec, time_text, request_time, client, user_id,
-        app_id, request_id, traceparent, server, user_agent, completion, body_bytes_sent,
-        _bytes_sent, content_length, content_encoding, gzip_ratio, _upstream_status,
-        upstream_length, _upstream_received, _connection, _connection_requests,
-    ) = (none if col is None else col for col in columns)
-
-    methods = texts_of(method, "method")
-    if None not in methods:  # a handful of distinct methods: upper-case each once
-        upper = {m: m.upper() for m in set(methods)}
-        methods = list(map(upper.__getitem__, methods))
-    else:
-        methods = [m.upper() if m is not None else None for m in methods]
-    targets = texts_of(request_uri, "path")
-    if None in targets:
-        targets = [t if t is not None else p
-                   for t, p in zip(targets, texts_of(path, "path"), strict=True)]
-    paths = (
-        list(map(itemgetter(0), map(str.partition, targets, repeat("?"))))
-        if None not in targets
-        else [t.partition("?")[0] if t is not None else None for t in targets]
-    )
-
-    # Every value is range-checked here (processor.grammar.ranges): one out of range becomes
-    # absent and `invalid_field:<name>` on its record alone, never an error for the batch.
-    statuses = ints(status, few_distinct=True)
-    if None in statuses:
-        note_unparseable("status", statuses, status, unparsed)
-    statuses = check_column("status", statuses, ranges.STATUSES, unparsed)
-    # $msec, else the ISO time: a written but bad $msec is invalid_field:time even when the
-    # ISO time stands in for it.
-    ends = check_column("time", seconds_ns(msec), ranges.TIMES, unparsed)
-    if None in ends:
-        note_unparseable("time", ends, msec, unparsed)
-        times = texts_of(time_text)
-        for i, end in enumerate(ends):
-            if end is None:
-                ends[i] = _iso_to_ns(times[i])
-                if ends[i] is None and times[i] is not None and "time" not in unparsed.get(i, ()):
-                    unparsed.setdefault(i, []).append("time")
-        ends = check_column("time", ends, ranges.TIMES, unparsed)
-    durations = seconds_ns(request_time, few_distinct=True)  # ms values repeat
-    if None in durations:
-        note_unparseable("duration", durations, request_time, unparsed)
-    durations = check_column("duration", durations, ranges.DURATIONS, unparsed)
-    if None in durations:
-        durations = [d if d is not None else 0 for d in durations]
-    sizes: dict[str, list[int | None]] = {}
-    for name, col, convert in (("body_bytes_sent", body_bytes_sent, ints),
-                               ("content_length", content_length, ints),
-                               ("upstream_length", upstream_length, last_ints)):
-        values = convert(col)
-        if col is not none and None in values:
-            note_unparseable(name, values, col, unparsed)
-        sizes[name] = check_column(name, values, ranges.SIZES, unparsed)
-    # Only when the format logs it: a format without $request_completion proves nothing.
-    completed: list[bool | None] = (
-        none if completion is none else list(map(is_not, texts_of(completion), repeat(None)))
-    )
-    encodings, ratios = texts_of(content_encoding), texts_of(gzip_ratio)
-    compressed = (
-        [False] * n if encodings is none and ratios is none
-        else [e is not None or r is not None for e, r in zip(encodings, ratios, strict=True)]
-    )
-    request_ids = check_ids("request_id", texts_of(request_id, "request_id"), unparsed)
-    traceparents = check_ids("traceparent", texts_of(traceparent, "traceparent"), unparsed)
-    user_ids, app_ids = texts_of(user_id, "user_id"), texts_of(app_id, "app_id")
-    clients, servers = texts_of(client, "client_address"), texts_of(server, "server_address")
-    user_agents = texts_of(user_agent, "user_agent")
-    unparsed_col: list[tuple[str, ...]] = [()] * n
-    for i, names in unparsed.items():
-        unparsed_col[i] = tuple(names)
-
-    return RecordBatch(
-        SOURCE, n,
-        time_unix_nano=ends,
-        duration_ns=durations,
-        method=methods,
-        path=paths,
-        status=statuses,
-        user_id=user_ids,
-        app_id=app_ids,
-        request_id=request_ids,
-        traceparent=traceparents,
-        client_address=clients,
-        server_address=servers,
-        user_agent=user_agents,
-        body_bytes_sent=sizes["body_bytes_sent"],
-        completed=completed,
-        content_length=sizes["content_length"],
-        upstream_length=sizes["upstream_length"],
-        compressed=compressed,
-        unparsed=unparsed_col,
-        fields=objs,
-    )
+    return from_columns(objs, _columns(objs, _plan_of(keys)))
 
 
 def decode_lines(lines: list[bytes | str]) -> tuple[list[dict[str, Any]], set[int], set[int]]:
@@ -357,8 +226,8 @@ def parse_lines(lines: list[bytes | str]) -> RecordBatch:
             return RecordBatch(SOURCE, 0)
         # All fields of every line at once (astuple is one C call a line), then the plan's.
         every = list(zip(*map(msgspec.structs.astuple, structs), strict=True))
-        batch = _from_columns(structs, [every[i] if i is not None else None
-                                        for i in _AUDIT_JSON_COLUMNS])
+        batch = from_columns(structs, [every[i] if i is not None else None
+                                       for i in _AUDIT_JSON_COLUMNS])
         batch.raw = list(lines)
         return batch
     objs, cut, malformed = decode_lines(lines)
