@@ -336,3 +336,54 @@ def test_the_attribute_cap_is_the_configured_one() -> None:
     a = attrs(span)
     assert len(a["url.path"].encode()) <= 1024
     assert "truncated_attribute:url.path" in a["audit.flags"]
+
+
+# -- the span builder's fast paths against the straightforward computation (hypothesis) -------
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_TIMES = st.one_of(st.none(), st.integers(-(2**65), 2**65),
+                   st.integers(0, 2**64 - 1), st.just(0), st.just(2**64 - 1))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(rows=st.lists(st.tuples(_TIMES, st.integers(-(2**64), 2**64)), min_size=1, max_size=8),
+       now=st.integers(0, 2**64 - 1))
+def test_span_times_equal_the_per_row_rule(rows: list, now: int) -> None:
+    """Span start/end: one C pass when every time is in range, the per-row rule otherwise."""
+    from processor.record import RecordBatch
+    from processor.spans import _span_times
+
+    batch = RecordBatch("nginx", len(rows), time_unix_nano=[e for e, _ in rows],
+                        duration_ns=[d for _, d in rows])
+    expected_ends = [e if e is not None and 0 <= e <= 2**64 - 1 else now for e, _ in rows]
+    expected_starts = [max(end - d, 0) for end, (_, d) in zip(expected_ends, rows, strict=True)]
+    if min(d for _, d in rows) < 0:
+        expected_starts = [min(s, e) for s, e in zip(expected_starts, expected_ends, strict=True)]
+    assert _span_times(batch, now) == (expected_starts, expected_ends)
+
+
+# No booleans: True == 1 as a dict key, so a cache that saw one answers the other (the same
+# before the fast path; no column of the shipped sources mixes them).
+_VALUES = st.one_of(st.none(), st.sampled_from(["GET", "/v1/x", "u1", "", "é"]),
+                    st.text(max_size=5), st.integers(-3, 3),
+                    st.text(min_size=30, max_size=40))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(columns=st.lists(st.lists(_VALUES, max_size=10), min_size=1, max_size=6),
+       max_entries=st.integers(1, 8))
+@example(columns=[["u1", "é" * 60], ["u1"]], max_entries=8)  # a cut value, then all hits
+def test_attribute_cache_columns_equal_encoding_each_value(columns: list, max_entries: int
+                                                           ) -> None:
+    """KeyCache.column (all-hit fast path, misses, a full cache cleared, values over the cap
+    never cached) gives what encoding each value alone gives, batch after batch."""
+    from processor.span_encoding import KeyCache, encode_attribute
+
+    cache = KeyCache("k", max_entries=max_entries, max_bytes=100)
+    for values in columns:
+        out = cache.column(values)
+        assert out == [b"" if v is None else encode_attribute("k", v, 100) for v in values]
+        capped = [(i, len(v.encode("utf-8", "replace"))) for i, v in enumerate(values)
+                  if isinstance(v, str) and len(v.encode("utf-8", "replace")) > 100]
+        assert (cache.last_capped or []) == capped
