@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "checks": 2,
     "correlate": 3,
     "rules": 4,
-    "spans": 5, "telemetry": 5,
+    "spans": 5, "span_encoding": 5, "telemetry": 5,
     "pipeline": 6,
     "completeness": 7, "replay": 7, "doctor": 7,
     "otlp": 8, "admin": 8,
