@@ -41,6 +41,10 @@ T3 = "2025-11-26T14:00:02.5Z"  # Go's RFC3339Nano drops trailing zeros
 T3_NS = 1764165602_500000000
 T4 = "2025-11-26T14:00:03Z"  # ... and a zero fraction altogether
 T4_NS = 1764165603_000000000
+T5 = "2025-11-26T14:00:04.25Z"
+T5_NS = 1764165604_250000000
+T6 = "2025-11-26T14:00:05.5Z"
+T6_NS = 1764165605_500000000
 
 
 def go_json(value: Any) -> str:
@@ -325,6 +329,9 @@ def test_the_shipped_receiver_recombines_docker_and_cri_in_the_real_collector(
         big_pieces[1],
         big_pieces[2],
         *docker_records('{"user_id":"u2","path":"/v1/x"}', "stdout", T3),
+        # The container stopped mid-line; after its restart the next line has another time.
+        *docker_records("stopped mid-line", "stdout", T5, complete=False),
+        *docker_records("the first line after the restart", "stdout", T6),
         "not a docker line",
         *docker_records("the app died mid-line " + "z" * 100, "stdout", T4, complete=False),
     ]
@@ -347,7 +354,7 @@ def test_the_shipped_receiver_recombines_docker_and_cri_in_the_real_collector(
     try:
         def complete_lines_arrived() -> bool:
             assert proc.proc is not None and proc.proc.poll() is None, proc.tail()
-            return len(exported_records(out)) >= 6
+            return len(exported_records(out)) >= 7
 
         wait_until(complete_lines_arrived, 30, "the complete lines in the file exporter")
         early = exported_records(out)
@@ -395,13 +402,15 @@ def test_the_shipped_receiver_recombines_docker_and_cri_in_the_real_collector(
         (big, "stdout", T1_NS, False),
         ("stderr <between> & pieces", "stderr", T2_NS, False),
         ('{"user_id":"u2","path":"/v1/x"}', "stdout", T3_NS, False),
+        ("stopped mid-line", "stdout", T5_NS, True),  # cut short, not glued to the next line
+        ("the first line after the restart", "stdout", T6_NS, False),
         ("the app died mid-line " + "z" * 100, "stdout", T4_NS, True),
     ])
     for rec in docker:
         assert rec["resource"]["audit.source"] == "app"  # read once per batch by the processor
         assert rec["attrs"]["log.file.path"] == str(docker_log)
         # The grouping key of the docker recombine step is removed again; nothing else leaks.
-        assert set(rec["attrs"]) <= {"log.file.path", "log.file.name",
+        assert set(rec["attrs"]) <= {"log.file.path", "log.file.name", "log.file.record_offset",
                                      "log.iostream", "audit.partial"}, rec["attrs"]
 
     # CRI: P P F joined by the container parser itself (first piece's time); no Docker steps.
