@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from processor.sources.jsonline import decode_json_object
@@ -157,12 +157,20 @@ _COLUMNS = st.one_of(
     st.lists(st.text(max_size=6), max_size=12),  # every value a str: the fast paths
     st.lists(st.sampled_from(["", "-", "200", "x"]), max_size=12),
     st.lists(st.integers(0, 2**40), max_size=12),
+    # digit strings: read as one JSON array unless a leading zero or 64 bits say otherwise
+    st.lists(st.one_of(st.from_regex(r"[0-9]{1,22}", fullmatch=True),
+                       st.sampled_from(["٣", "²", "1,2", "", " 7", "-0", "18446744073709551616"])),
+             max_size=12),
     st.lists(st.floats(0, 2e9), max_size=12),
 )
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)
 @given(col=_COLUMNS, as_tuple=st.booleans())
+@example(col=["10", "1,2"], as_tuple=False)  # a comma in a value: more numbers than values
+@example(col=["007", "7"], as_tuple=True)  # a leading zero: int() reads it, JSON does not
+@example(col=["18446744073709551616", "18446744073709551615"], as_tuple=False)  # 64 bits
+@example(col=["200", "", "404"], as_tuple=False)
 def test_column_fast_paths_equal_the_per_value_functions(col: list, as_tuple: bool) -> None:
     """texts/ints/last_ints/seconds_ns (C-level passes, min() as the every-value-is-a-str
     test, float.__round__) give exactly what their per-value function gives."""

@@ -18,6 +18,8 @@ from itertools import repeat
 from operator import mul
 from typing import Any
 
+import orjson
+
 __all__ = [
     "ints", "last_int", "last_ints", "least_str", "seconds_ns", "structured_rows", "text",
     "text_column", "texts", "to_int", "to_ns",
@@ -94,8 +96,12 @@ def ints(col: list[Any], one: Callable[[Any], int | None] = to_int,
     """Integers; `one` converts a value when the fast path (all plain digits) does not apply.
     `few_distinct`: the values repeat (e.g. status codes), so each distinct one is converted
     once."""
-    kinds = ({str} if col and col[0].__class__ is str and least_str(col) is not None
-             else set(map(type, col)))
+    first_str = bool(col) and col[0].__class__ is str
+    if first_str:  # before few_distinct: 2x faster than converting each distinct value
+        digits = _digit_strings(col)
+        if digits is not None:
+            return digits
+    kinds = {str} if first_str and least_str(col) is not None else set(map(type, col))
     if few_distinct and kinds == {str}:  # one type: no 1 == 1.0 == True clash
         converted = {v: one(v) for v in set(col)}
         return list(map(converted.__getitem__, col))
@@ -107,6 +113,25 @@ def ints(col: list[Any], one: Callable[[Any], int | None] = to_int,
         except ValueError:
             pass
     return list(map(one, col))
+
+
+def _digit_strings(col: list[str]) -> list[int] | None:
+    """int() of every value, when every value is ASCII digits: read as one JSON array, ~3x
+    faster than int() a value. None otherwise, and where JSON would not read one as int()
+    does (a leading zero, beyond 64 bits): the caller then converts value by value."""
+    try:
+        joined = ",".join(col)
+    except TypeError:  # not every value is a str
+        return None
+    digits = joined.replace(",", "")
+    if not (digits.isascii() and digits.isdigit()):  # also "" (no values, or an empty one)
+        return None
+    try:
+        out = orjson.loads(f"[{joined}]")
+    except orjson.JSONDecodeError:  # "00", "1,,2" (an empty value), more than 64 bits
+        return None
+    # A value with a comma in it would make more numbers than values.
+    return out if len(out) == len(col) else None  # type: ignore[no-any-return]
 
 
 def last_int(value: Any) -> int | None:
