@@ -15,6 +15,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from processor import flags
 from processor.config import ConfigError, load_settings
@@ -300,3 +302,34 @@ def test_naive_timezone_reaches_the_readers() -> None:
     utc = Pipeline(load_settings()).parse("app", [line]).time_unix_nano[0]
     tokyo = Pipeline(load_settings(naive_timezone="Asia/Tokyo")).parse("app", [line])
     assert utc is not None and tokyo.time_unix_nano[0] == utc - 9 * 3600 * 10**9
+
+
+# -- range checks: the column passes against the per-value rules (hypothesis) -----------------
+_IDS = st.one_of(st.none(), st.sampled_from(["", "0af7651916cd43dd8448eb211c80319c", "a" * 256,
+                                             "a" * 257, "a\u0007b", "tab\there", "é", "\u2028"]),
+                 st.text(max_size=12), st.from_regex(r"[0-9a-f]{32}", fullmatch=True))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(column=st.lists(_IDS, max_size=10))
+@example(column=["0af7651916cd43dd8448eb211c80319c", "x\x7f"])  # alnum fast path, then not
+def test_id_column_check_equals_the_per_value_rule(column: list) -> None:
+    from processor.grammar.ranges import check_ids, id_ok
+
+    unparsed: dict[int, list[str]] = {}
+    out = check_ids("request_id", list(column), unparsed)
+    assert out == [v if v is None or id_ok(v) else None for v in column]
+    assert unparsed == {i: ["request_id"] for i, v in enumerate(column)
+                        if v is not None and not id_ok(v)}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(column=st.lists(st.one_of(st.none(), st.integers(-5, 2**64)), max_size=10))
+def test_numeric_column_check_equals_the_per_value_rule(column: list) -> None:
+    from processor.grammar.ranges import SIZES, check_column, size_ok
+
+    unparsed: dict[int, list[str]] = {}
+    out = check_column("size", list(column), SIZES, unparsed)
+    assert out == [v if v is None or size_ok(v) else None for v in column]
+    assert unparsed == {i: ["size"] for i, v in enumerate(column)
+                        if v is not None and not size_ok(v)}

@@ -131,7 +131,8 @@ def _all_printable(values: list[str]) -> bool:
     joined = "".join(values)
     if joined.isascii():
         raw = joined.encode()
-        return len(raw.translate(None, _ASCII_CONTROLS)) == len(raw)
+        # Letters and digits only (hex ids): printable, and bytes.isalnum is 2.5x faster still.
+        return raw.isalnum() or len(raw.translate(None, _ASCII_CONTROLS)) == len(raw)
     return all(map(str.isprintable, values))
 
 
@@ -139,9 +140,14 @@ def check_ids(name: str, column: list[str | None], unparsed: dict[int, list[str]
               ) -> list[str | None]:
     """`column` with every id that fails `id_ok` replaced by None, its row noted under `name`.
     Returns the same list object when every id is fine (two C-level passes)."""
-    present = column if None not in column else [v for v in column if v is not None]
-    if not present or (max(map(len, present)) <= MAX_ID_CHARS and _all_printable(present)):
-        return column
+    try:  # every id there (the usual case): no None pass first
+        if not column or (max(map(len, column)) <= MAX_ID_CHARS  # type: ignore[arg-type]
+                          and _all_printable(column)):  # type: ignore[arg-type]
+            return column
+    except TypeError:  # a None (an absent id) among them
+        present = [v for v in column if v is not None]
+        if not present or (max(map(len, present)) <= MAX_ID_CHARS and _all_printable(present)):
+            return column
     out = list(column)
     for i, value in enumerate(column):
         if value is not None and not id_ok(value):
