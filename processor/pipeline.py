@@ -1,6 +1,11 @@
 """The pipeline shared by `serve` and `replay`:
 
-    decode → parse → check (truncation, fields, lag) → correlate (route, ids, duplicates) → spans
+    decode → parse → check (truncation, fields, lag) → correlate (route, ids, duplicates) →
+    rules → spans
+
+decode is processor.decode; check → rules are `Pipeline.stages`, a named list run in order;
+`correlate` runs a parsed batch through the error-log join, the stages, reconciliation's
+findings and span building, as both shells (serve, replay) do.
 
 Records are grouped by source (nginx, app, pgaudit) and processed as columnar batches.
 
@@ -10,14 +15,11 @@ Pure and synchronous: time comes in as an argument, nothing here reads the clock
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from xxhash import xxh3_64_digest
 
 from . import flags
 from .checks.lag import check_lag
@@ -25,10 +27,21 @@ from .checks.truncation import check_truncation
 from .checks.validate import AuditFieldValidator
 from .config import Settings
 from .correlate.counters import CounterReconciler, served_by_host
-from .correlate.duplicates import Deduplicator
+from .correlate.duplicates import Deduplicator, Origin, content_digest
 from .correlate.errorlog import ErrorLogJoin, events_batch
 from .correlate.reconcile import RequestReconciler, expectations, expected_app_records
 from .correlate.traces import assign_ids
+from .decode import (
+    APP,
+    NGINX,
+    NGINX_ERROR,
+    PGAUDIT,
+    SOURCES,
+    SourceRows,
+    any_value_to_python,
+    group_logs,
+    request_time,
+)
 from .record import AuditRecord, RecordBatch
 from .routes import DIFY_ROUTES, RouteTable
 from .rules import RuleRegistry, RuleSet
@@ -46,74 +59,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 1024
 
-SOURCE_ATTRIBUTE = "audit.source"
-# Set by collector-config/ on a container line whose 16 KiB pieces never completed.
-PARTIAL_ATTRIBUTE = "audit.partial"
-# Set by file_log (include_file_record_offset): where the record starts in its file. The same
-# line read again (a collector killed before it saved its offsets) has the same one.
-OFFSET_ATTRIBUTE = "log.file.record_offset"
-# Attributes the collector adds about *where* it read a record, not part of the record.
-_COLLECTOR_ATTRIBUTES = frozenset(
-    {SOURCE_ATTRIBUTE, "log.file.name", "log.file.path", "log.iostream", "logtag", "time",
-     PARTIAL_ATTRIBUTE, OFFSET_ATTRIBUTE, "attrs"}
-)
 
-
-def any_value_to_python(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "kvlist_value":
-        return {kv.key: any_value_to_python(kv.value) for kv in value.kvlist_value.values}
-    if kind == "array_value":
-        return [any_value_to_python(v) for v in value.array_value.values]
-    return getattr(value, kind)
-
-
-NGINX, NGINX_ERROR, APP, PGAUDIT = "nginx", "nginx_error", "app", "pgaudit"
-SOURCES = (NGINX, NGINX_ERROR, APP, PGAUDIT)
-# Values of the `audit.source` attribute (set by collector-config/) → source.
-SOURCE_ALIASES = {
-    "nginx": NGINX, "nginx_access": NGINX, "nginx_error": NGINX_ERROR,
-    "app": APP, "dify": APP,
-    "pgaudit": PGAUDIT, "postgresql": PGAUDIT, "postgres": PGAUDIT,
-}
-
-
-@dataclass
-class SourceRows:
-    """The records of one source in one request, in arrival order."""
-
-    bodies: list[str | bytes] = field(default_factory=list)
-    mapped: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows already parsed
-    observed: list[int | None] = field(default_factory=list)  # app: when it was read
-    partial: set[int] = field(default_factory=set)  # app: container lines never completed
-    offsets: list[int | None] = field(default_factory=list)  # in their files; [] when unknown
-
-
-def _attribute(attributes: Iterable[KeyValue], key: str) -> str | None:
-    for kv in attributes:
-        if kv.key == key:
-            return kv.value.string_value
-    return None
-
-
-def _record_offsets(records: Any) -> list[int | None] | None:
-    """Each record's offset in its file (`log.file.record_offset`: file_log's
-    include_file_record_offset), or None when the first record has none."""
-    at = next((j for j, kv in enumerate(records[0].attributes) if kv.key == OFFSET_ATTRIBUTE),
-              None)
-    if at is None:
-        return None
-    offsets: list[int | None] = []
-    for r in records:
-        attributes = r.attributes
-        if len(attributes) > at and (kv := attributes[at]).key == OFFSET_ATTRIBUTE:
-            offsets.append(kv.value.int_value)  # the usual case: every record laid out alike
-            continue
-        offsets.append(next((kv.value.int_value for kv in attributes
-                             if kv.key == OFFSET_ATTRIBUTE), None))
-    return offsets
+# A stage: works on a batch in place.
+Stage = Callable[[RecordBatch, Origin], None]
 
 
 class Pipeline:
@@ -147,69 +95,14 @@ class Pipeline:
         # request was reported missing are flagged late_record.
         self.reconciler: RequestReconciler | None = None
         self.counters: CounterReconciler | None = None  # set by `serve`, as the reconciler
+        # check → correlate → rules: a named list of stages, run in order by `check`.
+        self.stages = self._check_stages()
 
     # decode + parse ------------------------------------------------------------------------
-    def group_logs(self, request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
-        """The request's records by source. `audit.source` is read from the resource (where
-        collector-config/ sets it: once per batch), else from the first record's attributes
-        (then from every record's); records without it are Nginx access records."""
-        groups: dict[str, SourceRows] = {}
-        for resource_logs in request.resource_logs:
-            resource_source = _attribute(resource_logs.resource.attributes, SOURCE_ATTRIBUTE)
-            for scope_logs in resource_logs.scope_logs:
-                records = scope_logs.log_records
-                if not records:
-                    continue
-                source_name = resource_source
-                per_record = False
-                if source_name is None:
-                    source_name = _attribute(records[0].attributes, SOURCE_ATTRIBUTE)
-                    per_record = source_name is not None
-                if not per_record:
-                    self._add_rows(groups, SOURCE_ALIASES.get(source_name or NGINX, NGINX),
-                                   records)
-                    continue
-                by_source: dict[str, list[Any]] = {}
-                for r in records:
-                    name = _attribute(r.attributes, SOURCE_ATTRIBUTE) or NGINX
-                    by_source.setdefault(SOURCE_ALIASES.get(name, NGINX), []).append(r)
-                for source, rows in by_source.items():
-                    self._add_rows(groups, source, rows)
-        return groups
-
-    def _add_rows(self, groups: dict[str, SourceRows], source: str, records: Any) -> None:
-        rows = groups.get(source)
-        if rows is None:
-            rows = groups[source] = SourceRows()
-        lines = [r.body.string_value for r in records]
-        if "" not in lines:  # the usual case: every body is a raw line
-            rows.bodies += lines
-        else:
-            for log_record in records:
-                body = log_record.body
-                kind = body.WhichOneof("value")
-                if kind == "string_value":
-                    rows.bodies.append(body.string_value)
-                elif kind == "bytes_value":
-                    rows.bodies.append(body.bytes_value)
-                else:
-                    rows.mapped[len(rows.bodies)] = self._mapping(body, log_record.attributes)
-                    rows.bodies.append("")
-        offsets = _record_offsets(records)
-        if offsets is not None or rows.offsets:
-            rows.offsets += [None] * (len(rows.bodies) - len(records) - len(rows.offsets))
-            rows.offsets += offsets or [None] * len(records)
-        if source == APP:
-            first = len(rows.bodies) - len(records)
-            for j, r in enumerate(records):
-                for kv in r.attributes:
-                    if kv.key == PARTIAL_ATTRIBUTE and kv.value.bool_value:
-                        rows.partial.add(first + j)
-            # The container runtime's time (the record's timestamp, set by the collector's
-            # container parser): when the app's write reached its log. Never the collector's
-            # read time: a plain file read late (first start, collector down) is a backlog of
-            # the pipeline, not an app whose stdout was held back (`delayed`).
-            rows.observed += [r.time_unix_nano or None for r in records]
+    @staticmethod
+    def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
+        """The request's records by source (processor.decode)."""
+        return group_logs(request)
 
     def parse(
         self,
@@ -241,35 +134,38 @@ class Pipeline:
             batch.line = numbers
         return batch
 
-    @staticmethod
-    def _mapping(body: AnyValue, attributes: Iterable[KeyValue]) -> dict[str, Any]:
-        if body.WhichOneof("value") == "kvlist_value":  # the collector parsed into a map body
-            return any_value_to_python(body)  # type: ignore[no-any-return]
-        # The collector parsed the JSON into attributes and left no body.
-        return {
-            kv.key: any_value_to_python(kv.value)
-            for kv in attributes
-            if kv.key not in _COLLECTOR_ATTRIBUTES
-        }
-
     # check + correlate -------------------------------------------------------------------
     def check(self, batch: RecordBatch, content: bytes | None = None,
               offsets: list[int | None] | None = None) -> RecordBatch:
         """check (truncation, fields, lag) → correlate (route, ids, duplicates) → rules.
         `content`: a digest of the raw records, default: of `batch.raw`; `offsets`: the
         records' offsets in their files, where the collector gave them (see Deduplicator)."""
-        check_truncation(batch)
-        self._validate(batch)
-        check_lag(batch, self._lag_ns)
-        batch.route = self._routes.routes(batch.path)
-        assign_ids(batch)
-        self.again = self.dedup(batch,
-                                content_digest(batch.raw) if content is None else content,
-                                offsets)
-        if not self._in_transaction:
-            self.dedup.commit()
-        self.rules.flag(batch)
+        origin = Origin(content_digest(batch.raw) if content is None else content, offsets)
+        for _name, stage in self.stages:
+            stage(batch, origin)
         return batch
+
+    def _check_stages(self) -> list[tuple[str, Stage]]:
+        """The stages after parse, in the order they run (see `check`)."""
+        lag_ns = self._lag_ns
+
+        def route(batch: RecordBatch, origin: Origin) -> None:
+            batch.route = self._routes.routes(batch.path)
+
+        def duplicates(batch: RecordBatch, origin: Origin) -> None:
+            self.again = self.dedup(batch, origin.content, origin.offsets)
+            if not self._in_transaction:
+                self.dedup.commit()
+
+        return [
+            ("truncation", lambda batch, origin: check_truncation(batch)),
+            ("fields", lambda batch, origin: self._validate(batch)),
+            ("lag", lambda batch, origin: check_lag(batch, lag_ns)),
+            ("route", route),
+            ("ids", lambda batch, origin: assign_ids(batch)),
+            ("duplicates", duplicates),
+            ("rules", lambda batch, origin: self.rules.flag(batch)),
+        ]
 
     def check_one(self, rec: AuditRecord) -> AuditRecord:
         """`check` for a single record (tests, tools)."""
@@ -378,7 +274,7 @@ class Pipeline:
                       stats: BatchStats | None) -> tuple[bytes, int]:
         parts = []
         count = 0
-        read_ns = _request_time(request) or now_ns
+        read_ns = request_time(request) or now_ns
         groups = self.group_logs(request)
         # Error-log records first: nginx writes a cut's error line before the request's access
         # line, so its event is usually waiting when the access record comes (see ErrorLogJoin).
@@ -472,27 +368,6 @@ class Pipeline:
                     stats.add_batch(batch)
                     stats.unprocessable += 1
         return out
-
-
-def content_digest(raw: list[Any]) -> bytes:
-    """A digest of raw records (str, bytes or None), to tell a resent chunk from another one
-    whose records carry the same ids. xxh3: ~0.04 µs a record (blake2b: ~0.5)."""
-    try:
-        blob = "\n".join(raw).encode("utf-8", "surrogatepass")
-    except TypeError:  # bytes bodies, or rows without raw text
-        blob = b"\n".join(r if isinstance(r, bytes) else str(r).encode("utf-8", "surrogatepass")
-                          for r in raw)
-    return xxh3_64_digest(blob)
-
-
-def _request_time(request: ExportLogsServiceRequest) -> int:
-    """When the collector read the request's first record (its observed time): the same for
-    every retry of the request."""
-    for resource_logs in request.resource_logs:
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                return record.observed_time_unix_nano or record.time_unix_nano
-    return 0
 
 
 _RAW_KEPT = 4096  # characters of an unprocessable record's raw text kept on its span

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "processor"
 # Lowest first. A module may import its own layer and those below.
 LAYERS: dict[str, int] = {
     "__init__": 0, "handoff": 0, "record": 0, "flags": 0, "grammar": 0, "config": 0,
-    "sources": 1, "routes": 1,
+    "sources": 1, "routes": 1, "decode": 1,
     "checks": 2,
     "correlate": 3,
     "rules": 4,
@@ -30,11 +30,8 @@ LAYERS: dict[str, int] = {
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-# Being split by another engineer when these checks were written (issue #17); an entry that is
-# no longer over the limit changes nothing: delete it then.
-PENDING_SPLITS = frozenset({
-    "processor/pipeline.py",  # module lines
-})
+# Modules or functions allowed over the limits for now (issue #17): none left.
+PENDING_SPLITS: frozenset[str] = frozenset()
 
 
 def _modules() -> dict[str, Path]:

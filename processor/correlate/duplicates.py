@@ -24,21 +24,43 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from hashlib import blake2b
 from itertools import repeat
+from typing import Any
 
 from xxhash import xxh3_64_digest
 
 from .. import flags
 from ..record import RecordBatch
 
-__all__ = ["Deduplicator"]
+__all__ = ["Deduplicator", "Origin", "content_digest"]
 
 # Chunks remembered at most (retries add chunks without new keys).
 _MAX_CHUNKS = 10_000
 
 # Where a record was first seen: its file offset (int) or its chunk's digest (bytes).
 Sighting = int | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a chunk's records came from: what tells a record seen again (a retry, a re-read)
+    from a new one (see Deduplicator)."""
+
+    content: bytes  # a digest of the chunk's raw records
+    offsets: list[int | None] | None  # the records' offsets in their files, when known
+
+
+def content_digest(raw: list[Any]) -> bytes:
+    """A digest of raw records (str, bytes or None), to tell a resent chunk from another one
+    whose records carry the same ids. xxh3: ~0.04 µs a record (blake2b: ~0.5)."""
+    try:
+        blob = "\n".join(raw).encode("utf-8", "surrogatepass")
+    except TypeError:  # bytes bodies, or rows without raw text
+        blob = b"\n".join(r if isinstance(r, bytes) else str(r).encode("utf-8", "surrogatepass")
+                          for r in raw)
+    return xxh3_64_digest(blob)
 
 
 class Deduplicator:

@@ -1,0 +1,170 @@
+"""decode: an OTLP logs request → the raw records of each source, with what the collector
+says about where and when it read them (the first stage of the pipeline; nothing is parsed
+here). Sources are told apart by the `audit.source` attribute collector-config/ sets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+__all__ = [
+    "APP", "NGINX", "NGINX_ERROR", "OFFSET_ATTRIBUTE", "PARTIAL_ATTRIBUTE", "PGAUDIT",
+    "SOURCES", "SOURCE_ALIASES", "SOURCE_ATTRIBUTE", "SourceRows", "any_value_to_python",
+    "group_logs", "request_time",
+]
+
+SOURCE_ATTRIBUTE = "audit.source"
+# Set by collector-config/ on a container line whose 16 KiB pieces never completed.
+PARTIAL_ATTRIBUTE = "audit.partial"
+# Set by file_log (include_file_record_offset): where the record starts in its file. The same
+# line read again (a collector killed before it saved its offsets) has the same one.
+OFFSET_ATTRIBUTE = "log.file.record_offset"
+# Attributes the collector adds about *where* it read a record, not part of the record.
+_COLLECTOR_ATTRIBUTES = frozenset(
+    {SOURCE_ATTRIBUTE, "log.file.name", "log.file.path", "log.iostream", "logtag", "time",
+     PARTIAL_ATTRIBUTE, OFFSET_ATTRIBUTE, "attrs"}
+)
+
+
+def any_value_to_python(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "kvlist_value":
+        return {kv.key: any_value_to_python(kv.value) for kv in value.kvlist_value.values}
+    if kind == "array_value":
+        return [any_value_to_python(v) for v in value.array_value.values]
+    return getattr(value, kind)
+
+
+NGINX, NGINX_ERROR, APP, PGAUDIT = "nginx", "nginx_error", "app", "pgaudit"
+SOURCES = (NGINX, NGINX_ERROR, APP, PGAUDIT)
+# Values of the `audit.source` attribute (set by collector-config/) → source.
+SOURCE_ALIASES = {
+    "nginx": NGINX, "nginx_access": NGINX, "nginx_error": NGINX_ERROR,
+    "app": APP, "dify": APP,
+    "pgaudit": PGAUDIT, "postgresql": PGAUDIT, "postgres": PGAUDIT,
+}
+
+
+@dataclass
+class SourceRows:
+    """The records of one source in one request, in arrival order."""
+
+    bodies: list[str | bytes] = field(default_factory=list)
+    mapped: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows already parsed
+    observed: list[int | None] = field(default_factory=list)  # app: when it was read
+    partial: set[int] = field(default_factory=set)  # app: container lines never completed
+    offsets: list[int | None] = field(default_factory=list)  # in their files; [] when unknown
+
+
+def _attribute(attributes: Iterable[KeyValue], key: str) -> str | None:
+    for kv in attributes:
+        if kv.key == key:
+            return kv.value.string_value
+    return None
+
+
+def _record_offsets(records: Any) -> list[int | None] | None:
+    """Each record's offset in its file (`log.file.record_offset`: file_log's
+    include_file_record_offset), or None when the first record has none."""
+    at = next((j for j, kv in enumerate(records[0].attributes) if kv.key == OFFSET_ATTRIBUTE),
+              None)
+    if at is None:
+        return None
+    offsets: list[int | None] = []
+    for r in records:
+        attributes = r.attributes
+        if len(attributes) > at and (kv := attributes[at]).key == OFFSET_ATTRIBUTE:
+            offsets.append(kv.value.int_value)  # the usual case: every record laid out alike
+            continue
+        offsets.append(next((kv.value.int_value for kv in attributes
+                             if kv.key == OFFSET_ATTRIBUTE), None))
+    return offsets
+
+
+def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
+    """The request's records by source. `audit.source` is read from the resource (where
+    collector-config/ sets it: once per batch), else from the first record's attributes
+    (then from every record's); records without it are Nginx access records."""
+    groups: dict[str, SourceRows] = {}
+    for resource_logs in request.resource_logs:
+        resource_source = _attribute(resource_logs.resource.attributes, SOURCE_ATTRIBUTE)
+        for scope_logs in resource_logs.scope_logs:
+            records = scope_logs.log_records
+            if not records:
+                continue
+            source_name = resource_source
+            per_record = False
+            if source_name is None:
+                source_name = _attribute(records[0].attributes, SOURCE_ATTRIBUTE)
+                per_record = source_name is not None
+            if not per_record:
+                _add_rows(groups, SOURCE_ALIASES.get(source_name or NGINX, NGINX),
+                               records)
+                continue
+            by_source: dict[str, list[Any]] = {}
+            for r in records:
+                name = _attribute(r.attributes, SOURCE_ATTRIBUTE) or NGINX
+                by_source.setdefault(SOURCE_ALIASES.get(name, NGINX), []).append(r)
+            for source, rows in by_source.items():
+                _add_rows(groups, source, rows)
+    return groups
+
+def _add_rows(groups: dict[str, SourceRows], source: str, records: Any) -> None:
+    rows = groups.get(source)
+    if rows is None:
+        rows = groups[source] = SourceRows()
+    lines = [r.body.string_value for r in records]
+    if "" not in lines:  # the usual case: every body is a raw line
+        rows.bodies += lines
+    else:
+        for log_record in records:
+            body = log_record.body
+            kind = body.WhichOneof("value")
+            if kind == "string_value":
+                rows.bodies.append(body.string_value)
+            elif kind == "bytes_value":
+                rows.bodies.append(body.bytes_value)
+            else:
+                rows.mapped[len(rows.bodies)] = _mapping(body, log_record.attributes)
+                rows.bodies.append("")
+    offsets = _record_offsets(records)
+    if offsets is not None or rows.offsets:
+        rows.offsets += [None] * (len(rows.bodies) - len(records) - len(rows.offsets))
+        rows.offsets += offsets or [None] * len(records)
+    if source == APP:
+        first = len(rows.bodies) - len(records)
+        for j, r in enumerate(records):
+            for kv in r.attributes:
+                if kv.key == PARTIAL_ATTRIBUTE and kv.value.bool_value:
+                    rows.partial.add(first + j)
+        # The container runtime's time (the record's timestamp, set by the collector's
+        # container parser): when the app's write reached its log. Never the collector's
+        # read time: a plain file read late (first start, collector down) is a backlog of
+        # the pipeline, not an app whose stdout was held back (`delayed`).
+        rows.observed += [r.time_unix_nano or None for r in records]
+
+def _mapping(body: AnyValue, attributes: Iterable[KeyValue]) -> dict[str, Any]:
+    if body.WhichOneof("value") == "kvlist_value":  # the collector parsed into a map body
+        return any_value_to_python(body)  # type: ignore[no-any-return]
+    # The collector parsed the JSON into attributes and left no body.
+    return {
+        kv.key: any_value_to_python(kv.value)
+        for kv in attributes
+        if kv.key not in _COLLECTOR_ATTRIBUTES
+    }
+
+
+def request_time(request: ExportLogsServiceRequest) -> int:
+    """When the collector read the request's first record (its observed time): the same for
+    every retry of the request."""
+    for resource_logs in request.resource_logs:
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                return record.observed_time_unix_nano or record.time_unix_nano
+    return 0
