@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from .config import CounterTarget, ReconcileConfig
 from .correlate.counters import CounterReconciler
 from .correlate.reconcile import RequestReconciler, missing_spans_batch
+from .correlate.silence import WATCHED, SilenceWatch
 from .correlate.state import StateStore, StateWriteError
 from .handoff import DownstreamRejected, DownstreamUnavailable, SpanSink
 from .sources import nginx_counters
@@ -49,8 +50,6 @@ _ERROR_EVENTS = "errorlog.pending"  # the error-log join's waiting events, in th
 _NS = 1_000_000_000
 _TICK_S = 1.0
 _SCRAPE_TIMEOUT_S = 5.0
-# Sources watched for silence, and what shows traffic went on while one was quiet.
-_WATCHED = ("nginx", "app", "pgaudit")
 
 
 class Completeness:
@@ -83,8 +82,8 @@ class Completeness:
             max_pending=config.max_pending, store=self.store,
         )
         self.counters = CounterReconciler(config.settle_s, config.completeness_span_s)
-        self._last_records: dict[str, int] = {}  # source → when its records last came
-        self._last_expected: int | None = None  # when audited Nginx requests last came
+        self.silence = SilenceWatch(int(config.silence_threshold_s * _NS),
+                                    self.counters.traffic_since)
         self._next_scrape = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -147,9 +146,9 @@ class Completeness:
             self.counters.add_records(stats.served)
         for source, n in stats.records.items():
             if n:
-                self._last_records[source] = now_ns
+                self.silence.on_records(source, now_ns)
         if stats.expected:
-            self._last_expected = now_ns
+            self.silence.on_expected(now_ns)
 
     def on_metrics(self, request: ExportMetricsServiceRequest) -> int:
         """Metrics from the collector (its prometheus/nginx_vts receiver); returns how many
@@ -243,8 +242,8 @@ class Completeness:
         for host, ratio in ratios.items():
             t.set("audit_log_completeness_ratio", ratio, source="nginx", host=host)
         silent = self.silent(now_ns)
-        for source in _WATCHED:
-            if source in silent or source in self._last_records:
+        for source in WATCHED:
+            if source in silent or source in self.silence.last_records:
                 t.set("audit_stream_silent", int(silent.get(source, False)), source=source)
         if self._on_status is not None:
             nginx_ratio = min(ratios.values()) if ratios else None
@@ -254,23 +253,5 @@ class Completeness:
 
     def silent(self, now_ns: int) -> dict[str, bool]:
         """Per source that has sent records: whether it has been quiet for longer than the
-        threshold while traffic went on (nginx: its counters; app and pgaudit: Nginx records)."""
-        threshold = int(self.config.silence_threshold_s * _NS)
-        out: dict[str, bool] = {}
-        for source in _WATCHED:
-            last = self._last_records.get(source)
-            if last is None:
-                continue
-            if now_ns - last <= threshold:
-                out[source] = False
-                continue
-            if source == "nginx":
-                traffic = self.counters.traffic_since(last)
-            elif source == "app":
-                traffic = self._last_expected is not None and self._last_expected > last
-            else:
-                nginx_last = self._last_records.get("nginx")
-                traffic = nginx_last is not None and nginx_last > last
-            out[source] = bool(traffic)
-        return out
-
+        threshold while traffic went on (processor.correlate.silence)."""
+        return self.silence.silent(now_ns)

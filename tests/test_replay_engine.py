@@ -132,3 +132,19 @@ def test_a_busy_file_does_not_run_ahead_of_another(tmp_path: Path) -> None:
     code, records, _ = run([access, app], reconcile={"window_s": 1, "late_horizon_s": 3600})
     assert not [r for r in records if r["file"] is None]
     assert not [r for r in records if "late_record" in r["flags"]]
+
+
+def test_a_source_that_falls_silent_is_named_in_the_summary(tmp_path: Path) -> None:
+    """The service's silence rule (reconcile.silence_threshold_s), in event time: the app log
+    stops for 200 s while Nginx requests go on, then comes back."""
+    access = tmp_path / "access.log"
+    app = tmp_path / "app.log"
+    times = [T0 + i * 5 for i in range(80)]  # a request every 5 s for 400 s
+    access.write_text("\n".join(nginx_line(f"{i:032x}", t) for i, t in enumerate(times)) + "\n")
+    app.write_text("\n".join(app_line(f"{i:032x}", t + 0.1) for i, t in enumerate(times)
+                             if not 20 <= i < 60) + "\n")
+    _, _, err = run([access, app], reconcile={"silence_threshold_s": 120})
+    assert "silent: app wrote nothing from 2025-11-26T14:01:35.100Z until " \
+           "2025-11-26T14:05:00.100Z (205 s) while traffic went on" in err
+    _, _, quiet = run([access, app], reconcile={"silence_threshold_s": 300})
+    assert "silent:" not in quiet

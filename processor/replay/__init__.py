@@ -107,6 +107,7 @@ def replay(
     engine.run(cursors)
     progress.done()
     stats.joined_errors = engine.joined
+    stats.silences = engine.silences
     summary(err, readable, found, stats)
     if failed:
         err.write(f"audit-guard replay: {len(failed)} file(s) could not be read: "

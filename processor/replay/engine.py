@@ -14,6 +14,8 @@ over files, with an event-time clock:
 - After each step the clock is the low watermark, the earliest time a record still to come can
   have. What is due by then is decided as the service decides it: requests with no app record
   in the window (`missing_record`), error events that joined no access record.
+- A source that falls silent (no record for `reconcile.silence_threshold_s` while traffic went
+  on: processor.correlate.silence) is noted with the time it stopped and came back.
 - At the end of the input everything still waiting is decided.
 
 A row without a time takes the time of the row before it in its file.
@@ -33,6 +35,7 @@ from ..correlate.reconcile import (
     expected_app_records,
     missing_spans_batch,
 )
+from ..correlate.silence import SilenceWatch
 from ..pipeline import APP, NGINX, Pipeline
 from ..record import RecordBatch
 from ..sources.nginx_error import FLAG_FOR_KIND, ErrorEvent
@@ -108,6 +111,10 @@ class ReplayEngine:
         self._spans = spans
         self._requests: dict[bytes, dict[str, Any]] = {}  # expected → its Nginx fields
         self._events: list[tuple[int, int, ErrorEvent]] = []  # (time, order, event), sorted
+        self.silence = SilenceWatch(int(config.silence_threshold_s * _NS))
+        self._quiet: dict[str, int] = {}  # silent source → its last record before the silence
+        # (source, last record before, first record after or None: until the end of input)
+        self.silences: list[tuple[str, int, int | None]] = []
         self._fed = 0  # events handed to the join so far
         self.unjoined = 0  # error events reported on their own
         self.missing = 0
@@ -133,6 +140,10 @@ class ReplayEngine:
             live = [c for c in live if c.head() is not None]
             if live:
                 self._decide(min(c.head() or 0 for c in live))
+                self._watch_silence(self.clock)
+        self._watch_silence(self.clock)
+        for source, since in self._quiet.items():
+            self.silences.append((source, since, None))
         self._feed_events(_END)
         last_event = self._events[-1][0] if self._events else 0
         # After every record and event, past every window: what still waits is decided.
@@ -149,6 +160,7 @@ class ReplayEngine:
             self._expect(batch)
         elif batch.source == APP:
             self._seen(batch)
+        self.silence.on_records(batch.source, self.clock)
 
     def _feed_events(self, until: int) -> None:
         """Hand the join the events up to `until` (their own time is their clock)."""
@@ -162,6 +174,8 @@ class ReplayEngine:
 
     def _expect(self, batch: RecordBatch) -> None:
         rows = expected_app_records(batch, self._audited)
+        if rows:
+            self.silence.on_expected(self.clock)
         times = batch.time_unix_nano
         for i, expected in zip(rows, expectations(batch, rows), strict=True):
             self._requests.setdefault(expected[0], self._fields_of(batch, i))
@@ -192,6 +206,16 @@ class ReplayEngine:
         """Error events that joined an access record (as a flag on it, or under it when it
         had gone by)."""
         return len(self._events) - self.unjoined - self.pipeline.errors.evicted
+
+    def _watch_silence(self, now: int) -> None:
+        """Note when a source falls silent (quiet past the threshold while traffic went on)
+        and when it comes back."""
+        for source, quiet in self.silence.silent(now).items():
+            if quiet and source not in self._quiet:
+                self._quiet[source] = self.silence.last_records[source]
+            elif not quiet and source in self._quiet:
+                self.silences.append((source, self._quiet.pop(source),
+                                      self.silence.last_records[source]))
 
     def _report_missing(self, due: list[Due], now: int) -> None:
         batch = missing_spans_batch(due, self._window_s)

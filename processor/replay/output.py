@@ -91,6 +91,8 @@ class ReplayStats:
     flags: Counter[str] = field(default_factory=Counter)
     missing: int = 0
     joined_errors: int = 0
+    # (source, its last record before, its first record after; None: until the end)
+    silences: list[tuple[str, int, int | None]] = field(default_factory=list)
 
 
 def write_event(event: nginx_error.ErrorEvent, out: IO[bytes], stats: ReplayStats, name: str,
@@ -186,6 +188,11 @@ def summary(err: IO[str], files: list[Path], found: dict[Path, detect.Detection]
             err.write(f"  warning: {path} has lines but no {sources[path]} record; {hint}\n")
     if stats.missing:
         err.write(f"  {stats.missing} audited request(s) with no app audit record in the window\n")
+    for source, since, until in stats.silences:
+        quiet = (f"until {_iso(until)} ({(until - since) / 1e9:.0f} s)" if until is not None
+                 else "until the end of the input")
+        err.write(f"  silent: {source} wrote nothing from {_iso(since)} {quiet} while traffic "
+                  "went on\n")
     if stats.flags:
         err.write("  flags:\n")
         for flag, count in stats.flags.most_common():
