@@ -17,7 +17,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY processor ./processor
-RUN pip install . && rm -rf /src
+# [serve]: gRPC, the OpenTelemetry SDK and the admin HTTP port (the base install is replay and
+# doctor only; the demo upstream needs nothing more).
+RUN pip install ".[serve]" && rm -rf /src
 
 # Non-root, fixed uid so volume ownership is predictable. /var/log/app and /var/lib/audit-guard
 # exist in the image owned by that user, so a named volume mounted there (the demo upstream's app

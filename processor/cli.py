@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +24,56 @@ if TYPE_CHECKING:
     from .config import Settings
 
 __all__ = ["main"]
+
+DISTRIBUTION = "audit-guard"
+# `name[extras] >=1.0; extra == "serve"` in the installed metadata's Requires-Dist.
+_REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)[^;]*;.*\bextra\s*==\s*[\"']([^\"']+)")
+
+
+class MissingExtra(Exception):
+    """A command needs an optional extra (pyproject.toml) that is not installed: one line for
+    the operator, exit 2, never a traceback."""
+
+    def __init__(self, extra: str, missing: list[str]) -> None:
+        named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if missing[3:] else "")
+        super().__init__(f"needs the [{extra}] extra ({named} not installed): "
+                         f"pip install '{DISTRIBUTION}[{extra}]'")
+
+
+def _missing_distributions(extra: str) -> list[str]:
+    """The packages `extra` declares that are not installed; [] when audit-guard runs from a
+    source tree without installed metadata (then a failed import says it, see _needs_extra)."""
+    try:
+        requires = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in requires:
+        match = _REQUIREMENT.match(requirement)
+        if match is None or match[2] != extra:
+            continue
+        try:
+            metadata.distribution(match[1])
+        except metadata.PackageNotFoundError:
+            missing.append(match[1])
+    return missing
+
+
+@contextmanager
+def _needs_extra(extra: str, *, check_first: bool = True) -> Iterator[None]:
+    """Runs a block that imports what `extra` installs; checks first (unless the block needs it
+    only sometimes) that its packages are installed, and turns a third-party module that still
+    cannot be imported into MissingExtra."""
+    missing = _missing_distributions(extra) if check_first else []
+    if missing:
+        raise MissingExtra(extra, missing)
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if not top or top == __package__:  # our own module missing: a bug, not an extra
+            raise
+        raise MissingExtra(extra, [top]) from exc
 
 
 def _settings(args: argparse.Namespace, prog: str) -> Settings | None:
@@ -38,7 +92,8 @@ def _settings(args: argparse.Namespace, prog: str) -> Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import StartupError, build_service
+    with _needs_extra("serve"):  # checked before the config is read: the first thing to fix
+        from .serve import StartupError, build_service
 
     settings = _settings(args, "audit-guard")
     if settings is None:
@@ -48,8 +103,9 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        service = build_service(settings)
-        service.start()
+        with _needs_extra("serve"):  # build_service imports gRPC, FastAPI, the SDK…
+            service = build_service(settings)
+            service.start()
     except StartupError as exc:
         print(f"audit-guard: {exc}", file=sys.stderr)
         return 2
@@ -71,13 +127,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from .config import ConfigError, ExporterConfig, load_settings
-    from .otlp.exporter import DownstreamUnavailable, SpanExporter
+    from .handoff import DownstreamUnavailable
     from .replay import ReplayError, parse_source_options, replay
 
     try:
-        settings = load_settings(args.config)
+        # A config with exporter.permanent_codes is checked against gRPC's code names.
+        with _needs_extra("serve", check_first=False):
+            settings = load_settings(args.config)
         exporter = None
         if args.export:
+            with _needs_extra("serve"):  # gRPC; replay alone runs on the base install
+                from .otlp.exporter import SpanExporter
             exporter = SpanExporter(ExporterConfig(endpoint=args.export))
     except (ConfigError, ValueError) as exc:
         print(f"audit-guard replay: {exc}", file=sys.stderr)
@@ -105,9 +165,11 @@ def _resend(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .config import ExporterConfig
-    from .otlp.exporter import SpanExporter
-    from .otlp.resend import resend
-    from .otlp.spool import DeadLetterSpool
+
+    with _needs_extra("serve"):  # the span exporter speaks OTLP/gRPC
+        from .otlp.exporter import SpanExporter
+        from .otlp.resend import resend
+        from .otlp.spool import DeadLetterSpool
 
     settings = _settings(args, "audit-guard resend")
     if settings is None:
@@ -158,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return doctor_main(args_in[1:])
     args = _parser().parse_args(args_in)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except MissingExtra as exc:
+        print(f"audit-guard {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

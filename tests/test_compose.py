@@ -451,7 +451,7 @@ def test_processor_dockerfile_is_pinned_non_root_and_serves(
     assert PINNED_TAG.match(tag), f"base image {froms[-1]} is not pinned"
     users = [i.args for i in instructions if i.keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root"), "image runs as root"
-    assert any(i.keyword == "RUN" and "pip install ." in i.args for i in instructions)
+    assert any(i.keyword == "RUN" and 'pip install ".[serve]"' in i.args for i in instructions)
     cmds = [json.loads(i.args) for i in instructions if i.keyword == "CMD"]
     assert cmds[-1] == ["audit-guard", "serve"]
     # Both services use the same image build, with the processor's default command or the

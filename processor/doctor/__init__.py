@@ -78,7 +78,7 @@ def run_checks(args: argparse.Namespace) -> list[Finding]:
     if args.logrotate is not None:
         jobs.append(lambda: _logrotate_job(args))
     if args.postgres:
-        from .postgres import check_postgres
+        check_postgres = _postgres_check()
         jobs.append(lambda: check_postgres(args.postgres))
     if not jobs:
         raise UsageError("nothing to check: give at least one of the input options (see --help)")
@@ -89,6 +89,19 @@ def run_checks(args: argparse.Namespace) -> list[Finding]:
         except (OSError, ValueError) as exc:  # missing file, bad JSON/YAML/nginx syntax
             raise UsageError(str(exc)) from exc
     return findings
+
+
+def _postgres_check() -> Callable[[str], list[Finding]]:
+    """doctor's live PostgreSQL checks; psycopg comes with the [postgres] extra, and its absence
+    is a usage error in one line, not a traceback."""
+    try:
+        from .postgres import check_postgres
+    except ImportError as exc:  # psycopg missing, or installed without a libpq it can load
+        if not (exc.name or "psycopg").startswith("psycopg"):
+            raise
+        raise UsageError("--postgres needs the [postgres] extra (psycopg cannot be imported): "
+                         "pip install 'audit-guard[postgres]'") from exc
+    return check_postgres
 
 
 def _logrotate_job(args: argparse.Namespace) -> list[Finding]:
