@@ -216,72 +216,119 @@ def test_invalid_utf8_is_replaced_not_rejected() -> None:
     assert not e.cut
 
 
-@pytest.mark.parametrize(
-    ("message", "kind"),
-    [
-        ("upstream prematurely closed connection while reading upstream", "upstream_closed"),
-        ("upstream prematurely closed connection while sending to client", "upstream_closed"),
-        (
-            "upstream timed out (110: Connection timed out) while reading response header from "
-            "upstream",
-            "upstream_timeout",
-        ),
-        (
-            "client prematurely closed connection, so upstream connection is closed too while "
-            "sending request to upstream",
-            "client_closed",
-        ),
-        ("client prematurely closed connection while reading upstream", "client_closed"),
-        # Seen from real nginx 1.22.1 for the SO_LINGER-0 abort, in one run out of four or so.
-        (
-            "epoll_wait() reported that client prematurely closed connection, so upstream "
-            "connection is closed too (104: Connection reset by peer) while reading upstream",
-            "client_closed",
-        ),
-        (
-            "writev() failed (104: Connection reset by peer) while sending to client",
-            "client_closed",
-        ),
-        ("writev() failed (32: Broken pipe) while sending to client", "client_closed"),
-        # proxy_buffering off: the client write runs inside the upstream read handler.
-        ("writev() failed (104: Connection reset by peer) while reading upstream", "client_closed"),
-        ("writev() failed (104: Connection reset by peer) while sending request to upstream", None),
-        (
-            "send() failed (104: Connection reset by peer) while sending response to client",
-            "client_closed",
-        ),
-        ("client closed connection while SSL handshaking", "client_closed"),
-        ("client closed connection while waiting for request", None),
-        ("client 127.0.0.1 closed keepalive connection", None),
-        (
-            "upstream sent too big header while reading response header from upstream",
-            "header_too_big",
-        ),
-        (
-            "an upstream response is buffered to a temporary file /var/lib/nginx/proxy/1/00/01 "
-            "while reading upstream",
-            "buffered_to_temp_file",
-        ),
-        ("readv() failed (104: Connection reset by peer) while reading upstream", None),
-        ('open() "/x" failed (2: No such file or directory)', None),
-    ],
-)
-def test_classify(message: str, kind: str | None) -> None:
+# Each message as nginx 1.22 writes it (the text of ngx_log_error / ngx_connection_error, the
+# errno as ngx_log_errno prints it, then ` while <c->log->action>`), with the kind it gets and
+# the flag that kind puts on the request's access record. Sources: ngx_http_upstream.c
+# (process_non_buffered_*, process_upstream/downstream, process_request, upstream_next,
+# check_broken_connection), ngx_event_pipe.c / ngx_readv_chain.c (readv), ngx_recv.c (recv),
+# ngx_event_openssl.c (SSL_read/SSL_write), ngx_http_request.c (client side).
+UPSTREAM = "truncated:upstream_closed"
+CLIENT = "truncated:request_incomplete"
+MESSAGES: list[tuple[str, str | None, str | None]] = [
+    # -- the upstream closed, reset or stalled after the header: the body was cut --
+    ("upstream prematurely closed connection while reading upstream", "upstream_closed",
+     UPSTREAM),
+    ("upstream prematurely closed connection while sending to client", "upstream_closed",
+     UPSTREAM),
+    ("recv() failed (104: Connection reset by peer) while reading upstream", "upstream_reset",
+     UPSTREAM),
+    ("readv() failed (104: Connection reset by peer) while reading upstream", "upstream_reset",
+     UPSTREAM),
+    # the client write handler reads the upstream too (non-buffered and event pipe alike)
+    ("recv() failed (104: Connection reset by peer) while sending to client", "upstream_reset",
+     UPSTREAM),
+    ("readv() failed (104: Connection reset by peer) while sending to client", "upstream_reset",
+     UPSTREAM),
+    ("SSL_read() failed (SSL: error:0A000126:SSL routines::unexpected eof while reading) while "
+     "reading upstream", "upstream_reset", UPSTREAM),
+    ("SSL_read() failed (104: Connection reset by peer) while reading upstream",
+     "upstream_reset", UPSTREAM),
+    ("upstream timed out (110: Connection timed out) while reading upstream",
+     "upstream_timeout", UPSTREAM),
+    # -- the client went away or stopped reading --
+    ("client prematurely closed connection while reading upstream", "client_closed", CLIENT),
+    ("client prematurely closed connection, so upstream connection is closed too while "
+     "sending request to upstream", "client_closed", CLIENT),
+    ("epoll_wait() reported that client prematurely closed connection, so upstream "
+     "connection is closed too (104: Connection reset by peer) while reading upstream",
+     "client_closed", CLIENT),
+    ("client prematurely closed connection while reading client request body",
+     "client_closed", CLIENT),
+    ("writev() failed (104: Connection reset by peer) while sending to client",
+     "client_closed", CLIENT),
+    ("writev() failed (32: Broken pipe) while sending to client", "client_closed", CLIENT),
+    # proxy_buffering off: the client write runs inside the upstream read handler.
+    ("writev() failed (104: Connection reset by peer) while reading upstream", "client_closed",
+     CLIENT),
+    ("send() failed (104: Connection reset by peer) while sending response to client",
+     "client_closed", CLIENT),
+    ("sendfile() failed (32: Broken pipe) while sending response to client", "client_closed",
+     CLIENT),
+    ("SSL_write() failed (32: Broken pipe) while sending to client", "client_closed", CLIENT),
+    ("SSL_write() failed (SSL: error:0A00007F:SSL routines::bad write retry) while reading "
+     "upstream", "client_closed", CLIENT),
+    ("client timed out (110: Connection timed out) while sending to client",
+     "client_timeout", CLIENT),
+    ("client timed out (110: Connection timed out) while sending response to client",
+     "client_timeout", CLIENT),
+    # -- before the header: nginx answers 502/504 itself, the access log shows it --
+    ("upstream timed out (110: Connection timed out) while reading response header from "
+     "upstream", "upstream_before_header", None),
+    ("upstream timed out (110: Connection timed out) while connecting to upstream",
+     "upstream_before_header", None),
+    ("upstream prematurely closed connection while reading response header from upstream",
+     "upstream_before_header", None),
+    ("recv() failed (104: Connection reset by peer) while reading response header from "
+     "upstream", "upstream_before_header", None),
+    ("connect() failed (111: Connection refused) while connecting to upstream",
+     "upstream_before_header", None),
+    ("writev() failed (104: Connection reset by peer) while sending request to upstream",
+     "upstream_before_header", None),
+    ("upstream sent too big header while reading response header from upstream",
+     "header_too_big", None),
+    ("an upstream response is buffered to a temporary file /var/lib/nginx/proxy/1/00/01 "
+     "while reading upstream", "buffered_to_temp_file", None),
+    # -- no request, or nothing wrong --
+    ("client closed connection while waiting for request", None, None),
+    ("client closed connection while SSL handshaking", None, None),
+    ("client 127.0.0.1 closed keepalive connection", None, None),
+    ("client timed out (110: Connection timed out) while reading client request headers", None,
+     None),
+    ("recv() failed (104: Connection reset by peer) while waiting for request", None, None),
+    ("upstream timed out (110: Connection timed out) while proxying upgraded connection", None,
+     None),
+    ('open() "/x" failed (2: No such file or directory)', None, None),
+]
+
+
+@pytest.mark.parametrize(("message", "kind", "flag"), MESSAGES)
+def test_classify(message: str, kind: str | None, flag: str | None) -> None:
     assert classify(message) == kind
-    assert one(f"{T0} [error] 1#1: *5 {message}, client: 1.1.1.1, server: s").kind == kind
+    # the whole line, as nginx 1.22 writes it with the http context after the message
+    line = (f"{T0} [error] 811#811: *5 {message}, client: 10.0.0.1, server: dify.local, "
+            'request: "POST /v1/chat-messages HTTP/1.1", upstream: '
+            '"http://127.0.0.1:5001/v1/chat-messages", host: "dify.local"')
+    event = one(line)
+    assert (event.message, event.kind, event.request_uri) == (message, kind, "/v1/chat-messages")
+    assert (FLAG_FOR_KIND[kind] if kind is not None else None) == flag
 
 
 def test_flag_for_kind() -> None:
     assert set(FLAG_FOR_KIND) == set(KINDS)
     assert FLAG_FOR_KIND == {
         "upstream_closed": "truncated:upstream_closed",
+        "upstream_reset": "truncated:upstream_closed",
         "upstream_timeout": "truncated:upstream_closed",
+        "upstream_before_header": None,
         "client_closed": "truncated:request_incomplete",
+        "client_timeout": "truncated:request_incomplete",
         "header_too_big": None,
         "buffered_to_temp_file": None,
     }
     for flag in filter(None, FLAG_FOR_KIND.values()):
         assert flag.removeprefix("truncated:") in flags.TRUNCATION_REASONS
+    # every kind is met by some message of the table above
+    assert {kind for _, kind, _ in MESSAGES} - {None} == set(KINDS)
 
 
 def test_detect_format() -> None:

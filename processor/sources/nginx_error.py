@@ -23,18 +23,35 @@ Lines are capped at NGX_MAX_ERROR_STR = 2048 bytes including the newline, so a c
 is marked `cut`: its message or request line may be incomplete (join_key then gives None when the
 request line itself was cut).
 
-`kind` classifies the message, and FLAG_FOR_KIND maps it into the flag vocabulary
-(processor.flags) for the access record the event joins to:
+`kind` classifies the message by what failed and what nginx was doing (the ` while <action>`
+suffix), and FLAG_FOR_KIND maps it into the flag vocabulary (processor.flags) for the access
+record the event joins to. Only a response cut after its header went out is a cut: before it,
+nginx answers 502/504 (or 499) itself and the access log already shows it.
 
-    upstream_closed        → truncated:upstream_closed
-    upstream_timeout       → truncated:upstream_closed   (the response was cut because the
-                                                          upstream stopped sending; the
-                                                          vocabulary has no separate reason)
-    client_closed          → truncated:request_incomplete (the client went away; nginx's
-                                                          $request_completion is empty too)
-    header_too_big         → None  (nginx answered 502 itself; nothing was cut, the access log
-                                    shows the status — surfaced as a span event only)
-    buffered_to_temp_file  → None  (a warning about disk spill, not a truncation; span event)
+    upstream_closed         → truncated:upstream_closed    upstream prematurely closed
+                                                           connection, after the header
+    upstream_reset          → truncated:upstream_closed    recv()/readv()/SSL_read() failed
+                                                           (104: reset …), after the header
+    upstream_timeout        → truncated:upstream_closed    upstream timed out (110: …) while
+                                                           reading upstream (proxy_read_timeout
+                                                           mid-body); the vocabulary has no
+                                                           separate reason
+    client_closed           → truncated:request_incomplete client prematurely closed
+                                                           connection; writev()/send()/
+                                                           sendfile() failed (104|32: …) or
+                                                           SSL_write() failed while writing to
+                                                           the client ($request_completion is
+                                                           empty too)
+    client_timeout          → truncated:request_incomplete client timed out (110: …) while
+                                                           sending to client (send_timeout)
+    upstream_before_header  → None  (timed out, closed or reset while connecting, sending the
+                                     request or reading the response header: a 502/504)
+    header_too_big          → None  (nginx answered 502 itself; nothing was cut)
+    buffered_to_temp_file   → None  (a warning about disk spill, not a truncation)
+
+Idle keep-alive connections going away ("client closed connection while waiting for request",
+"client … closed keepalive connection") and a client leaving during the TLS handshake ("client
+closed connection while SSL handshaking") are no request at all: no kind.
 
 What real nginx 1.22.1 (proxy_buffering off) wrote, see tests/test_nginx_error.py:
   cut SSE stream     [error] … upstream prematurely closed connection while reading upstream
@@ -81,17 +98,24 @@ _CAPPED_TEXT_BYTES = MAX_LINE_BYTES - 1
 LEVELS = ("emerg", "alert", "crit", "error", "warn", "notice", "info", "debug")
 
 UPSTREAM_CLOSED = "upstream_closed"
+UPSTREAM_RESET = "upstream_reset"
 UPSTREAM_TIMEOUT = "upstream_timeout"
+UPSTREAM_BEFORE_HEADER = "upstream_before_header"
 CLIENT_CLOSED = "client_closed"
+CLIENT_TIMEOUT = "client_timeout"
 HEADER_TOO_BIG = "header_too_big"
 BUFFERED_TO_TEMP_FILE = "buffered_to_temp_file"
-KINDS = (UPSTREAM_CLOSED, UPSTREAM_TIMEOUT, CLIENT_CLOSED, HEADER_TOO_BIG, BUFFERED_TO_TEMP_FILE)
+KINDS = (UPSTREAM_CLOSED, UPSTREAM_RESET, UPSTREAM_TIMEOUT, UPSTREAM_BEFORE_HEADER, CLIENT_CLOSED,
+         CLIENT_TIMEOUT, HEADER_TOO_BIG, BUFFERED_TO_TEMP_FILE)
 
 # Every kind is a key, so FLAG_FOR_KIND[kind] never raises; None = not a truncation.
 FLAG_FOR_KIND: dict[str, str | None] = {
     UPSTREAM_CLOSED: flags.truncated(flags.UPSTREAM_CLOSED),
+    UPSTREAM_RESET: flags.truncated(flags.UPSTREAM_CLOSED),
     UPSTREAM_TIMEOUT: flags.truncated(flags.UPSTREAM_CLOSED),
+    UPSTREAM_BEFORE_HEADER: None,
     CLIENT_CLOSED: flags.truncated(flags.REQUEST_INCOMPLETE),
+    CLIENT_TIMEOUT: flags.truncated(flags.REQUEST_INCOMPLETE),
     HEADER_TOO_BIG: None,
     BUFFERED_TO_TEMP_FILE: None,
 }
@@ -153,26 +177,50 @@ _CLIENT_KEY = ", client: "
 # parse. Only tried on lines already known to be cut.
 _PARTIAL_KEY = re.compile(r", ?[a-z]*:? ?$")
 
-_KIND_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    (UPSTREAM_CLOSED, re.compile(r"upstream prematurely closed connection")),
-    (UPSTREAM_TIMEOUT, re.compile(r"upstream timed out")),
-    (
-        CLIENT_CLOSED,
-        re.compile(
-            r"client prematurely closed connection"
-            # The client reset the connection (104) or was gone (32) while nginx wrote the
-            # response to it. With proxy_buffering off that write runs inside the upstream read
-            # handler, so the action is often "reading upstream"; writev() is then still the
-            # client write (nginx reads the upstream with recv/readv), unlike
-            # "… while sending request to upstream", which is the upstream's socket.
-            r"|\((?:104|32): [^)]*\) while sending (?:response )?to client"
-            r"|writev\(\) failed \((?:104|32): [^)]*\) while reading upstream"
-            # …but "while waiting for request" is an idle keep-alive connection going away.
-            r"|client closed connection while (?!waiting for request)"
-        ),
-    ),
-    (HEADER_TOO_BIG, re.compile(r"upstream sent too big header")),
-    (BUFFERED_TO_TEMP_FILE, re.compile(r"an upstream response is buffered to a temporary file")),
+# What nginx was doing when it wrote the line: the ` while <action>` suffix of the message
+# (c->log->action; the upstream connection logs with the client connection's log, so an upstream
+# failure carries the request's current action).
+# Once the response header went to the client nginx only moves the body: the upstream handlers
+# set "reading upstream", the client handlers and ngx_http_upstream_finalize_request "sending to
+# client" (ngx_http_upstream.c), and either handler reads the upstream and writes the client.
+_AFTER_HEADER = r" while (?:reading upstream|sending to client)$"
+# Before it nginx answers 502/504 itself and the access log shows that status: no cut.
+_BEFORE_HEADER = (r" while (?:connecting to upstream|SSL handshaking to upstream"
+                  r"|sending request to upstream|reading response header from upstream)$")
+# Writes to the client: the proxy's body handlers above, and the static/writer handlers'
+# "sending response to client" (ngx_http_static_module.c, ngx_http_request.c).
+_TO_CLIENT = r" while (?:sending (?:response )?to client|reading upstream)$"
+# nginx reads the upstream with recv() (unbuffered, ngx_unix_recv), readv() (proxy_buffering,
+# ngx_readv_chain) or SSL_read() (proxy_pass https://), and writes the client with writev(),
+# send(), sendfile() or SSL_write() (ngx_*_chain, ngx_ssl_send_chain).
+_UPSTREAM_READ = r"^(?:recv|readv|SSL_read)\(\) failed "
+_CLIENT_WRITE = r"^(?:writev|send|sendfile|sendmsg)\(\) failed \((?:104|32): [^)]*\)"
+
+# First match wins. The response the client got is incomplete when the upstream closed, reset
+# or stalled after the header (→ truncated:upstream_closed), or when the client went away or
+# stopped reading (→ truncated:request_incomplete). Each line is quoted from nginx 1.22 in
+# tests/test_nginx_error.py.
+_KIND_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern)) for kind, pattern in (
+        # ngx_http_read_client_request_body, ngx_http_read_request_header and
+        # ngx_http_upstream_check_broken_connection (that one also as "epoll_wait() reported
+        # that client prematurely closed connection, so upstream connection is closed too").
+        (CLIENT_CLOSED, r"client prematurely closed connection"),
+        # The client reset the connection (104) or was gone (32) while nginx wrote to it.
+        (CLIENT_CLOSED, _CLIENT_WRITE + _TO_CLIENT),
+        (CLIENT_CLOSED, r"^SSL_write\(\) failed .*" + _TO_CLIENT),
+        # send_timeout: the client stopped reading (ngx_http_upstream_process_*downstream,
+        # ngx_http_writer). "while reading client request …" is a 408, no response yet.
+        (CLIENT_TIMEOUT, r"^client timed out .*" + _TO_CLIENT),
+        (UPSTREAM_CLOSED, r"^upstream prematurely closed connection" + _AFTER_HEADER),
+        (UPSTREAM_RESET, _UPSTREAM_READ + r".*" + _AFTER_HEADER),
+        (UPSTREAM_TIMEOUT, r"^upstream timed out .*" + _AFTER_HEADER),
+        (UPSTREAM_BEFORE_HEADER,
+         r"^(?:upstream prematurely closed connection|upstream timed out |(?:recv|readv|SSL_read"
+         r"|writev|send|SSL_write|connect)\(\) failed ).*" + _BEFORE_HEADER),
+        (HEADER_TOO_BIG, r"upstream sent too big header"),
+        (BUFFERED_TO_TEMP_FILE, r"an upstream response is buffered to a temporary file"),
+    )
 )
 
 
