@@ -19,7 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 __all__ = [
     "DEFAULT_MAX_ATTRIBUTE_BYTES", "END_TAG", "KIND_CLIENT", "KIND_INTERNAL", "KIND_SERVER",
     "MAX_UINT64", "PARENT_SPAN_ID_TAG", "RESOURCE_SPANS_TAG", "SCOPE_SPANS_TAG", "SPANS_TAG",
-    "SPAN_ID_TAG", "START_TAG", "STATUS_ERROR", "TRACE_ID_TAG", "VARINTS", "AttrValue",
+    "SPAN_FRAMES", "SPAN_ID_TAG", "START_TAG", "STATUS_ERROR", "TRACE_ID_TAG", "AttrValue",
     "KeyCache", "any_value", "clean", "cut_utf8", "encode_attribute", "encode_events",
     "pack_ids", "pack_kind_times", "utf8", "varint",
 ]
@@ -44,7 +44,6 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-VARINTS = {n: varint(n) for n in range(1 << 14)}  # every 1- and 2-byte length
 
 
 def _tag(message: object, **field: object) -> bytes:
@@ -69,6 +68,8 @@ pack_kind_times = Struct(f"<{len(KIND_SERVER)}s{len(START_TAG)}sQ{len(END_TAG)}s
 assert len(KIND_SERVER) == len(KIND_INTERNAL) == len(KIND_CLIENT)
 STATUS_ERROR = Span(status=Status(code=Status.StatusCode.STATUS_CODE_ERROR)).SerializeToString()
 SPANS_TAG = ScopeSpans(spans=[Span()]).SerializeToString()[:-1]  # tag of ScopeSpans.spans
+# A span's tag + length in ScopeSpans, for every 1- and 2-byte length (spans under 16 KiB).
+SPAN_FRAMES = {n: SPANS_TAG + varint(n) for n in range(1 << 14)}
 SCOPE_SPANS_TAG = ResourceSpans(scope_spans=[ScopeSpans()]).SerializeToString()[:-1]
 RESOURCE_SPANS_TAG = ExportTraceServiceRequest(
     resource_spans=[ResourceSpans()]

@@ -36,12 +36,12 @@ from .span_encoding import (
     PARENT_SPAN_ID_TAG,
     RESOURCE_SPANS_TAG,
     SCOPE_SPANS_TAG,
+    SPAN_FRAMES,
     SPAN_ID_TAG,
     SPANS_TAG,
     START_TAG,
     STATUS_ERROR,
     TRACE_ID_TAG,
-    VARINTS,
     AttrValue,
     KeyCache,
     any_value,
@@ -95,14 +95,16 @@ class SpanBatch:
             return []
         spans = self.spans
         sizes = list(map(len, spans))
-        lengths = [v if v is not None else varint(n)
-                   for v, n in zip(map(VARINTS.get, sizes, repeat(None)), sizes, strict=True)]
-        scope_size = (len(self._scope) + len(spans) * len(SPANS_TAG) + sum(sizes)
-                      + sum(map(len, lengths)))
+        try:  # every span under 16 KiB: its field tag and length by one C-level lookup pass
+            frames = list(map(SPAN_FRAMES.__getitem__, sizes))
+        except KeyError:  # some span of 16 KiB or more
+            frames = [f if f is not None else SPANS_TAG + varint(n)
+                      for f, n in zip(map(SPAN_FRAMES.get, sizes), sizes, strict=True)]
+        scope_size = len(self._scope) + sum(sizes) + sum(map(len, frames))
         scope_head = b"".join((SCOPE_SPANS_TAG, varint(scope_size), self._scope))
         resource_size = len(self._resource) + scope_size + len(scope_head) - len(self._scope)
         return [RESOURCE_SPANS_TAG, varint(resource_size), self._resource, scope_head,
-                *chain.from_iterable(zip(repeat(SPANS_TAG), lengths, spans))]
+                *chain.from_iterable(zip(frames, spans, strict=True))]
 
 
 class SpanBuilder:

@@ -387,3 +387,28 @@ def test_attribute_cache_columns_equal_encoding_each_value(columns: list, max_en
         capped = [(i, len(v.encode("utf-8", "replace"))) for i, v in enumerate(values)
                   if isinstance(v, str) and len(v.encode("utf-8", "replace")) > 100]
         assert (cache.last_capped or []) == capped
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(sizes=st.lists(st.one_of(st.integers(0, 300), st.integers(16_000, 20_000)), max_size=6))
+@example(sizes=[10, 16_383, 16_384, 0])  # the last 2-byte length, the first 3-byte one
+def test_request_framing_equals_the_stubs_encoding(sizes: list[int]) -> None:
+    """SpanBatch frames spans (tag + length, by table below 16 KiB) as the stubs do."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+
+    from processor import __version__
+    from processor.spans import SCOPE_NAME, SpanBatch
+
+    spans = [Span(name="x" * n) for n in sizes]
+    batch = SpanBatch("nginx")
+    batch.spans = [s.SerializeToString() for s in spans]
+    expected = ExportTraceServiceRequest(resource_spans=[] if not spans else [ResourceSpans(
+        resource=Resource(attributes=[KeyValue(key="service.name",
+                                               value=AnyValue(string_value="nginx"))]),
+        scope_spans=[ScopeSpans(scope=InstrumentationScope(name=SCOPE_NAME,
+                                                           version=__version__),
+                                spans=spans)],
+    )])
+    assert batch.request_bytes() == expected.SerializeToString()
