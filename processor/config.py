@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -27,105 +27,27 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from .config_otlp import (
+    ClientTLSConfig,
+    ExporterConfig,
+    Seconds,
+    ServerConfig,
+    ServerTLSConfig,
+    check_hostport,
+    redact_input,
+)
 from .grammar.timestamps import naive_zone
 
 __all__ = [
-    "AdminConfig", "ConfigError", "DeadLetterConfig", "ExporterConfig", "ServerConfig", "Settings",
-    "TelemetryConfig", "load_settings",
+    "AdminConfig", "ClientTLSConfig", "ConfigError", "DeadLetterConfig", "ExporterConfig",
+    "ServerConfig", "ServerTLSConfig", "Settings", "TelemetryConfig", "load_settings",
 ]
 
-_HOSTPORT = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
-Seconds = Annotated[float, Field(gt=0)]
+
 
 
 class ConfigError(Exception):
     """Raised with a message meant for the operator: which key, what is wrong, how to set it."""
-
-
-def _check_hostport(value: str) -> str:
-    m = _HOSTPORT.fullmatch(value)
-    if m is None or not 0 < int(m.group(2)) < 65536:
-        raise ValueError("must be host:port, e.g. 127.0.0.1:4327")
-    return value
-
-
-class ServerConfig(BaseModel):
-    """The OTLP/gRPC receiver the collector sends logs and metrics to."""
-
-    model_config = ConfigDict(extra="forbid")
-    listen: str = Field(
-        "127.0.0.1:4327",
-        description="host:port of the OTLP/gRPC receiver (logs, metrics, traces, health).")
-    max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024 * 1024,
-        description="Largest request accepted, in bytes (default 64 MiB).")
-    max_inflight_requests: int = Field(
-        8, ge=1, le=256,
-        description="Export calls processed at once; more wait briefly (1 s), then get "
-        "UNAVAILABLE (the collector retries from its persistent queue). Bounds memory under "
-        "overload.")
-    max_queued_requests: int = Field(
-        128, ge=1, le=10_000,
-        description="Calls gRPC holds beyond those in flight before it refuses them outright "
-        "with RESOURCE_EXHAUSTED, which an OTLP client does NOT retry: keep it well above what "
-        "all senders can have in flight (the shipped collector: 2 exporters x 4 consumers). "
-        "Bounds the memory of queued requests.")
-    shutdown_grace_s: Seconds = Field(
-        20.0, description="On SIGTERM: how long calls in flight may take to finish.")
-
-    _listen = field_validator("listen")(_check_hostport)
-
-
-class ExporterConfig(BaseModel):
-    """Where spans go: an OTLP/gRPC endpoint (the collector's egress receiver, Tempo, Jaeger)."""
-
-    model_config = ConfigDict(extra="forbid")
-    endpoint: str = Field(
-        "127.0.0.1:4317",
-        description="Where spans go: the trace backend's OTLP/gRPC receiver (Tempo, Jaeger: "
-        "4317). Sending through a collector instead loses spans it cannot deliver: its OTLP "
-        "exporter drops on non-retryable codes.")
-    insecure: bool = Field(True, description="Plaintext gRPC (false: TLS with system roots).")
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="gRPC metadata sent with every request, e.g. auth.")
-    timeout_s: Seconds = Field(10.0, description="Deadline of one attempt.")
-    retry_initial_backoff_s: Seconds = Field(
-        0.5, description="First retry delay; exponential backoff with jitter, a RetryInfo from "
-        "the server wins.")
-    retry_max_backoff_s: Seconds = Field(5.0, description="Longest delay between two retries.")
-    max_wait_s: Seconds = Field(
-        20.0,
-        description="How long one incoming Export waits for downstream (all retries of every "
-        "non-OK code but permanent_codes) before answering UNAVAILABLE, which makes the "
-        "collector keep the data and retry later. Also bounded by the caller's own gRPC "
-        "deadline (the shipped collector's exporter timeout: 30 s), so keep it below that.")
-    max_request_bytes: int = Field(
-        3 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024,
-        description="Span requests are split to stay at or under this size: gRPC receivers "
-        "refuse larger messages (4 MiB by default: the collector's OTLP receiver, Jaeger, "
-        "Tempo). Keep it under the downstream receiver's limit (the shipped otlp/egress "
-        "receiver: max_recv_msg_size_mib 4).")
-    permanent_codes: list[str] = Field(
-        default_factory=lambda: ["INVALID_ARGUMENT"],
-        description="gRPC codes (by name) meaning \"this request will never be accepted\": its "
-        "spans go to the dead-letter spool (deadletter) instead of being retried (a partial "
-        "success always does). Every other non-OK answer is retried until max_wait_s, then "
-        "answered UNAVAILABLE upstream (the collector keeps the data). An unknown name stops "
-        "start-up.")
-
-    _endpoint = field_validator("endpoint")(_check_hostport)
-
-    @field_validator("permanent_codes")
-    @classmethod
-    def _codes(cls, value: list[str]) -> list[str]:
-        import grpc
-
-        known = {c.name for c in grpc.StatusCode} - {"OK"}
-        bad = [c for c in value if c not in known]
-        if bad:
-            raise ValueError(f"unknown gRPC status code(s) {bad}; use names such as "
-                             f"INVALID_ARGUMENT, PERMISSION_DENIED")
-        return value
 
 
 class AdminConfig(BaseModel):
@@ -145,7 +67,7 @@ class AdminConfig(BaseModel):
         1000, ge=10, le=100_000,
         description="Recent flagged records kept in memory for /api/flags and the status page.")
 
-    _listen = field_validator("listen")(_check_hostport)
+    _listen = field_validator("listen")(check_hostport)
 
 
 class TelemetryConfig(BaseModel):
@@ -160,7 +82,7 @@ class TelemetryConfig(BaseModel):
     @field_validator("otlp_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        return None if value is None else _check_hostport(value)
+        return None if value is None else check_hostport(value)
 
 
 class CounterTarget(BaseModel):
@@ -383,7 +305,8 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
             env = "AUDIT_GUARD_" + "__".join(str(p) for p in err["loc"]).upper()
-            got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+            got = (f" (got {redact_input(err['input'])!r})" if err["type"] != "missing"
+                   else "")
             lines.append(f"  {key}: {err['msg']}{got}  [file key {key} or env {env}]")
         where = f" in {config_file}" if config_file else ""
         raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None

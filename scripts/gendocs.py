@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +91,8 @@ def _type_name(annotation: Any) -> str:
         return f"map {_type_name(args[0])} → {_type_name(args[1])} (JSON in env)"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return f"object ({annotation.__name__})"
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path",
+             SecretStr: "secret string"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
@@ -147,6 +148,8 @@ def _rows(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
         key = (*path, name)
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if path:  # a group inside a section (e.g. server.tls): its keys in the section
+                rows += _rows(annotation, key)
             continue  # a section of its own
         env = ENV_PREFIX + "__".join(key).upper()
         rows.append(f"| `{'.'.join(key)}` | `{env}` | {_cell(_type_name(annotation))} | "

@@ -204,6 +204,8 @@ def start_collector(
     nginx_error_log: Path | None = None,
     feature_gates: Sequence[str] = COLLECTOR_FEATURE_GATES,
     timeout: float = 60,
+    overlays: Sequence[Path] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[ManagedProcess, CollectorEndpoints]:
     """Start the audit-guard collector; return once health_check answers 200.
 
@@ -212,7 +214,8 @@ def start_collector(
     A `vts_target` that serves nothing is fine: a failed scrape does not stop the collector.
     `app_log` (APP_AUDIT_LOG), `container_logs` (CONTAINER_LOGS, a glob) and `pg_log`
     (PG_AUDIT_LOG) default to paths in `workdir` that do not exist. `feature_gates`: the
-    ones the shipped config needs; a test may pass others (or none) to show why.
+    ones the shipped config needs; a test may pass others (or none) to show why. `overlays`:
+    more config files merged over it in order (e.g. the secure variant), with `extra_env`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     endpoints = CollectorEndpoints(
@@ -229,14 +232,12 @@ def start_collector(
         pg_log=pg_log or workdir / "postgresql.log",
         nginx_error_log=nginx_error_log or workdir / "nginx-error.log",
     )
+    configs = [config or collector_config_path(), *overlays]
     proc = ManagedProcess(
         "collector",
-        [tool_path(COLLECTOR_BIN), "--config", config or collector_config_path(),
+        [tool_path(COLLECTOR_BIN), *[a for c in configs for a in ("--config", str(c))],
          *([f"--feature-gates={','.join(feature_gates)}"] if feature_gates else [])],
-        log_dir=workdir,
-        env=endpoints.env(),
-        cwd=workdir,
-    )
+        log_dir=workdir, env={**endpoints.env(), **(extra_env or {})}, cwd=workdir)
     proc.start()
     try:
         proc.wait_ready(

@@ -33,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from ..config import ExporterConfig
 from ..handoff import DownstreamRejected, DownstreamUnavailable, ExportOutcome
+from .security import client_credentials
 from .split import split_request
 
 if TYPE_CHECKING:
@@ -72,8 +73,10 @@ class SpanExporter:
         if config.insecure:
             self._channel = grpc.insecure_channel(config.endpoint, options=options)
         else:
+            if config.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
             self._channel = grpc.secure_channel(
-                config.endpoint, grpc.ssl_channel_credentials(), options=options
+                config.endpoint, client_credentials(config.tls), options=options
             )
         # Requests arrive already serialized (bytes pass through untouched).
         self._call = self._channel.unary_unary(
@@ -81,7 +84,11 @@ class SpanExporter:
             request_serializer=None,
             response_deserializer=ExportTraceServiceResponse.FromString,
         )
-        self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+        metadata = {k.lower(): v for k, v in config.headers.items()}
+        token = config.token()
+        if token:
+            metadata["authorization"] = f"Bearer {token}"
+        self._metadata = tuple(metadata.items())
         self._shutdown = threading.Event()
 
     def export(

@@ -32,6 +32,7 @@ from ..correlate.state import StateWriteError
 from ..pipeline import Pipeline
 from ..telemetry import BatchStats, Telemetry
 from .exporter import DownstreamRejected, DownstreamUnavailable, ExportOutcome, SpanExporter
+from .security import BearerTokenInterceptor, server_credentials
 
 if TYPE_CHECKING:
     from ..completeness import Completeness
@@ -172,8 +173,10 @@ class OtlpServer:
         # retries) quickly. gRPC's own cap bounds the calls queued for a thread; past it gRPC
         # answers RESOURCE_EXHAUSTED itself, which clients do not retry — so it is set high.
         workers = config.max_inflight_requests + 4
+        token = config.token()
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp"),
+            interceptors=[BearerTokenInterceptor(token)] if token else None,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -260,13 +263,17 @@ class OtlpServer:
                                reason=outcome.reason)
 
     def start(self) -> int:
-        port = self._grpc.add_insecure_port(self.config.listen)
+        tls = self.config.tls
+        port = (self._grpc.add_secure_port(self.config.listen, server_credentials(tls))
+                if tls.enabled else self._grpc.add_insecure_port(self.config.listen))
         if port == 0:
             raise OSError(f"cannot listen on server.listen={self.config.listen}")
         self._grpc.start()
         for name in ("", *_SERVICES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("OTLP/gRPC receiver listening on %s", self.config.listen)
+        log.info("OTLP/gRPC receiver listening on %s (%s%s)", self.config.listen,
+                 ("mutual TLS" if tls.client_ca_file else "TLS") if tls.enabled else "plaintext",
+                 ", bearer token required" if self.config.token() else "")
         return port
 
     def stop(self) -> None:
