@@ -28,7 +28,7 @@ from .checks.validate import AuditFieldValidator
 from .config import Settings
 from .correlate.counters import CounterReconciler, served_by_host
 from .correlate.duplicates import Deduplicator, Origin, content_digest
-from .correlate.errorlog import ErrorLogJoin, events_batch
+from .correlate.errorlog import ErrorLogJoin
 from .correlate.reconcile import RequestReconciler, expectations, expected_app_records
 from .correlate.traces import assign_ids
 from .decode import (
@@ -286,10 +286,7 @@ class Pipeline:
             if error_rows.offsets:  # the line's place in its file: its identity (see _same)
                 for event in events:
                     event.at = error_rows.offsets[event.line - 1]
-            late = self.errors.on_events(events, now_ns)
-            if late:
-                extra.append(events_batch([e for e, _, _ in late],
-                                          [(trace, span) for _, trace, span in late]))
+            self.errors.on_events(events, now_ns)
         for source, rows in groups.items():
             spans = SpanBatch(self.service_names[source])
             for start in range(0, len(rows.bodies), CHUNK_ROWS):
@@ -299,9 +296,7 @@ class Pipeline:
             count += len(rows.bodies)
             if stats is not None:
                 stats.spans += len(spans.spans)
-        expired = self.errors.expired(now_ns)
-        if expired:
-            extra.append(events_batch(expired))
+        extra += self.errors.expired_batches(now_ns)
         for batch in extra:
             parts.append(self.to_traces(batch, read_ns))
             if stats is not None:

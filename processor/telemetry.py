@@ -47,6 +47,10 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "missing or invalid audit fields", ("field",)),
     Instrument("audit_records_delayed_total", "counter", "{record}",
                "records read later than lag_threshold_s after they were written", ("source",)),
+    Instrument("audit_error_join_ambiguous_total", "counter", "{event}",
+               "nginx error-log events whose request was one of several as likely (same "
+               "connection, request line and second, not told apart by $connection_requests): "
+               "the last one logged was flagged, marked audit.error_join.ambiguous=true"),
     Instrument("audit_records_duplicate_total", "counter", "{record}",
                "records seen again (same source, trace and span id)", ("source",)),
     Instrument("audit_records_malformed_total", "counter", "{record}",
@@ -110,6 +114,7 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "while traffic continued", ("source",)),
 )}
 FLAGGED_PER_BATCH = 100
+_AMBIGUOUS = "audit.error_join.ambiguous"  # processor.correlate.errorlog_records.AMBIGUOUS
 LAG_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 EXPORT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -151,14 +156,18 @@ class BatchStats:
     app_seen: list[bytes] = field(default_factory=list)
     served: dict[str | None, list[int]] = field(default_factory=dict)
     unprocessable: int = 0  # records the pipeline failed on (see Pipeline._isolated)
+    error_join_ambiguous: int = 0  # records flagged by an error-log event with rivals
     spans: int = 0  # spans the Export produced
 
     def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
         self.records[source] += len(batch)
-        for reasons in batch.truncation_reasons.values():
+        attributes = batch.attributes
+        for i, reasons in batch.truncation_reasons.items():
             for reason in reasons:
                 self.truncated[(source, reason)] += 1
+            # the error-log join's flags are truncations: only those rows can carry its mark
+            self.error_join_ambiguous += bool((attributes[i] or {}).get(_AMBIGUOUS))
         for found in batch.violations.values():
             for violation in found:
                 self.violations[violation.partition(":")[2]] += 1
@@ -265,6 +274,8 @@ class Telemetry:
         for source, lags in stats.lags_s.items():
             for lag in lags:
                 self.observe("audit_ingest_lag_seconds", lag, source=source)
+        if stats.error_join_ambiguous:
+            self.inc("audit_error_join_ambiguous_total", stats.error_join_ambiguous)
         if stats.unprocessable:
             self.inc("audit_records_unprocessable_total", stats.unprocessable)
 

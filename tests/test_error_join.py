@@ -66,10 +66,25 @@ def test_access_first_gives_a_flagged_child_span() -> None:
     p = Pipeline(load_settings())
     (root,) = spans(p, request("nginx_access", ACCESS))
     assert "audit.flags" not in attrs(root)  # a cut stream looks whole in the access log
-    (child,) = spans(p, request("nginx_error", ERROR))
+    # A later request of connection 7 (the one cut) may still come: the event waits ...
+    assert spans(p, request("nginx_error", ERROR)) == []
+    # ... until the access log is past the event's second (or the window ends).
+    later = ACCESS.replace('"connection":7', '"connection":8').replace(
+        f"{T + 2}.500", f"{T + 4}.100").replace(RID, "5" * 32)
+    spans_now = spans(p, request("nginx_access", later))
+    (child,) = [s for s in spans_now if s.parent_span_id]
     assert (child.trace_id, child.parent_span_id) == (root.trace_id, root.span_id)
     a = attrs(child)
     assert a["audit.flags"] == ["truncated:upstream_closed"] and a["audit.late_evidence"] is True
+    assert "audit.error_join.ambiguous" not in a
+
+
+def test_access_first_child_span_when_the_window_ends() -> None:
+    p = Pipeline(load_settings(error_join_window_s=5))
+    (root,) = spans(p, request("nginx_access", ACCESS))
+    assert spans(p, request("nginx_error", ERROR)) == []
+    (child,) = spans(p, request("nginx_access"), now=NOW + 6 * 10**9)
+    assert (child.trace_id, child.parent_span_id) == (root.trace_id, root.span_id)
 
 
 def test_same_batch_either_order() -> None:

@@ -168,9 +168,7 @@ class ReplayEngine:
         while self._fed < len(events) and events[self._fed][0] <= until:
             when, _, event = events[self._fed]
             self._fed += 1
-            for late, trace_id, span_id in self.pipeline.errors.on_events(
-                    [event], when or self.clock):
-                self._on_event(late, (trace_id, span_id))  # its access record went by already
+            self.pipeline.errors.on_events([event], when or self.clock)
 
     def _expect(self, batch: RecordBatch) -> None:
         rows = expected_app_records(batch, self._audited)
@@ -196,10 +194,9 @@ class ReplayEngine:
                 break
             self._report_missing(due, now)
         joins = self.pipeline.errors
-        left = joins.expired(now - 1)
-        self.unjoined += len(left)
-        for event in left:
-            self._on_event(event, None)
+        for event, parent, _ambiguous in joins.decide(now - 1):
+            self.unjoined += parent is None
+            self._on_event(event, parent)  # parent: its access record went by already
 
     @property
     def joined(self) -> int:
