@@ -13,6 +13,7 @@ from typing import Any
 from ..grammar.sizes import DOCKER_MAX_SIZE
 from .app import EnvValues, check_app_env, parse_env_list
 from .findings import Evidence, Finding, Level
+from .secrets import redact_options
 
 __all__ = ["check_daemon_json", "check_inspect", "parse_size"]
 
@@ -67,7 +68,8 @@ def _rotation_at_rate(opts: dict[str, str], size: int, files: int, rate: float, 
 
 def _log_findings(driver: str, opts: dict[str, str], src: str, who: str,
                   rate: float | None = None) -> list[Finding]:
-    ev = Evidence(src, None, f"{who}: log-driver={driver} {json.dumps(opts, sort_keys=True)}")
+    shown = json.dumps(redact_options(opts), sort_keys=True)  # never a token or password
+    ev = Evidence(src, None, f"{who}: log-driver={driver} {shown}")
     found: list[Finding] = []
     if driver == "json-file":
         found.append(Finding("docker.log_driver", SUB, Level.OK, f"{who}: json-file", ev))

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from .findings import Evidence, Finding, Level
+from .secrets import redact_dsn, redact_text
 
 __all__ = ["check_postgres"]
 
@@ -267,12 +268,12 @@ def _partman(cur: psycopg.Cursor[Any], src: str, now: datetime) -> list[Finding]
 
 def check_postgres(dsn: str) -> list[Finding]:
     """A connection failure is itself a finding: the database could not be verified."""
-    src = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)  # never print the password
+    src = redact_dsn(dsn)  # never print a secret
     try:
         conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True)
     except psycopg.Error as exc:
         return [Finding("postgres.connect", SUB, Level.FAIL, "cannot connect to PostgreSQL",
-                        Evidence(src, None, str(exc).strip()[:300]),
+                        Evidence(src, None, redact_text(str(exc).strip(), dsn)[:300]),
                         "None of the database checks could run.",
                         "Check the DSN, network access and credentials.")]
     with conn, conn.cursor() as cur:
