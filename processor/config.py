@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from .config_otlp import (
+    MIN_TOKEN_CHARS,
     ClientTLSConfig,
     ExporterConfig,
     Seconds,
@@ -60,14 +61,38 @@ class AdminConfig(BaseModel):
         description="host:port of the admin HTTP API: /metrics, /healthz, /readyz, /api/..., "
         "the status page.")
     token: str | None = Field(
-        None, min_length=1,
-        description="Bearer token for the mutating API (PUT /api/rules); unset: those "
-        "endpoints are disabled (403).")
+        None, min_length=MIN_TOKEN_CHARS,
+        description="Bearer token (at least 16 characters) for PUT /api/rules and POST "
+        "/api/rules/test; unset: those endpoints are disabled (403).")
+    rules_test_open: bool = Field(
+        False, description="Let POST /api/rules/test (evaluate a rule on a sample record) be "
+        "called without the token.")
+    read_token_required: bool = Field(
+        False, description="Require the token for the read endpoints that show audit data "
+        "(/api/flags, /api/status, the status page: user ids); /healthz, /readyz and /metrics "
+        "stay open.")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=4096, le=64 * 1024 * 1024,
+        description="Largest request body, refused with 413 before it is read (by its "
+        "Content-Length, or as it streams in).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted (DNS rebinding defence; `*.example.com` "
+        "patterns allowed). Empty: localhost, 127.0.0.1 and ::1 when admin.listen is a loopback "
+        "address, any host otherwise.")
     flags_buffer: int = Field(
         1000, ge=10, le=100_000,
         description="Recent flagged records kept in memory for /api/flags and the status page.")
 
     _listen = field_validator("listen")(check_hostport)
+
+    def hosts(self) -> list[str]:
+        """The Host header values the admin port accepts (`*`: any)."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        host = self.listen.rpartition(":")[0].strip("[]")
+        loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        return ["localhost", "127.0.0.1", "::1", "[::1]", host] if loopback else ["*"]
 
 
 class TelemetryConfig(BaseModel):

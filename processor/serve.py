@@ -151,9 +151,13 @@ def build_service(settings: Settings) -> Service:
     server.on_export = admin_state.note_export
     if settings.reconcile.enabled:
         server.completeness = _completeness(settings, pipeline, server, admin_state)
-    app = create_app(admin_state, pipeline.rules, token=settings.admin.token,
+    admin = settings.admin
+    app = create_app(admin_state, pipeline.rules, token=admin.token,
                      rules_files=settings.rules_files, include_builtin=settings.builtin_rules,
-                     lag_threshold_s=settings.lag_threshold_s)
+                     lag_threshold_s=settings.lag_threshold_s,
+                     rules_test_open=admin.rules_test_open,
+                     read_token_required=admin.read_token_required,
+                     max_body_bytes=admin.max_body_bytes, allowed_hosts=admin.hosts())
     return Service(settings, pipeline, server, admin_state, app, admin_socket, meter_provider,
                    spool)
 

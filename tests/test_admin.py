@@ -21,7 +21,8 @@ from processor.telemetry import BatchStats
 
 NOW = 1_764_165_600_000_000_000  # a fixed clock: 2025-11-26 14:00:00Z
 S = 1_000_000_000
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GOOD_RULES = """
 - name: teapot
   description: I'm a teapot
@@ -149,8 +150,60 @@ def test_read_only_endpoints_need_no_token(client) -> None:
     for path in ("/healthz", "/readyz", "/metrics", "/api/rules", "/api/flags", "/api/status",
                  "/"):
         assert client.get(path).status_code == 200, path
-    resp = client.post("/api/rules/test", json={"record": {"status": 401}})
-    assert resp.status_code == 200
+
+
+def test_evaluating_rules_needs_the_token_unless_opened(state, registry) -> None:
+    """A 5 MB body of an expensive expression must not cost anyone's CPU (issue #13): the
+    endpoint needs the token, refuses a long expression, and a large body before reading it."""
+    client = client_for(state, registry)
+    record = {"record": {"status": 401}}
+    assert client.post("/api/rules/test", json=record).status_code == 401
+    assert client.post("/api/rules/test", headers=AUTH, json=record).status_code == 200
+    none = client_for(state, registry, token=None)
+    refused = none.post("/api/rules/test", json=record)
+    assert refused.status_code == 403 and "admin.token" in refused.json()["error"]
+    opened = client_for(state, registry, token=None, rules_test_open=True)
+    assert opened.post("/api/rules/test", json=record).status_code == 200
+    long_rule = {"name": "slow", "severity": "low",
+                 "when": "length(to_string(@)) > `0` && " * 200 + "`true`"}
+    resp = client.post("/api/rules/test", headers=AUTH, json={**record, "rule": long_rule})
+    assert resp.status_code == 422 and "4096" in str(resp.json()["details"])
+
+
+def test_a_large_body_is_refused_before_it_is_read(state, registry) -> None:
+    import time
+
+    client = client_for(state, registry, max_body_bytes=64 * 1024)
+    body = b'{"record": {"path": "' + b"x" * (5 * 1024 * 1024) + b'"}}'
+    started = time.process_time()
+    resp = client.post("/api/rules/test", content=body, headers={
+        **AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 413 and "admin.max_body_bytes" in resp.json()["error"]
+    assert time.process_time() - started < 0.1
+
+    def chunks():  # no Content-Length: refused as it streams in
+        for _ in range(100):
+            yield b"x" * 65536
+
+    resp = client.put("/api/rules", content=chunks(), headers={**AUTH,
+                                                               "Content-Type": "text/plain"})
+    assert resp.status_code == 413
+
+
+def test_the_host_header_must_be_one_the_port_expects(state, registry) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    client = client_for(state, registry, allowed_hosts=["localhost", "testserver"])
+    assert client.get("/api/status").status_code == 200
+    assert client.get("/api/status", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_read_endpoints_can_require_the_token(state, registry) -> None:
+    client = client_for(state, registry, read_token_required=True)
+    for path in ("/api/flags", "/api/status", "/", "/api/rules"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=AUTH).status_code == 200, path
+    for path in ("/healthz", "/metrics"):
+        assert client.get(path).status_code == 200, path
 
 
 # -- PUT /api/rules -------------------------------------------------------------------------------
@@ -218,7 +271,7 @@ def test_put_too_large(client) -> None:
 
 
 def test_rules_test_with_the_active_set(client, registry) -> None:
-    resp = client.post("/api/rules/test", json={"record": {
+    resp = client.post("/api/rules/test", headers=AUTH, json={"record": {
         "status": 401, "path": "/v1/chat-messages", "method": "POST", "user_id": "u1",
         "trace_id": "ignored: copied from /api/flags"}})
     assert resp.status_code == 200, resp.text
@@ -233,23 +286,26 @@ def test_rules_test_with_one_rule(client) -> None:
     rule = {"name": "teapot", "when": "status == `418` && fields.brew == 'earl grey'",
             "severity": "low"}
     record = {"status": 418, "fields": {"brew": "earl grey"}}
-    body = client.post("/api/rules/test", json={"record": record, "rule": rule}).json()
+    body = client.post("/api/rules/test", headers=AUTH,
+                       json={"record": record, "rule": rule}).json()
     assert body["matches"] == ["teapot"] and body["evaluated"] == 1
     assert body["active_set"] is False
     record["status"] = 200
-    assert client.post("/api/rules/test",
+    assert client.post("/api/rules/test", headers=AUTH,
                        json={"record": record, "rule": rule}).json()["matches"] == []
 
 
 def test_rules_test_reports_errors_and_bad_rules(client) -> None:
     raising = {"name": "raises", "when": "starts_with(status, '4')", "severity": "low"}
-    body = client.post("/api/rules/test", json={"record": {"status": 401}, "rule": raising}).json()
+    body = client.post("/api/rules/test", headers=AUTH,
+                       json={"record": {"status": 401}, "rule": raising}).json()
     assert body["matches"] == [] and body["errors"] == ["raises"]
     bad = {"name": "bad", "when": "status ==", "severity": "low"}
-    resp = client.post("/api/rules/test", json={"record": {}, "rule": bad})
+    resp = client.post("/api/rules/test", headers=AUTH, json={"record": {}, "rule": bad})
     assert resp.status_code == 422
     assert "bad" in "\n".join(resp.json()["details"])
-    resp = client.post("/api/rules/test", json={"record": {"status": "not a number"}})
+    resp = client.post("/api/rules/test", headers=AUTH,
+                       json={"record": {"status": "not a number"}})
     assert resp.status_code == 422
     assert any("record.status" in d for d in resp.json()["details"])
 
@@ -367,10 +423,10 @@ def test_errors_are_json(client) -> None:
     resp = client.delete("/api/rules")
     assert resp.status_code == 405 and "DELETE is not allowed" in resp.json()["error"]
     assert "GET" in resp.headers["allow"]
-    resp = client.post("/api/rules/test", content=b"{", headers={"Content-Type":
+    resp = client.post("/api/rules/test", content=b"{", headers={**AUTH, "Content-Type":
                                                                  "application/json"})
     assert resp.status_code == 422 and resp.json()["error"] == "invalid request"
-    resp = client.post("/api/rules/test", json={"record": {}, "extra": 1})
+    resp = client.post("/api/rules/test", headers=AUTH, json={"record": {}, "extra": 1})
     assert resp.status_code == 422 and resp.json()["details"]
 
 
@@ -435,9 +491,12 @@ def test_admin_config(monkeypatch) -> None:
     settings = load_settings()
     assert settings.admin.token is None and settings.admin.flags_buffer == 1000
     monkeypatch.setenv("AUDIT_GUARD_ADMIN__TOKEN", "t0k")
+    with pytest.raises(ConfigError, match="admin.token"):  # at least 16 characters
+        load_settings()
+    monkeypatch.setenv("AUDIT_GUARD_ADMIN__TOKEN", "t0k-0123456789abcdef")
     monkeypatch.setenv("AUDIT_GUARD_ADMIN__FLAGS_BUFFER", "50")
     settings = load_settings()
-    assert settings.admin.token == "t0k" and settings.admin.flags_buffer == 50
+    assert settings.admin.token == "t0k-0123456789abcdef" and settings.admin.flags_buffer == 50
     monkeypatch.setenv("AUDIT_GUARD_ADMIN__FLAGS_BUFFER", "5")
     with pytest.raises(ConfigError, match="admin.flags_buffer"):
         load_settings()

@@ -20,7 +20,7 @@ from processor.demo.procs import ManagedProcess, free_port, port_open, wait_unti
 from tests.otlp_doubles import logs_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
-TOKEN = "e2e-token"
+TOKEN = "e2e-token-0123456789"
 FLAGGED = orjson.dumps(
     {"msec": "1764165600.5", "request_id": TRACE, "request_method": "POST",
      "uri": "/v1/chat-messages", "status": "401", "user_id": "u-e2e", "app_id": "a1"}

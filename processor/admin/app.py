@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from ..rules import RuleRegistry
 from .errors import AdminError, add_error_handlers, error_responses, token_check
+from .limits import BodyLimit, TrustedHostMiddleware
 from .models import (
     DeadLetterOut,
     ErrorBody,
@@ -70,10 +71,14 @@ def create_app(
     include_builtin: bool = True,
     registry: CollectorRegistry = REGISTRY,
     lag_threshold_s: float = 5.0,
+    rules_test_open: bool = False,
+    read_token_required: bool = False,
+    max_body_bytes: int = 1024 * 1024,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The admin app. `registry` is what /metrics serves (the default registry, which the
     OpenTelemetry PrometheusMetricReader registers into); `rules_files`/`include_builtin` are
-    the configured rule sources, shown by GET /api/rules."""
+    the configured rule sources, shown by GET /api/rules. The rest: admin.* (config.py)."""
     files = [str(p) for p in rules_files or ()]
     app = FastAPI(
         title="audit-guard admin API",
@@ -82,13 +87,18 @@ def create_app(
                     "the audit rules of a running `audit-guard serve`.",
     )
     add_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
     _add_health_routes(app, state, registry)
 
     def rules_out() -> RulesOut:
         return rules_view(rules, files, include_builtin)
 
-    add_rule_routes(app, rules, rules_out, token_check(token))
-    _add_status_routes(app, state, rules_out, lag_threshold_s)
+    read = [Depends(token_check(token, "reading audit data over the API"))] \
+        if read_token_required else []
+    test = None if rules_test_open else token_check(token, "evaluating rules over the API")
+    add_rule_routes(app, rules, rules_out, token_check(token), test, read)
+    _add_status_routes(app, state, rules_out, lag_threshold_s, read)
     return app
 
 
@@ -116,9 +126,10 @@ def _add_health_routes(app: FastAPI, state: AdminState, registry: CollectorRegis
 
 
 def _add_status_routes(app: FastAPI, state: AdminState, rules_out: Callable[[], RulesOut],
-                       lag_threshold_s: float) -> None:
+                       lag_threshold_s: float, read: list[Any]) -> None:
     @app.get("/api/flags", summary="Recent flagged records", tags=["status"],
-             response_model=FlagsOut, responses=error_responses(422),
+             response_model=FlagsOut, responses=error_responses(401, 403, 422),
+             dependencies=read,
              description="From an in-memory ring buffer of the last `admin.flags_buffer` "
                          "flagged records, newest first.")
     def get_flags(
@@ -135,13 +146,15 @@ def _add_status_routes(app: FastAPI, state: AdminState, rules_out: Callable[[], 
                           since_unix_nano=_since_ns(since))
 
     @app.get("/api/status", summary="Per-source status", tags=["status"],
-             response_model=StatusOut,
+             response_model=StatusOut, dependencies=read,
+             responses=error_responses(401, 403),
              description="Records, last seen, ingest lag, completeness, silence and health "
                          "per source, readiness, and the dead-letter spool.")
     def get_status() -> StatusOut:
         return status_view(state, lag_threshold_s)
 
     @app.get("/", summary="Status page", tags=["status"], response_class=HTMLResponse,
+             dependencies=read,
              description="A self-refreshing HTML page over /api/status, /api/flags, /api/rules.")
     def page() -> HTMLResponse:
         return HTMLResponse(render_page(status_view(state, lag_threshold_s),

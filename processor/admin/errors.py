@@ -93,16 +93,17 @@ def add_error_handlers(app: FastAPI) -> None:
                             500)
 
 
-def token_check(token: str | None) -> Callable[..., None]:
-    """The dependency of a mutating endpoint: `Authorization: Bearer <token>`, compared in
-    constant time; with no token configured, mutations are disabled outright (403)."""
+def token_check(token: str | None, what: str = "changing the rules over the API"
+                ) -> Callable[..., None]:
+    """The dependency of a protected endpoint: `Authorization: Bearer <token>`, compared in
+    constant time; with no token configured, `what` is disabled outright (403)."""
 
     def require_token(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     ) -> None:
         if token is None:
-            raise AdminError(403, "changing the rules over the API is disabled: set admin.token "
-                                  "to enable it (env AUDIT_GUARD_ADMIN__TOKEN)")
+            raise AdminError(403, f"{what} is disabled: set admin.token to enable it (env "
+                                  "AUDIT_GUARD_ADMIN__TOKEN)")
         challenge = {"WWW-Authenticate": 'Bearer realm="audit-guard"'}
         if creds is None:
             raise AdminError(401, "missing `Authorization: Bearer <admin.token>`",

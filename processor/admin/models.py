@@ -52,6 +52,7 @@ class RuleIn(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=128,
                       examples=["dataset_access_denied"])
     when: str = Field(description="JMESPath condition over the record view",
+                      max_length=4096,  # rules_api.MAX_EXPRESSION_CHARS
                       examples=["status == `403` && starts_with(path || '', '/v1/datasets/')"])
     severity: Literal["info", "low", "medium", "high", "critical"]  # ruleset.SEVERITIES
     description: str = ""

@@ -23,6 +23,8 @@ from .models import RULE_LIST, RulesOut, RulesReplaced, RuleTestIn, RuleTestOut
 log = logging.getLogger("processor.admin.app")  # the name the API logged under before the split
 
 MAX_RULES_BODY = 1024 * 1024  # a rule set is a few KiB; refuse anything absurd before parsing
+# A JMESPath condition is a line or two; a long one is an attempt to make evaluation expensive.
+MAX_EXPRESSION_CHARS = 4096
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml",
                "text/plain")
 
@@ -121,9 +123,12 @@ def _test_rules(body: RuleTestIn, rules: RuleRegistry) -> RuleTestOut:
 
 
 def add_rule_routes(app: FastAPI, rules: RuleRegistry, rules_view: Callable[[], RulesOut],
-                    require_token: Callable[..., None]) -> None:
+                    require_token: Callable[..., None],
+                    test_token: Callable[..., None] | None, read: list[Any]) -> None:
+    """The rule endpoints; `test_token`: the check POST /api/rules/test needs (None: open),
+    `read`: the dependencies of the read endpoints."""
     @app.get("/api/rules", summary="The active audit rules", tags=["rules"],
-             response_model=RulesOut,
+             response_model=RulesOut, dependencies=read,
              description="Every active rule with its source file and match/error counts.")
     def get_rules() -> RulesOut:
         return rules_view()
@@ -147,8 +152,11 @@ def add_rule_routes(app: FastAPI, rules: RuleRegistry, rules_view: Callable[[], 
                              note="in memory until the next reload of the configured rule files")
 
     @app.post("/api/rules/test", summary="Evaluate rules on one record", tags=["rules"],
-              response_model=RuleTestOut, responses=error_responses(400, 422),
+              response_model=RuleTestOut, responses=error_responses(400, 401, 403, 413, 422),
+              dependencies=[Depends(test_token)] if test_token is not None else [],
               description="Evaluates `rule` (when given) or the active set on `record`. "
-                          "Read-only: nothing is counted or changed, no token needed.")
+                          "Read-only: nothing is counted or changed. Needs the token unless "
+                          "admin.rules_test_open; the expression is at most "
+                          f"{MAX_EXPRESSION_CHARS} characters.")
     def test_rules(body: RuleTestIn) -> RuleTestOut:
         return _test_rules(body, rules)
