@@ -7,8 +7,9 @@ over files, with an event-time clock:
 
 - The files' records are merged in time order. Each step takes the rows of the file whose next
   row is the earliest, up to STEP_SLACK_NS past it (so that two busy files do not alternate
-  row by row): no stage sees a record more than STEP_SLACK_NS ahead of one still to come,
-  whatever the order the files were given in.
+  row by row), ending with a whole second (all the rows of that file's second, whichever
+  parsed batch of the file they are in): no stage sees a record more than STEP_SLACK_NS ahead
+  of one still to come, whatever the order the files were given in.
 - The error log's events go to the join one join window ahead of the access records: nginx
   writes a cut's error line just before the request's access line, and the window covers it.
 - After each step the clock is the low watermark, the earliest time a record still to come can
@@ -72,7 +73,21 @@ class Cursor:
         return self.times[self.row]
 
     def take(self, limit: int) -> RecordBatch:
-        """The next rows up to time `limit` (at least one)."""
+        """The next rows up to time `limit` (at least one), on into the file's next parsed
+        batch while its rows are still within `limit`."""
+        parts = [self._take(limit)]
+        while (self.batch is not None and self.row >= len(self.batch)
+               and (head := self.head()) is not None and head <= limit):
+            parts.append(self._take(limit))
+        if len(parts) == 1:
+            return parts[0]
+        placed, start = [], 0
+        for part in parts:
+            placed.append((list(range(start, start + len(part))), part))
+            start += len(part)
+        return RecordBatch.scatter(parts[0].source, start, placed)
+
+    def _take(self, limit: int) -> RecordBatch:
         assert self.batch is not None
         end = self.row + 1
         while end < len(self.batch) and self.times[end] <= limit:
@@ -135,7 +150,10 @@ class ReplayEngine:
             cursor = min(live, key=lambda c: c.head() or 0)
             # Up to the other files' next row, and never more than the slack ahead of this
             # file's own: what falls due in between is decided before later rows are seen.
+            # A step ends with a whole second: the error-log join tells the requests one
+            # keep-alive connection had in one second apart only when it sees all of them.
             limit = min(c.head() or 0 for c in live) + STEP_SLACK_NS
+            limit -= limit % _NS + 1
             self._step(cursor.take(limit))
             live = [c for c in live if c.head() is not None]
             if live:
