@@ -191,6 +191,39 @@ class DeadLetterConfig(BaseModel):
         "answered UNAVAILABLE instead (the collector keeps the data).")
 
 
+class RedactionConfig(BaseModel):
+    """What is taken out of records before they are exported (spans) or written (replay)."""
+
+    model_config = ConfigDict(extra="forbid")
+    scrub_secrets: bool = Field(
+        True, description="Scrub secrets from free text: SQL PASSWORD '…', key=value pairs "
+        "whose key names a secret (password, token, key, secret, api_key, …), Bearer tokens.")
+    fields: dict[Literal["user_id", "app_id", "client_address", "server_address",
+                         "user_agent"], Literal["keep", "drop", "mask", "pseudonym"]] = Field(
+        default_factory=dict, description="Per identity field: keep (default), drop, mask "
+        "(***) or pseudonym (keyed HMAC-SHA256: stable, linkable only with the key).")
+    pseudonym_key_file: Path | None = Field(
+        None, description="The pseudonym key (any bytes, at least 16; keep it secret and the "
+        "same on every instance: a new key gives every user a new pseudonym).")
+
+    @model_validator(mode="after")
+    def _key(self) -> RedactionConfig:
+        if "pseudonym" in self.fields.values():
+            if self.pseudonym_key_file is None:
+                raise ValueError("redaction.fields uses pseudonym: set "
+                                 "redaction.pseudonym_key_file")
+            try:
+                key = self.pseudonym_key_file.read_bytes().strip()
+            except OSError as exc:
+                raise ValueError(f"redaction.pseudonym_key_file: cannot read "
+                                 f"{self.pseudonym_key_file}: {exc.strerror or exc}") from None
+            if len(key) < 16:
+                raise ValueError("redaction.pseudonym_key_file: the key is shorter than 16 "
+                                 "bytes (e.g. `openssl rand -hex 32 > key`)")
+        return self
+
+
+
 class Settings(BaseSettings):
     """Everything `audit-guard serve` reads: defaults < YAML file < AUDIT_GUARD_* environment."""
 
@@ -204,6 +237,7 @@ class Settings(BaseSettings):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     deadletter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     audited_paths: list[str] = Field(
         default_factory=lambda: [r"/v1/", r"/console/api/", r"/api/"],
         description="Paths whose requests must carry an identity (user_id, app_id): regular "

@@ -43,6 +43,7 @@ from .decode import (
     request_time,
 )
 from .record import AuditRecord, RecordBatch
+from .redaction import Redactor
 from .routes import DIFY_ROUTES, RouteTable
 from .rules import RuleRegistry, RuleSet
 from .sources import app, nginx_access, nginx_error, pgaudit
@@ -95,6 +96,7 @@ class Pipeline:
         # request was reported missing are flagged late_record.
         self.reconciler: RequestReconciler | None = None
         self.counters: CounterReconciler | None = None  # set by `serve`, as the reconciler
+        self.redact = Redactor(settings.redaction)
         # check → correlate → rules: a named list of stages, run in order by `check`.
         self.stages = self._check_stages()
 
@@ -165,6 +167,9 @@ class Pipeline:
             ("ids", lambda batch, origin: assign_ids(batch)),
             ("duplicates", duplicates),
             ("rules", lambda batch, origin: self.rules.flag(batch)),
+            # Last: flags are computed on the record as written, what leaves is redacted.
+            *([("redaction", lambda batch, origin: self.redact(batch))]
+              if self.redact.active else []),
         ]
 
     def check_one(self, rec: AuditRecord) -> AuditRecord:
@@ -298,6 +303,8 @@ class Pipeline:
                 stats.spans += len(spans.spans)
         extra += self.errors.expired_batches(now_ns)
         for batch in extra:
+            if self.redact.active:
+                self.redact(batch)
             parts.append(self.to_traces(batch, read_ns))
             if stats is not None:
                 stats.add_batch(batch)

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "sources": 1, "routes": 1, "decode": 1,
     "checks": 2,
     "correlate": 3,
-    "rules": 4,
+    "rules": 4, "redaction": 4,
     "spans": 5, "span_encoding": 5, "telemetry": 5,
     "pipeline": 6,
     "completeness": 7, "replay": 7, "doctor": 7,

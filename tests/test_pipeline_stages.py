@@ -20,7 +20,7 @@ LINES.append(LINES[0])  # a line written twice
 
 def test_the_stages_and_their_order() -> None:
     assert [name for name, _ in Pipeline(load_settings()).stages] == [
-        "truncation", "fields", "lag", "route", "ids", "duplicates", "rules"]
+        "truncation", "fields", "lag", "route", "ids", "duplicates", "rules", "redaction"]
 
 
 def test_running_the_stages_by_hand_is_check() -> None:
