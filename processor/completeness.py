@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -50,6 +51,38 @@ _ERROR_EVENTS = "errorlog.pending"  # the error-log join's waiting events, in th
 _NS = 1_000_000_000
 _TICK_S = 1.0
 _SCRAPE_TIMEOUT_S = 5.0
+_SCRAPE_MAX_BYTES = 8 * 1024 * 1024  # VTS with thousands of zones is a few MiB
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A status endpoint that redirects is misconfigured (or not nginx's): never followed."""
+
+    def redirect_request(self, req: object, fp: object, code: int, msg: str, headers: object,
+                         newurl: str) -> None:
+        raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl} not followed "
+                                     "(reconcile.counter_targets must name the status page "
+                                     "itself)", headers, fp)  # type: ignore[arg-type]
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def read_status(url: str, deadline_s: float = _SCRAPE_TIMEOUT_S,
+                max_bytes: int = _SCRAPE_MAX_BYTES) -> bytes:
+    """A status page's body: no redirects, at most `max_bytes`, all of it within `deadline_s`
+    (the socket timeout alone bounds each read, not a slow trickle)."""
+    started = time.monotonic()
+    chunks: list[bytes] = []
+    size = 0
+    with _OPENER.open(url, timeout=deadline_s) as reply:
+        while chunk := reply.read1(65536):  # what has come, not a full 64 KiB
+            size += len(chunk)
+            if size > max_bytes:
+                raise ValueError(f"status page larger than {max_bytes} bytes: not read further")
+            if time.monotonic() - started > deadline_s:
+                raise TimeoutError(f"status page not read within {deadline_s:.0f} s")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Completeness:
@@ -166,8 +199,7 @@ class Completeness:
         """Read one status endpoint (reconcile.counter_targets)."""
         now_ns = time.time_ns()  # the reading's time: when it was asked for (as Prometheus)
         try:
-            with urllib.request.urlopen(target.url, timeout=_SCRAPE_TIMEOUT_S) as reply:
-                body = reply.read()
+            body = read_status(target.url)
             text = body.decode("utf-8", "replace")
             if target.format == "stub_status":
                 samples = nginx_counters.parse_stub_status(text, now_ns)
