@@ -1,8 +1,8 @@
 """One error event, one request, with real nginx 1.22 (Debian) on keep-alive connections
 (issue #18): a cut SSE stream, an upstream reset mid-body, an upstream stall past
 proxy_read_timeout mid-body and a client abort, each as the 1st, 2nd and 3rd request of its
-client connection, every request with the same request line; replay and the service's pipeline
-flag exactly the cut request.
+client connection, every request with the same request line; replay, the service's pipeline
+and the real collector (shipped config) → `audit-guard serve` flag exactly the cut request.
 
 The upstream is a few lines of socket code here (the demo upstream cannot reset or stall);
 nginx runs the demo config (the shipped log_format and location snippet) with
@@ -17,6 +17,7 @@ import json
 import socket
 import socketserver
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,13 +29,14 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from processor.config import load_settings
+from processor.demo.backends import start_collector
 from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
 from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
 from processor.pipeline import Pipeline
 from processor.replay import replay
 from processor.sources.nginx_error import FLAG_FOR_KIND, parse_lines
 from tests.nginx_upstream import read_json_lines, wait_for_lines
-from tests.otlp_doubles import logs_request
+from tests.otlp_doubles import RecordingDownstream, logs_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -137,8 +139,10 @@ def connection(port: int, scenario: str, position: int) -> None:
 
 
 def _spans_flags(payload: bytes, found: dict[str, set[str]]) -> None:
+    """Every span's trace → its flags (none: an empty set)."""
     for rs in ExportTraceServiceRequest.FromString(payload).resource_spans:
         for span in (s for ss in rs.scope_spans for s in ss.spans):
+            found.setdefault(span.trace_id.hex(), set())
             for kv in span.attributes:
                 if kv.key == "audit.flags":
                     found.setdefault(span.trace_id.hex(), set()).update(
@@ -180,6 +184,7 @@ def test_each_cut_flags_exactly_its_request(tmp_path: Path) -> None:
     requests = {line["request_id"] for line in access}
 
     def check(name: str, found: dict[str, set[str]]) -> None:
+        assert requests <= set(found), (name, requests - set(found))  # every request came
         got = {rid: {f for f in flags if f.startswith("truncated:")}
                for rid, flags in found.items() if rid in requests}
         for rid in requests:
@@ -212,3 +217,42 @@ def test_each_cut_flags_exactly_its_request(tmp_path: Path) -> None:
         _spans_flags(p.process_logs(logs_request(), now + 60 * 10**9)[0], found)
         check(f"pipeline {order[0]} first", found)
     assert json.dumps(read_json_lines(paths.access_log))  # the log stayed readable JSON
+    check("collector → serve", served(tmp_path, paths, set(expected)))
+
+
+def served(tmp_path: Path, paths: NginxPaths, cut: set[str]) -> dict[str, set[str]]:
+    """The flags `serve` sent per trace, the logs read by the collector with the shipped
+    config (a cut reported under its request's trace counts for the request)."""
+    downstream = RecordingDownstream()
+    downstream.server.start()
+    otlp = free_port()
+    serve = ManagedProcess(
+        "serve", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+        env={"AUDIT_GUARD_ERROR_JOIN_WINDOW_S": "3",
+             "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{otlp}",
+             "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",
+             "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}"}).start()
+    found: dict[str, set[str]] = {}
+
+    def collect() -> dict[str, set[str]]:
+        found.clear()
+        for request in list(downstream.requests):
+            _spans_flags(request.SerializeToString(), found)
+        return found
+
+    try:
+        serve.wait_ready(lambda: port_open(otlp), 60)
+        collector, _ = start_collector(
+            tmp_path / "collector", access_log=paths.access_log,
+            nginx_error_log=paths.error_log, processor_endpoint=f"127.0.0.1:{otlp}",
+            traces_endpoint=f"127.0.0.1:{free_port()}", vts_target=f"127.0.0.1:{free_port()}")
+        try:
+            wait_until(lambda: all(any(f.startswith("truncated:") for f in collect().get(t, ()))
+                                   for t in cut), 90, "every cut flagged by serve")
+            time.sleep(6)  # past the join window: anything flagged wrongly shows up by now
+        finally:
+            collector.stop()
+    finally:
+        serve.stop()
+        downstream.server.stop(None)
+    return collect()
