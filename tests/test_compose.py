@@ -284,6 +284,7 @@ def run_compose(
     *args: str, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "AUDIT_GUARD_"))}
+    base.setdefault("GRAFANA_ADMIN_PASSWORD", GRAFANA_PASSWORD)  # required by the file
     return subprocess.run(
         [*compose_cli(), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), *args],
         capture_output=True,
@@ -304,6 +305,34 @@ def test_docker_compose_accepts_the_file(profiles: list[str]) -> None:
     for name, svc in model["services"].items():
         for port in svc.get("ports", []):
             assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+
+
+GRAFANA_PASSWORD = "test-only-grafana-password"
+
+
+def test_the_audited_app_cannot_reach_what_audits_it() -> None:
+    """Issue #13: separate networks — the audited app (upstream) shares none with the processor
+    or the collector; nginx reaches the collector's scrape network only."""
+    model = json.loads(run_compose("--profile", "jaeger", "config", "--format", "json").stdout)
+    nets = {name: set(svc.get("networks") or {}) for name, svc in model["services"].items()}
+    assert nets["upstream"] == {"app"}
+    assert not nets["upstream"] & (nets["processor"] | nets["collector"])
+    assert not nets["nginx"] & nets["processor"]
+    assert nets["processor"] <= nets["collector"]  # the collector still reaches it
+    for backend in ("tempo", "jaeger", "prometheus", "grafana"):
+        assert nets[backend] == {"audit"}, backend
+
+
+def test_grafana_needs_an_admin_password_and_is_not_anonymous_by_default() -> None:
+    base = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    result = subprocess.run([*compose_cli(), "--project-directory", str(REPO), "-f",
+                             str(COMPOSE_FILE), "config", "--quiet"], capture_output=True,
+                            text=True, env=base, timeout=120)
+    assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    env = json.loads(run_compose("config", "--format", "json").stdout)[
+        "services"]["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == GRAFANA_PASSWORD
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
 
 
 def test_traces_endpoint_is_selectable_from_the_host_env() -> None:
