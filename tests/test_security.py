@@ -205,3 +205,37 @@ def test_the_whole_chain_with_mtls_and_bearer_on_both_hops(tmp_path: Path, pki: 
         collector.stop()
         serve.stop()
         backend.server.stop(None)
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """server.tls files replaced while serving: the next connection gets the new certificate."""
+    old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(old.server_cert.read_bytes())
+    key.write_bytes(old.server_key.read_bytes())
+    downstream = RecordingDownstream()
+    downstream.server.start()
+    otlp = free_port()
+    env = {"AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{otlp}",
+           "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",
+           "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}",
+           "AUDIT_GUARD_SERVER__TLS__CERT_FILE": str(cert),
+           "AUDIT_GUARD_SERVER__TLS__KEY_FILE": str(key)}
+    proc = ManagedProcess("serve", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+                          env=env).start()
+    try:
+        proc.wait_ready(lambda: port_open(otlp), 60)
+        request = logs_request(NGINX)
+        assert export(otlp, request, tls=(old.ca, None, None), token=None) == grpc.StatusCode.OK
+        assert export(otlp, request, tls=(new.ca, None, None), token=None,
+                      timeout=3) == grpc.StatusCode.UNAVAILABLE
+        key.write_bytes(new.server_key.read_bytes())
+        cert.write_bytes(new.server_cert.read_bytes())
+        wait_until(lambda: export(otlp, request, tls=(new.ca, None, None), token=None,
+                                  timeout=3) == grpc.StatusCode.OK, 20,
+                   "the new certificate on a new connection")
+        assert export(otlp, request, tls=(old.ca, None, None), token=None,
+                      timeout=3) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        proc.stop()
+        downstream.server.stop(None)
