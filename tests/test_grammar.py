@@ -326,8 +326,10 @@ def test_id_column_check_equals_the_per_value_rule(column: list) -> None:
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(column=st.lists(st.one_of(st.none(), st.integers(-5, 2**64)), max_size=10))
 def test_numeric_column_check_equals_the_per_value_rule(column: list) -> None:
-    from processor.grammar.ranges import SIZES, check_column, size_ok
+    from processor.grammar.ranges import SIZES, all_within, check_column, size_ok
 
+    assert all_within(column, SIZES) == (bool(column) and all(
+        v is not None and size_ok(v) for v in column))
     unparsed: dict[int, list[str]] = {}
     out = check_column("size", list(column), SIZES, unparsed)
     assert out == [v if v is None or size_ok(v) else None for v in column]

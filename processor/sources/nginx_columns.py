@@ -10,7 +10,7 @@ from operator import is_not, itemgetter
 from typing import Any
 
 from ..grammar import ranges, timestamps
-from ..grammar.ranges import check_column, check_ids, note_unparseable
+from ..grammar.ranges import all_within, check_column, check_ids, note_unparseable
 from ..record import RecordBatch
 from .columns import ints, last_ints, seconds_ns, structured_rows, text_column
 
@@ -121,6 +121,8 @@ def _paths(rows: _Rows, request_uri: Any, path: Any) -> list[str | None]:
 
 def _statuses(rows: _Rows, status: Any) -> list[int | None]:
     statuses = ints(status, few_distinct=True)
+    if all_within(statuses, ranges.STATUSES):  # the usual case: no None scan, nothing to note
+        return statuses
     if None in statuses:
         note_unparseable("status", statuses, status, rows.unparsed)
     return check_column("status", statuses, ranges.STATUSES, rows.unparsed)
@@ -129,7 +131,10 @@ def _statuses(rows: _Rows, status: Any) -> list[int | None]:
 def _end_times(rows: _Rows, msec: Any, time_text: Any) -> list[int | None]:
     """$msec, else the ISO time: a written but bad $msec is invalid_field:time even when the
     ISO time stands in for it."""
-    ends = check_column("time", seconds_ns(msec), ranges.TIMES, rows.unparsed)
+    ends = seconds_ns(msec)
+    if all_within(ends, ranges.TIMES):
+        return ends
+    ends = check_column("time", ends, ranges.TIMES, rows.unparsed)
     if None not in ends:
         return ends
     note_unparseable("time", ends, msec, rows.unparsed)
@@ -144,6 +149,8 @@ def _end_times(rows: _Rows, msec: Any, time_text: Any) -> list[int | None]:
 
 def _durations(rows: _Rows, request_time: Any) -> list[int]:
     durations = seconds_ns(request_time, few_distinct=True)  # ms values repeat
+    if all_within(durations, ranges.DURATIONS):
+        return durations  # type: ignore[return-value]
     if None in durations:
         note_unparseable("duration", durations, request_time, rows.unparsed)
     durations = check_column("duration", durations, ranges.DURATIONS, rows.unparsed)
@@ -154,6 +161,8 @@ def _durations(rows: _Rows, request_time: Any) -> list[int]:
 
 def _size(rows: _Rows, name: str, col: Any, convert: Any) -> list[int | None]:
     values = convert(col)
+    if all_within(values, ranges.SIZES):
+        return values
     if col is not rows.none and None in values:
         note_unparseable(name, values, col, rows.unparsed)
     return check_column(name, values, ranges.SIZES, rows.unparsed)
