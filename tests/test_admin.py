@@ -515,3 +515,20 @@ def test_admin_server_serves_on_the_bound_socket_and_a_taken_port_fails(state, r
             assert resp.status == 200
     finally:
         server.stop()
+
+
+def test_the_worst_evaluation_the_limits_allow_stays_cheap(state, registry) -> None:
+    """The longest expression of the costliest function over the largest sample record."""
+    import time
+
+    client = client_for(state, registry)
+    expr = " && ".join(["length(to_string(@)) > `0`"] * 150)
+    expr = expr[:expr.rfind(" &&", 0, 4096)]
+    rule = {"name": "slow", "severity": "low", "when": expr}
+    started = time.process_time()
+    resp = client.post("/api/rules/test", headers=AUTH,
+                       json={"record": {"path": "x" * 60_000}, "rule": rule})
+    assert resp.status_code == 200 and time.process_time() - started < 0.5
+    too_big = client.post("/api/rules/test", headers=AUTH,
+                          json={"record": {"path": "x" * 70_000}, "rule": rule})
+    assert too_big.status_code == 413 and "65536" in too_big.json()["error"]

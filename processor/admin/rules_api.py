@@ -25,6 +25,7 @@ log = logging.getLogger("processor.admin.app")  # the name the API logged under 
 MAX_RULES_BODY = 1024 * 1024  # a rule set is a few KiB; refuse anything absurd before parsing
 # A JMESPath condition is a line or two; a long one is an attempt to make evaluation expensive.
 MAX_EXPRESSION_CHARS = 4096
+MAX_TEST_RECORD_BYTES = 64 * 1024
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml",
                "text/plain")
 
@@ -106,6 +107,12 @@ def _rules_from_body(body: bytes, media: str) -> RuleSet:
 
 
 def _test_rules(body: RuleTestIn, rules: RuleRegistry) -> RuleTestOut:
+    # What one evaluation may cost is bounded by the record's size and the expression's length
+    # (MAX_EXPRESSION_CHARS): a sample record is small, a large one is an attempt to burn CPU.
+    size = len(json.dumps(body.record.model_dump(), default=str))
+    if size > MAX_TEST_RECORD_BYTES:
+        raise AdminError(413, f"record is {size} bytes as JSON; a sample record for "
+                              f"/api/rules/test is at most {MAX_TEST_RECORD_BYTES}")
     if body.rule is not None:
         try:
             rule_set = _compile_json_rules([body.rule.model_dump()], "request")
