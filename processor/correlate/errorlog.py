@@ -129,7 +129,8 @@ class ErrorLogJoin:
     def on_access(self, batch: RecordBatch) -> None:
         """Flag the access rows pending (or already joined) events belong to, before the batch
         is checked."""
-        self._access_clock = max([self._access_clock, *filter(None, batch.time_unix_nano)])
+        self._access_clock = max(self._access_clock,
+                                 max(filter(None, batch.time_unix_nano), default=0))
         if not self._pending and not self._joined:
             return
         wanted = {key[0] for key in chain(self._pending, self._joined)}
@@ -200,7 +201,8 @@ class ErrorLogJoin:
                     continue
                 out.append(done)
                 if done.parent is not None:  # known, so that the line sent again is not new
-                    self._joined.setdefault(key, []).append(waiting._replace(fallback=None))
+                    self._joined.setdefault(key, []).append(
+                        waiting._replace(fallback=None, deadline=now_ns + self._window))
             if len(keep) != len(self._pending[key]):
                 self.changed = True
                 if keep:
