@@ -203,12 +203,12 @@ class Pipeline:
         spans.spans = self.span_builder.spans(batch, now_ns)
         return spans.request_bytes()
 
-    def _note_nginx(self, batch: RecordBatch, stats: BatchStats) -> None:
+    def _note_nginx(self, batch: RecordBatch, stats: BatchStats, read_ns: int) -> None:
         """Nginx records, for reconciliation: the audited requests that expect an app record
-        (before the first app record too: the reconciler holds the last window of them, as the
-        collector may send a file's first records before the app's) and the record times per
+        (before the first app record too, in the start-up window: the reconciler holds them, as
+        the collector may send a file's first records before the app's) and the record times per
         server (once nginx's counters were read, as they cost nothing before)."""
-        if self.reconciler is not None:
+        if self.reconciler is not None and self.reconciler.holding(read_ns):
             stats.expected += expectations(batch, expected_app_records(batch, self._audited))
         if self.counters is not None and self.counters.active:
             served_by_host(batch, stats.served, self.again)  # those were counted the first time
@@ -337,7 +337,7 @@ class Pipeline:
         if source == NGINX:
             self.errors.remember(batch)
             if stats is not None:
-                self._note_nginx(batch, stats)
+                self._note_nginx(batch, stats, read_ns)
         if stats is not None:
             stats.add_batch(batch, self.rules.current)
         return built

@@ -337,12 +337,31 @@ def test_nginx_records_that_come_before_the_first_app_record_are_tracked(pipelin
     stale, matched, missing = rid(), rid(), rid()
     r.commit(found(pipeline, "nginx", nginx_line(stale))[0], [], T0)
     r.commit(found(pipeline, "nginx", nginx_line(matched), nginx_line(missing))[0], [],
-             T0 + 40 * S)
+             T0 + 20 * S)
     assert len(r) == 0 and not r.armed
     r.commit([], found(pipeline, "app", app_line(matched))[1], T0 + 41 * S)
     assert r.armed and len(r) == 2  # matched (a tombstone) and missing; stale was too old
     due = r.due(T0 + 80 * S)
     assert [d.trace_id.hex() for d in due] == [missing]
+
+
+def test_an_app_log_switched_on_later_is_not_blamed_for_the_requests_before_it(pipeline
+                                                                                ) -> None:
+    """Holding lasts one window after the first Nginx request: an app audit log that starts
+    an hour later arms the reconciler for what comes after it, not for the requests before
+    (they had no app record to expect) — and until then Nginx records cost nothing."""
+    r = reconciler()
+    assert r.holding(T0)
+    r.commit(found(pipeline, "nginx", nginx_line(rid()))[0], [], T0)
+    assert r.holding(T0 + 30 * S) and not r.holding(T0 + 31 * S)
+    before = rid()
+    r.commit(found(pipeline, "nginx", nginx_line(before))[0], [], T0 + 3600 * S)
+    r.commit([], found(pipeline, "app", app_line(rid()))[1], T0 + 3601 * S)
+    assert r.armed and r.holding(T0 + 3602 * S)
+    assert r.due(T0 + 4000 * S) == []  # `before` is not reported missing
+    after = rid()
+    r.commit(found(pipeline, "nginx", nginx_line(after))[0], [], T0 + 3602 * S)
+    assert [d.trace_id.hex() for d in r.due(T0 + 4000 * S)] == [after]
 
 
 def test_held_nginx_records_are_bounded(pipeline) -> None:

@@ -107,14 +107,16 @@ def test_the_windows_are_the_settings_own(tmp_path: Path) -> None:
     assert RIDS[4] not in [r["trace_id"] for r in narrow if r["file"] is None]
 
 
-def test_requests_long_before_the_first_app_record_are_not_tracked(tmp_path: Path) -> None:
-    """As the service arms: until an app audit stream was seen at all, a request is only held
-    one window (a deployment without app logs must not get every request reported)."""
+def test_requests_before_the_first_app_record_are_held_one_window(tmp_path: Path) -> None:
+    """As the service arms: the requests of the start-up window (one window after the first
+    request) are held and checked once an app record comes; a request older than a window
+    when it comes is dropped, and so is one after the start-up window (an app log switched on
+    later is not blamed for the requests before it)."""
     access = tmp_path / "access.log"
-    access.write_text("\n".join([nginx_line(RIDS[0], T0 + 1), nginx_line(RIDS[1], T0 + 100),
-                                 nginx_line(RIDS[2], T0 + 101)]) + "\n")
+    access.write_text("\n".join([nginx_line(RIDS[0], T0 + 1), nginx_line(RIDS[1], T0 + 10),
+                                 nginx_line(RIDS[2], T0 + 35)]) + "\n")
     app = tmp_path / "app.log"
-    app.write_text(app_line(RIDS[2], T0 + 102) + "\n")
+    app.write_text(app_line(RIDS[3], T0 + 36) + "\n")
     _, records, _ = run([access, app])
     assert [r["trace_id"] for r in records if r["file"] is None] == [RIDS[1]]
 

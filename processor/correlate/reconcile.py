@@ -120,10 +120,15 @@ class RequestReconciler:
         # requests are not tracked (a deployment without app logs would otherwise report every
         # request missing). Persisted: a restart stays armed. The collector reads each file on
         # its own, so the first Nginx records may come before the first app record: those of
-        # the last window are held here (memory only, bounded) and tracked once armed.
+        # the last window are held here (memory only, bounded) and tracked once armed — for one
+        # window after the first Nginx record only. Later, an app audit log that starts (or is
+        # switched on) arms the reconciler for what comes after: the requests before it had no
+        # app record to expect, and holding them would cost every Nginx record ~1 µs forever in
+        # a deployment without app logs.
         self.armed = False
         self._unarmed: deque[tuple[int, list[tuple[bytes, bytes]]]] = deque()
         self._unarmed_count = 0
+        self._hold_until: int | None = None  # end of the start-up window (first Nginx + window)
         # Over the last window of decisions: requests matched in time vs reported missing.
         self._outcomes: list[tuple[int, int, int]] = []  # (when, matched, missing)
 
@@ -205,7 +210,9 @@ class RequestReconciler:
         while held and (held[0][0] < now_ns - self._window or self._unarmed_count > self._max):
             self._unarmed_count -= len(held.popleft()[1])
         if not arming:
-            if expected:
+            if expected and self.holding(now_ns):
+                if self._hold_until is None:
+                    self._hold_until = now_ns + self._window
                 held.append((now_ns, expected))
                 self._unarmed_count += len(expected)
             return []
@@ -213,6 +220,11 @@ class RequestReconciler:
         held.clear()
         self._unarmed_count = 0
         return earlier + expected
+
+    def holding(self, now_ns: int) -> bool:
+        """Whether Nginx requests are wanted now: once armed, and before that during the
+        start-up window (until one window after the first Nginx request)."""
+        return self.armed or self._hold_until is None or now_ns <= self._hold_until
 
     def _apply_commit(self, expected: list[tuple[bytes, bytes]], seen: list[bytes], now_ns: int,
                       result: CommitResult) -> None:
