@@ -83,6 +83,20 @@ class AdminConfig(BaseModel):
     flags_buffer: int = Field(
         1000, ge=10, le=100_000,
         description="Recent flagged records kept in memory for /api/flags and the status page.")
+    trace_url: str | None = Field(
+        None, pattern=r"^https?://\S*\{trace_id\}\S*$",
+        description="Link to a trace UI, `{trace_id}` replaced by the 32 hex digits, e.g. "
+        "`http://127.0.0.1:16686/trace/{trace_id}` (Jaeger) or a Grafana Explore/Tempo URL; "
+        "the status page and the audit view (/requests/<trace id>) link each trace to it. "
+        "Unset: no such links.")
+    requests_kept: int = Field(
+        200, ge=1, le=100_000,
+        description="Requests the audit view (/requests/<trace id>) keeps: the last ones that "
+        "had a flagged (or missing) record; older ones answer 404.")
+    records_per_request: int = Field(
+        20, ge=1, le=1000,
+        description="Flagged records kept per request for the audit view (the last ones; each "
+        "cut to 4 KiB of text).")
 
     _listen = field_validator("listen")(check_hostport)
 

@@ -146,7 +146,8 @@ def build_service(settings: Settings) -> Service:
     meter_provider = _meter_provider(settings)
     server = OtlpServer(settings.server, pipeline, SpanExporter(settings.exporter, spool=spool),
                         Telemetry(meter_provider))
-    admin_state = AdminState(settings.admin.flags_buffer)
+    admin_state = AdminState(settings.admin.flags_buffer, settings.admin.requests_kept,
+                             settings.admin.records_per_request)
     server.on_handed_on = admin_state.record
     server.on_export = admin_state.note_export
     if settings.reconcile.enabled:
@@ -157,7 +158,8 @@ def build_service(settings: Settings) -> Service:
                      lag_threshold_s=settings.lag_threshold_s,
                      rules_test_open=admin.rules_test_open,
                      read_token_required=admin.read_token_required,
-                     max_body_bytes=admin.max_body_bytes, allowed_hosts=admin.hosts())
+                     max_body_bytes=admin.max_body_bytes, allowed_hosts=admin.hosts(),
+                     trace_url=admin.trace_url)
     return Service(settings, pipeline, server, admin_state, app, admin_socket, meter_provider,
                    spool)
 

@@ -7,8 +7,10 @@ have its audit rules replaced by anyone who reaches the port. Every error is JSO
 `{"error": "...", "details": [...]}` worded for an operator (processor.admin.errors).
 
 `create_app` registers the routes in groups: health (/healthz, /readyz, /metrics), the rules
-(processor.admin.rules_api) and status (/api/flags, /api/status, the page); what they show is
-built in processor.admin.views.
+(processor.admin.rules_api), status (/api/flags, /api/status, the page) and the audit view of
+one request (/requests/{trace_id}, /api/requests/{trace_id}); what they show is built in
+processor.admin.views and processor.admin.evidence. The one HTML error: the audit view answers
+an unknown trace with an HTML 404 page (it is followed from a link in a browser).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from ..rules import RuleRegistry
 from .errors import AdminError, add_error_handlers, error_responses, token_check
+from .evidence import request_view
 from .limits import BodyLimit, TrustedHostMiddleware
 from .models import (
     DeadLetterOut,
@@ -31,6 +35,7 @@ from .models import (
     FlagsOut,
     ReadyOut,
     RecordIn,
+    RequestOut,
     RuleIn,
     RuleOut,
     RulesOut,
@@ -41,6 +46,7 @@ from .models import (
     StatusOut,
 )
 from .page import render_page
+from .request_page import render_missing_page, render_request_page
 from .rules_api import MAX_RULES_BODY, add_rule_routes
 from .state import AdminState
 from .views import flags_view, health_of, ready_out, rules_view, status_view
@@ -48,7 +54,7 @@ from .views import flags_view, health_of, ready_out, rules_view, status_view
 __all__ = [
     "MAX_RULES_BODY", "AdminError", "DeadLetterOut", "ErrorBody", "FlagOut", "FlagsOut",
     "ReadyOut", "RecordIn", "RuleIn", "RuleOut", "RuleTestIn", "RuleTestOut", "RulesOut",
-    "RulesReplaced", "SourceOut", "StatusOut", "create_app", "health_of",
+    "RequestOut", "RulesReplaced", "SourceOut", "StatusOut", "create_app", "health_of",
 ]
 
 # What generate_latest() writes; prometheus_client's CONTENT_TYPE_LATEST names a newer version.
@@ -75,6 +81,7 @@ def create_app(
     read_token_required: bool = False,
     max_body_bytes: int = 1024 * 1024,
     allowed_hosts: list[str] | None = None,
+    trace_url: str | None = None,
 ) -> FastAPI:
     """The admin app. `registry` is what /metrics serves (the default registry, which the
     OpenTelemetry PrometheusMetricReader registers into); `rules_files`/`include_builtin` are
@@ -98,7 +105,8 @@ def create_app(
         if read_token_required else []
     test = None if rules_test_open else token_check(token, "evaluating rules over the API")
     add_rule_routes(app, rules, rules_out, token_check(token), test, read)
-    _add_status_routes(app, state, rules_out, lag_threshold_s, read)
+    _add_status_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
+    _add_request_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
     return app
 
 
@@ -126,7 +134,7 @@ def _add_health_routes(app: FastAPI, state: AdminState, registry: CollectorRegis
 
 
 def _add_status_routes(app: FastAPI, state: AdminState, rules_out: Callable[[], RulesOut],
-                       lag_threshold_s: float, read: list[Any]) -> None:
+                       lag_threshold_s: float, read: list[Any], trace_url: str | None) -> None:
     @app.get("/api/flags", summary="Recent flagged records", tags=["status"],
              response_model=FlagsOut, responses=error_responses(401, 403, 422),
              dependencies=read,
@@ -158,4 +166,62 @@ def _add_status_routes(app: FastAPI, state: AdminState, rules_out: Callable[[], 
              description="A self-refreshing HTML page over /api/status, /api/flags, /api/rules.")
     def page() -> HTMLResponse:
         return HTMLResponse(render_page(status_view(state, lag_threshold_s),
-                                        flags_view(state, 20), rules_out()))
+                                        flags_view(state, 20), rules_out(), trace_url))
+
+
+TraceId = Annotated[str, PathParam(pattern="^[0-9a-fA-F]{32}$",
+                                   description="32 hex digits (nginx $request_id)")]
+
+
+def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """error_responses for an HTML endpoint: its errors are still JSON (a `model` alone would
+    be documented under the endpoint's text/html)."""
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    return {code: {"description": r["description"], "content": {"application/json":
+                                                                {"schema": ref}}}
+            for code, r in error_responses(*codes).items()}
+
+
+def _not_kept(trace_id: str, state: AdminState) -> str:
+    requests, _ = state.request_window
+    return (f"request {trace_id} is not in audit-guard's recent window: only requests with a "
+            f"flagged or missing record are kept, the last {requests} of them "
+            "(admin.requests_kept), and nothing from before a restart. The trace backend has "
+            "every span.")
+
+
+def _add_request_routes(app: FastAPI, state: AdminState, rules_out: Callable[[], RulesOut],
+                        lag_threshold_s: float, read: list[Any], trace_url: str | None) -> None:
+    def view(trace_id: str) -> RequestOut | None:
+        entries = state.request(trace_id)
+        if entries is None:
+            return None
+        return request_view(trace_id, entries, rules_out(), trace_url=trace_url,
+                            lag_threshold_s=lag_threshold_s, window=state.request_window)
+
+    @app.get("/api/requests/{trace_id}", summary="Audit view of one request (JSON)",
+             tags=["status"], response_model=RequestOut, dependencies=read,
+             responses=error_responses(401, 403, 404, 422),
+             description="The kept records of a request with a flagged or missing record: "
+                         "nginx, app, pgaudit, error-log evidence, missing markers, and every "
+                         "flag with its meaning and evidence. 404 when it is not (or no longer) "
+                         "in the window (admin.requests_kept).")
+    def get_request(trace_id: TraceId) -> RequestOut:
+        found = view(trace_id.lower())
+        if found is None:
+            raise AdminError(404, _not_kept(trace_id.lower(), state))
+        return found
+
+    @app.get("/requests/{trace_id}", summary="Audit view of one request", tags=["status"],
+             response_class=HTMLResponse, dependencies=read,
+             responses={404: {"content": {"text/html": {"schema": {"type": "string"}}},
+                              "description": "not (or no longer) in the window: an HTML page "
+                                             "saying so"},
+                        **_json_errors(401, 403, 422)},
+             description="GET /api/requests/{trace_id} as a server-rendered HTML page.")
+    def request_page(trace_id: TraceId) -> HTMLResponse:
+        tid = trace_id.lower()
+        found = view(tid)
+        if found is None:
+            return HTMLResponse(render_missing_page(tid, _not_kept(tid, state), trace_url), 404)
+        return HTMLResponse(render_request_page(found))

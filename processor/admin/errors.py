@@ -43,7 +43,8 @@ class AdminError(Exception):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of an endpoint that may answer these error codes."""
     text = {400: "bad request", 401: "missing or wrong bearer token",
-            403: "mutations disabled: admin.token is not set", 413: "body too large",
+            403: "mutations disabled: admin.token is not set",
+            404: "not found (the message says why)", 413: "body too large",
             415: "unsupported content type", 422: "invalid request or rule set",
             503: "not ready"}
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}

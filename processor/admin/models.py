@@ -13,10 +13,14 @@ __all__ = [
     "RULE_LIST",
     "DeadLetterOut",
     "ErrorBody",
+    "EventOut",
+    "FlagEvidenceOut",
     "FlagOut",
     "FlagsOut",
     "ReadyOut",
     "RecordIn",
+    "RequestOut",
+    "RequestRecordOut",
     "RuleIn",
     "RuleOut",
     "RuleTestIn",
@@ -128,6 +132,79 @@ class FlagOut(BaseModel):
     method: str | None
     path: str | None
     status: int | None
+
+
+Scalar = str | int | float | bool
+
+
+class EventOut(BaseModel):
+    time_unix_nano: int | None = Field(description="when the event was written (nginx: the "
+                                                    "error-log line's time)")
+    name: str = Field(examples=["nginx error: upstream_closed"])
+    attributes: dict[str, Scalar] = Field(description="e.g. the error-log message, level, "
+                                                      "connection")
+
+
+class RequestRecordOut(FlagOut):
+    """One kept record of a request: what its span shows, plus the evidence fields."""
+
+    parent_span_id: str | None
+    name: str | None = Field(description="span name when not `{method} {route}`")
+    route: str | None
+    duration_ns: int | None
+    client_address: str | None
+    server_address: str | None
+    user_agent: str | None
+    body_bytes_sent: int | None
+    completed: bool | None = Field(description="nginx $request_completion: OK → true, "
+                                               "empty → false")
+    content_length: int | None = Field(description="the Content-Length sent to the client")
+    upstream_length: int | None = Field(description="body bytes the upstream delivered")
+    compressed: bool | None
+    ingest_lag_s: float | None = Field(description="read time − write time (container "
+                                                   "logs); null when not known")
+    trace_id_generated: bool | None
+    violations: list[str]
+    truncation_reasons: list[str]
+    unparsed: list[str] = Field(description="fields present but not parseable")
+    attributes: dict[str, Scalar] = Field(description="the span's source attributes "
+                                                      "(redacted as the span is)")
+    events: list[EventOut] = Field(description="span events: the error-log evidence")
+    log_fields: dict[str, Scalar] = Field(
+        description="fields of the log line that explain a flag (upstream_status, "
+                    "upstream_bytes_received, request_completion, connection, …) and the "
+                    "written value of an invalid field")
+    file: str | None
+    line: int | None
+    clipped: bool = Field(description="some text was cut to 4 KiB in this view")
+    missing: bool = Field(description="a missing_record marker, not a record that came")
+
+
+class FlagEvidenceOut(BaseModel):
+    flag: str
+    source: str = Field(description="the record that carries it")
+    span_id: str
+    meaning: str = Field(description="what the flag says, in words")
+    evidence: dict[str, Scalar | None] = Field(description="the values that explain it")
+
+
+class RequestOut(BaseModel):
+    """What audit-guard's recent window holds of one request (GET /api/requests/{trace_id})."""
+
+    trace_id: str
+    trace_url: str | None = Field(description="the trace in the trace UI (admin.trace_url)")
+    user_id: str | None = Field(description="who: from the nginx record, else the first kept "
+                                            "record that names one")
+    app_id: str | None
+    method: str | None
+    path: str | None
+    status: int | None
+    time_unix_nano: int | None
+    flags: list[FlagEvidenceOut] = Field(description="every flag of every kept record")
+    records: list[RequestRecordOut] = Field(description="the kept records, as received")
+    sources_kept: list[str] = Field(description="sources with a kept record (or marker)")
+    missing: list[str] = Field(description="sources reported missing (missing_record)")
+    note: str = Field(description="what the window does not keep")
 
 
 class FlagsOut(BaseModel):

@@ -12,6 +12,9 @@ from datetime import UTC, datetime
 from html import escape
 from typing import TYPE_CHECKING
 
+from .evidence import trace_link
+from .request_page import request_href
+
 if TYPE_CHECKING:
     from .models import FlagsOut, RulesOut, StatusOut
 
@@ -28,9 +31,10 @@ def _num(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def _row(cells: list[str], cls: str = "") -> str:
+def _row(cells: list[str], cls: str = "", tail: str = "") -> str:
+    """A table row of escaped text cells; `tail`: cells already rendered (links)."""
     attr = f' class="{cls}"' if cls else ""
-    return f"<tr{attr}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
+    return f"<tr{attr}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + tail + "</tr>"
 
 
 def _source_rows(status: StatusOut) -> str:
@@ -43,11 +47,21 @@ def _source_rows(status: StatusOut) -> str:
     return "".join(rows) or '<tr><td colspan="9">no records received yet</td></tr>'
 
 
-def _flag_rows(flags: FlagsOut) -> str:
+def _trace_cell(trace_id: str, trace_url: str | None) -> str:
+    """The trace id, linked to its audit view; "trace UI" links to admin.trace_url. The JS
+    `traceCell()` builds the same."""
+    cell = f'<td><a href="{escape(request_href(trace_id))}">{escape(trace_id)}</a>'
+    link = trace_link(trace_url, trace_id)
+    if link:
+        cell += f' <a class="ui" href="{escape(link)}">trace UI</a>'
+    return cell + "</td>"
+
+
+def _flag_rows(flags: FlagsOut, trace_url: str | None) -> str:
     rows = [
         _row([_time(f.received_unix_nano), f.source, f.user_id or "–",
               f"{f.method or '–'} {f.path or '–'} {f.status if f.status is not None else '–'}",
-              " ".join(f.flags), f.trace_id])
+              " ".join(f.flags)], tail=_trace_cell(f.trace_id, trace_url))
         for f in flags.flags
     ]
     return "".join(rows) or '<tr><td colspan="6">nothing flagged</td></tr>'
@@ -109,12 +123,29 @@ function fill(id, rows, empty, cols) {
     if (r.cls) tr.className = r.cls;
     for (const c of r) {
       const td = document.createElement('td');
-      if (typeof c === 'object') { td.textContent = c.text; td.colSpan = c.span; }
+      if (c instanceof Node) td.appendChild(c);
+      else if (typeof c === 'object') { td.textContent = c.text; td.colSpan = c.span; }
       else td.textContent = c;
       tr.appendChild(td);
     }
     body.appendChild(tr);
   }
+}
+// The trace id linked to its audit view, and to admin.trace_url (data-trace-url) when set.
+function traceCell(id) {
+  const cell = document.createDocumentFragment();
+  const link = (text, href, cls) => {
+    const a = document.createElement('a');
+    a.textContent = text; a.href = href; if (cls) a.className = cls;
+    return a;
+  };
+  cell.appendChild(link(id, '/requests/' + encodeURIComponent(id)));
+  const tpl = document.getElementById('flags').dataset.traceUrl;
+  if (tpl) {
+    cell.appendChild(document.createTextNode(' '));
+    cell.appendChild(link('trace UI', tpl.split('{trace_id}').join(id), 'ui'));
+  }
+  return cell;
 }
 async function refresh() {
   try {
@@ -127,7 +158,7 @@ async function refresh() {
       {cls: s.health})), 'no records received yet', 9);
     fill('flags', fl.flags.map(f => [t(f.received_unix_nano), f.source, dash(f.user_id),
       dash(f.method) + ' ' + dash(f.path) + ' ' + dash(f.status), f.flags.join(' '),
-      f.trace_id]), 'nothing flagged', 6);
+      traceCell(f.trace_id)]), 'nothing flagged', 6);
     const d = st.deadletter, dl = document.getElementById('deadletter');
     if (d === null) {
       dl.textContent = 'no spool configured (deadletter.dir / reconcile.state_dir unset): ' +
@@ -163,8 +194,10 @@ setInterval(refresh, 5000);
 """
 
 
-def render_page(status: StatusOut, flags: FlagsOut, rules: RulesOut) -> str:
+def render_page(status: StatusOut, flags: FlagsOut, rules: RulesOut,
+                trace_url: str | None = None) -> str:
     ready = status.ready
+    tpl_attr = f' data-trace-url="{escape(trace_url)}"' if trace_url else ""
     dl_text, dl_class = _deadletter_text(status)
     dl_attr = f' class="{dl_class}"' if dl_class else ""
     ready_html = ('<span id="ready" class="ok">ready</span>' if ready.ready else
@@ -184,9 +217,9 @@ completeness below 99 % (when known).</small>
 <th>flagged</th><th>last seen</th><th>last lag s</th><th>avg lag s</th><th>completeness</th>
 </tr></thead><tbody>{_source_rows(status)}</tbody></table>
 <h2>Recent flags</h2>
-<table id="flags"><thead><tr><th>time</th><th>source</th><th>user</th>
-<th>method path status</th><th>flags</th><th>trace id</th></tr></thead>
-<tbody>{_flag_rows(flags)}</tbody></table>
+<table id="flags"{tpl_attr}><thead><tr><th>time</th><th>source</th><th>user</th>
+<th>method path status</th><th>flags</th><th>trace id (audit view)</th></tr></thead>
+<tbody>{_flag_rows(flags, trace_url)}</tbody></table>
 <h2>Dead-letter spool</h2>
 <small>Spans downstream refused for good (partial success, exporter.permanent_codes), kept on
 disk until <code>audit-guard resend</code> delivers them.</small>

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..otlp.spool import SpoolSummary
 from ..telemetry import BatchStats
+from .window import DEFAULT_RECORDS, DEFAULT_REQUESTS, RequestWindow, kept_form
 
 __all__ = ["AdminState", "Readiness", "SourceStatus"]
 
@@ -56,11 +57,14 @@ class Readiness:
 
 class AdminState:
     def __init__(
-        self, flags_buffer: int = DEFAULT_FLAGS_BUFFER, clock: Callable[[], int] = time.time_ns
+        self, flags_buffer: int = DEFAULT_FLAGS_BUFFER, requests_kept: int = DEFAULT_REQUESTS,
+        records_per_request: int = DEFAULT_RECORDS, clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._flags: deque[dict[str, Any]] = deque(maxlen=flags_buffer)
+        # The audit view's window (processor.admin.window): admin.requests_kept traces.
+        self._requests = RequestWindow(requests_kept, records_per_request)
         self._sources: dict[str, SourceStatus] = {}
         self._receiver_started = False
         self._export_ok: int | None = None
@@ -82,6 +86,7 @@ class AdminState:
     def record(self, stats: BatchStats, now_ns: int | None = None) -> None:
         """One Export's findings, after its spans were handed on."""
         now = self._clock() if now_ns is None else now_ns
+        kept = [kept_form(flagged, now) for flagged in stats.flagged]  # outside the lock
         with self._lock:
             for source, n in stats.records.items():
                 status = self._source(source)
@@ -93,9 +98,11 @@ class AdminState:
                     status.last_lag_s = lags[-1]
                     status.lag_sum_s += sum(lags)
                     status.lag_count += len(lags)
-            for flagged in stats.flagged:
+            for flagged, request_record in zip(stats.flagged, kept, strict=True):
                 entry = {**flagged, "received_unix_nano": now}
+                entry.pop("detail", None)  # the ring keeps the summary only
                 self._flags.append(entry)
+                self._requests.add(request_record)
                 status = self._source(str(flagged.get("source")))
                 status.flagged_total += 1
                 status.last_flag_unix_nano = now
@@ -159,6 +166,18 @@ class AdminState:
             if len(out) >= limit:
                 break
         return out
+
+    def request(self, trace_id: str) -> list[dict[str, Any]] | None:
+        """The kept records of one request (trace id, lowercase hex), oldest first; None when
+        it is not (or no longer) in the audit view's window."""
+        with self._lock:
+            return self._requests.get(trace_id)
+
+    @property
+    def request_window(self) -> tuple[int, int]:
+        """(requests kept, records kept per request): admin.requests_kept and
+        admin.records_per_request."""
+        return self._requests.requests, self._requests.records
 
     def sources(self) -> dict[str, SourceStatus]:
         """A copy of every source's status, by name."""
