@@ -59,6 +59,14 @@ def summarize(stack: Stack, expected: int, timeout: float = 90) -> dict[str, int
     }
 
 
+def _audit_view(stack: Stack) -> str:
+    """The summary line pointing at the audit view of a cut request (processor.admin)."""
+    cut = stack.jaeger.find_traces("nginx", {"audit.truncated": "true"}, limit=1)
+    # Jaeger's legacy API drops leading zeros of a trace id.
+    trace_id = cut[0]["traceID"].zfill(32) if cut else "<trace id>"
+    return f"  audit view (a cut) http://127.0.0.1:{stack.admin_port}/requests/{trace_id}"
+
+
 def run_demo(once: bool = False, requests: int = 40) -> int:
     try:
         for tool in ("otelcol-audit-guard", "jaeger"):
@@ -106,7 +114,7 @@ def run_demo(once: bool = False, requests: int = 40) -> int:
               f"upstream dropped its audit line; reported after {MISSING_WINDOW_S} s)")
         print(f"  5xx                {found['server_errors']}")
         print(f"  Jaeger UI/API      {stack.jaeger_ports.query_url}/search?service=nginx")
-        print(f"  status page        http://127.0.0.1:{stack.admin_port}/")
+        print(f"  status page        http://127.0.0.1:{stack.admin_port}/\n{_audit_view(stack)}")
         print(f"  flagged spans      {stack.jaeger_ports.query_url}/api/traces?service=nginx"
               '&tags={"audit.truncated":"true"}')
         verdict = "OK" if ok else f"MISMATCH — see the logs in {workdir}"
