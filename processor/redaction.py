@@ -86,6 +86,14 @@ class Redactor:
             if _may_hold_secret("\0".join(filter(None, values))):  # one C-level pass
                 setattr(batch, column, [scrub(v) if v and _may_hold_secret(v) else v
                                         for v in values])
+        events = batch.events
+        if any(events):  # span events: e.g. the nginx error line that showed a cut
+            for i, found in enumerate(events):
+                if found:
+                    events[i] = [(when, name, {k: scrub(v) if isinstance(v, str)
+                                               and _may_hold_secret(v) else v
+                                               for k, v in attrs.items()})
+                                 for when, name, attrs in found]
         attributes = batch.attributes
         if not any(attributes):
             return

@@ -62,6 +62,17 @@ def test_secrets_are_scrubbed_from_replay_output(tmp_path: Path) -> None:
     assert "PASSWORD '***'" in out.getvalue().decode()
 
 
+def test_span_events_are_scrubbed_too() -> None:
+    from processor.config import load_settings as settings
+    from processor.record import RecordBatch
+    from processor.redaction import Redactor
+
+    batch = RecordBatch("nginx", 1, events=[[(1, "nginx.error", {
+        "message": f"upstream sent token={SECRET} while reading upstream"})]])
+    Redactor(settings().redaction)(batch)
+    assert SECRET not in str(batch.events)
+
+
 def test_scrub_keeps_what_is_not_a_secret() -> None:
     assert scrub("/v1/datasets/42/documents?page=2&limit=20") == \
         "/v1/datasets/42/documents?page=2&limit=20"
