@@ -277,9 +277,9 @@ FRAGMENT_INTRO = """
 # drop yours. Your pipelines, components and telemetry stay exactly as they are
 # (tests/test_collector_fragment.py compares the collector's effective config with and without).
 #
-# Releases: otelcol-contrib 0.150.0 and later (tested with 0.150.0 and 0.160.0). `file_log` is
-# the receiver's name from contrib 0.149.0, `otlp_grpc` the exporter's from 0.144.0, and
-# `on_truncate` exists from 0.150.0. Older releases: audit-guard-fragment-legacy.yaml.
+# Releases: otelcol-contrib 0.150.0 and later (validated with 0.151.0 and 0.160.0). `file_log`
+# is the receiver's name from contrib 0.149.0, `otlp_grpc` the exporter's from 0.144.0, and
+# `on_truncate` exists from 0.150.0. 0.149.0 and older: audit-guard-fragment-legacy.yaml.
 #
 # 1. Add the extensions to YOUR `service.extensions` list, in your own file (a list cannot be
 #    extended from another file):
@@ -298,15 +298,16 @@ FRAGMENT_INTRO = """
 """
 
 LEGACY_INTRO = """
-# audit-guard's MERGE-SAFE collector FRAGMENT for releases BEFORE the component renames
-# (otelcol-contrib up to 0.148.0; tested with 0.148.0). GENERATED from {standalone} by
+# audit-guard's MERGE-SAFE collector FRAGMENT for otelcol-contrib 0.149.0 and older (run with
+# 0.148.0; validated with 0.148.0, 0.149.0 and 0.160.0). GENERATED from {standalone} by
 # scripts/collector_fragment.py: do not edit by hand, edit {standalone} and run
 # `.venv/bin/python scripts/collector_fragment.py`.
 #
 # audit-guard-fragment.yaml under the old component names (`filelog`, `otlp`), without
 # `max_log_size_behavior` (0.149.0) and `on_truncate` (0.150.0): the values the fragment sets
-# (split, ignore) are what older releases always do. From 0.149.0 on use
-# audit-guard-fragment.yaml: these names are deprecated aliases there (a warning at each start).
+# (split, ignore) are what older releases always do. From 0.150.0 on use
+# audit-guard-fragment.yaml: these names are deprecated aliases from 0.144.0 (otlp) and 0.149.0
+# (filelog) on, a warning at each start.
 # Switching to it keeps the read offsets (file_log names its storage `receiver_filelog_<name>`
 # under either name) but NOT what waits in the exporters' persistent queues (their storage is
 # named after the type: `exporter_otlp_…` vs `exporter_otlp_grpc_…`): switch when
