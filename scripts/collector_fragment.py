@@ -277,9 +277,10 @@ FRAGMENT_INTRO = """
 # drop yours. Your pipelines, components and telemetry stay exactly as they are
 # (tests/test_collector_fragment.py compares the collector's effective config with and without).
 #
-# Releases: otelcol-contrib 0.150.0 and later (validated with 0.151.0 and 0.160.0). `file_log`
-# is the receiver's name from contrib 0.149.0, `otlp_grpc` the exporter's from 0.144.0, and
-# `on_truncate` exists from 0.150.0. 0.149.0 and older: audit-guard-fragment-legacy.yaml.
+# Releases: otelcol-contrib 0.150.0 and later (run with 0.151.0 and 0.160.0). `file_log` is the
+# receiver's name from contrib 0.149.0, `otlp_grpc` the exporter's from 0.144.0, and
+# `on_truncate` exists from 0.150.0 (0.149.0 refuses this file for it). 0.149.0 and older:
+# audit-guard-fragment-legacy.yaml.
 #
 # 1. Add the extensions to YOUR `service.extensions` list, in your own file (a list cannot be
 #    extended from another file):
@@ -299,7 +300,7 @@ FRAGMENT_INTRO = """
 
 LEGACY_INTRO = """
 # audit-guard's MERGE-SAFE collector FRAGMENT for otelcol-contrib 0.149.0 and older (run with
-# 0.148.0; validated with 0.148.0, 0.149.0 and 0.160.0). GENERATED from {standalone} by
+# 0.148.0 and 0.149.0, validated with 0.160.0 too). GENERATED from {standalone} by
 # scripts/collector_fragment.py: do not edit by hand, edit {standalone} and run
 # `.venv/bin/python scripts/collector_fragment.py`.
 #
