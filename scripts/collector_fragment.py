@@ -199,12 +199,20 @@ def _service_text(pipelines: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _header_line(header: list[str], prefix: str, after: int = -1) -> int:
+    """Index of the first header line after `after` starting with `prefix`."""
+    for i, line in enumerate(header):
+        if i > after and line.startswith(prefix):
+            return i
+    raise ValueError(f"{STANDALONE}: its header has no line starting with {prefix!r}, which "
+                     "scripts/collector_fragment.py copies from (update the generator)")
+
+
 def _header_block(header: list[str], first: str, last: str) -> list[str]:
     """The standalone header's lines from the one starting with `first` up to (without) the
     one starting with `last` ("" = to the end), trailing empty comment lines dropped."""
-    start = next(i for i, line in enumerate(header) if line.startswith(first))
-    end = (next(i for i, line in enumerate(header) if i > start and line.startswith(last))
-           if last else len(header))
+    start = _header_line(header, first)
+    end = _header_line(header, last, after=start) if last else len(header)
     block = header[start:end]
     while block and block[-1].strip() in ("", "#"):
         block.pop()
@@ -231,8 +239,8 @@ def header_text(header: list[str], variant: Variant, ids: Mapping[str, str]) -> 
            if not any(name in line for name in STANDALONE_ONLY_ENV)]
     losses = [*_header_block(header, "# Loss counters", ""),
               "#   (your collector's own internal metrics: named as your service.telemetry says)"]
-    start = next(i for i, line in enumerate(header) if line.startswith("#   The feature gate"))
-    gate = list(takewhile(lambda line: line.startswith("#   "), header[start:]))
+    gate_start = _header_line(header, "#   The feature gate")
+    gate = list(takewhile(lambda line: line.startswith("#   "), header[gate_start:]))
     intro = variant.intro.strip("\n")
     for key, value in {"storage": ids["file_storage"], "health": ids["health_check"],
                        "standalone": STANDALONE, "fragment": variant.filename}.items():
