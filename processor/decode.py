@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -69,21 +70,51 @@ def _attribute(attributes: Iterable[KeyValue], key: str) -> str | None:
     return None
 
 
-def _record_offsets(records: Any) -> list[int | None] | None:
+def _record_offsets(records: Any, lines: list[str] | None = None) -> list[int | None] | None:
     """Each record's offset in its file (`log.file.record_offset`: file_log's
-    include_file_record_offset), or None when the first record has none."""
+    include_file_record_offset), or None when the first record has none. `lines`: the
+    records' bodies when every one is a string (then the offsets may be predicted)."""
     at = next((j for j, kv in enumerate(records[0].attributes) if kv.key == OFFSET_ATTRIBUTE),
               None)
     if at is None:
         return None
-    offsets: list[int | None] = []
-    for r in records:
-        attributes = r.attributes
-        if len(attributes) > at and (kv := attributes[at]).key == OFFSET_ATTRIBUTE:
-            offsets.append(kv.value.int_value)  # the usual case: every record laid out alike
-            continue
-        offsets.append(next((kv.value.int_value for kv in attributes
-                             if kv.key == OFFSET_ATTRIBUTE), None))
+    if lines is not None and len(lines) > 2:
+        predicted = _predicted_offsets(records, lines, at)
+        if predicted is not None:
+            return predicted  # type: ignore[return-value]
+    return [_offset_at(r, at) for r in records]
+
+
+def _offset_at(record: Any, at: int) -> int | None:
+    attributes = record.attributes
+    if len(attributes) > at and (kv := attributes[at]).key == OFFSET_ATTRIBUTE:
+        return kv.value.int_value  # type: ignore[no-any-return]  # every record laid out alike
+    return next((kv.value.int_value for kv in attributes if kv.key == OFFSET_ATTRIBUTE), None)
+
+
+_AND_NEWLINE = (1).__add__  # a line's size in its file: its text and "\n" (C-level in map)
+
+
+def _predicted_offsets(records: Any, lines: list[str], at: int) -> list[int] | None:
+    """The offsets of consecutive lines of one file, from the first one and the lines' sizes
+    (each line and its "\n"), checked against the middle and the last record's own offset.
+    A line is never shorter in its file than in its body, so each step is at least the one
+    predicted: when both checks hold, every step was exact. A line the collector shortened
+    (trailing whitespace, CRLF, invalid UTF-8), a split or skipped line, or another file in the
+    batch makes a check fail, and the records are read one by one. Measured: reading each
+    record's attribute through protobuf costs ~1 µs a record, this ~0.1 µs."""
+    first = _offset_at(records[0], at)
+    if first is None:
+        return None
+    if "".join(lines).isascii():
+        steps = list(map(len, lines))
+    else:
+        steps = [len(line.encode("utf-8", "surrogatepass")) for line in lines]
+    offsets = list(accumulate(map(_AND_NEWLINE, steps[:-1]), initial=first))
+    middle = len(lines) // 2
+    if (_offset_at(records[middle], at) != offsets[middle]
+            or _offset_at(records[-1], at) != offsets[-1]):
+        return None
     return offsets
 
 
@@ -104,8 +135,7 @@ def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
                 source_name = _attribute(records[0].attributes, SOURCE_ATTRIBUTE)
                 per_record = source_name is not None
             if not per_record:
-                _add_rows(groups, SOURCE_ALIASES.get(source_name or NGINX, NGINX),
-                               records)
+                _add_rows(groups, SOURCE_ALIASES.get(source_name or NGINX, NGINX), records)
                 continue
             by_source: dict[str, list[Any]] = {}
             for r in records:
@@ -115,14 +145,16 @@ def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
                 _add_rows(groups, source, rows)
     return groups
 
+
 def _add_rows(groups: dict[str, SourceRows], source: str, records: Any) -> None:
     rows = groups.get(source)
     if rows is None:
         rows = groups[source] = SourceRows()
-    lines = [r.body.string_value for r in records]
-    if "" not in lines:  # the usual case: every body is a raw line
-        rows.bodies += lines
+    lines: list[str] | None = [r.body.string_value for r in records]
+    if "" not in lines:  # type: ignore[operator]  # the usual case: every body is a raw line
+        rows.bodies += lines  # type: ignore[arg-type]
     else:
+        lines = None
         for log_record in records:
             body = log_record.body
             kind = body.WhichOneof("value")
@@ -133,7 +165,7 @@ def _add_rows(groups: dict[str, SourceRows], source: str, records: Any) -> None:
             else:
                 rows.mapped[len(rows.bodies)] = _mapping(body, log_record.attributes)
                 rows.bodies.append("")
-    offsets = _record_offsets(records)
+    offsets = _record_offsets(records, lines)
     if offsets is not None or rows.offsets:
         rows.offsets += [None] * (len(rows.bodies) - len(records) - len(rows.offsets))
         rows.offsets += offsets or [None] * len(records)
