@@ -10,6 +10,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import orjson
@@ -36,15 +38,15 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-@pytest.fixture
-def serve(tmp_path, downstream):
+@contextmanager
+def serving(tmp_path, downstream, **env: str) -> Iterator[tuple[int, str]]:
+    """A real `audit-guard serve` exporting to `downstream`, ready: (OTLP port, admin URL)."""
     otlp, admin = free_port(), free_port()
     proc = ManagedProcess(
         "audit-guard", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
         env={"AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{otlp}",
              "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{admin}",
-             "AUDIT_GUARD_ADMIN__TOKEN": TOKEN,
-             "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}"},
+             "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}", **env},
     ).start()
     try:
         base = f"http://127.0.0.1:{admin}"
@@ -52,6 +54,12 @@ def serve(tmp_path, downstream):
         yield otlp, base
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def serve(tmp_path, downstream):
+    with serving(tmp_path, downstream, AUDIT_GUARD_ADMIN__TOKEN=TOKEN) as ports:
+        yield ports
 
 
 def send_flagged(otlp: int) -> None:

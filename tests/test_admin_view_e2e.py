@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +22,9 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
-from processor.demo.procs import ManagedProcess, free_port, port_open, repo_root, wait_until
+from processor.demo.procs import repo_root, wait_until
 from tests.otlp_doubles import logs_request
-from tests.test_admin_e2e import get
+from tests.test_admin_e2e import get, serving
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -67,21 +66,9 @@ def app_line(rid: str, request: str, when: float) -> str:
 
 @pytest.fixture
 def serve(tmp_path, downstream):
-    otlp, admin = free_port(), free_port()
-    proc = ManagedProcess(
-        "audit-guard", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
-        env={"AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{otlp}",
-             "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{admin}",
-             "AUDIT_GUARD_ADMIN__TRACE_URL": TRACE_UI,
-             "AUDIT_GUARD_RECONCILE__WINDOW_S": "1",
-             "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}"},
-    ).start()
-    try:
-        base = f"http://127.0.0.1:{admin}"
-        proc.wait_ready(lambda: port_open(otlp) and get(base + "/readyz")[0] == 200, 60)
-        yield otlp, base
-    finally:
-        proc.stop()
+    with serving(tmp_path, downstream, AUDIT_GUARD_ADMIN__TRACE_URL=TRACE_UI,
+                 AUDIT_GUARD_RECONCILE__WINDOW_S="1") as ports:
+        yield ports
 
 
 def send(otlp: int, source: str, *bodies: str) -> None:
