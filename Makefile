@@ -12,7 +12,7 @@ setup:
 	@scripts/bootstrap
 
 demo: setup
-	$(PY) -m processor.cli demo $(ARGS)
+	$(PY) -m demo $(ARGS)
 
 test: setup
 	$(PY) -m ruff check .
@@ -38,8 +38,8 @@ fuzz: setup
 faults: setup
 	$(PY) scripts/faults.py $(ARGS)
 
-# The generated reference pages: docs/configuration.md from processor/config.py, docs/metrics.md
-# from processor/telemetry.py. tests/test_docs.py fails when a checked-in page is out of date.
+# The generated reference pages: docs/configuration.md from processor/audit_guard/config.py, docs/metrics.md
+# from processor/audit_guard/telemetry.py. tests/test_docs.py fails when a checked-in page is out of date.
 docs: setup
 	$(PY) scripts/gendocs.py
 

@@ -4,7 +4,7 @@
 #   docker run --rm -e AUDIT_GUARD_SERVER__LISTEN=0.0.0.0:4327 audit-guard-processor
 #
 # Configuration is by environment (AUDIT_GUARD_*, nested with `__`) or a YAML file named by
-# AUDIT_GUARD_CONFIG / `serve --config`; see processor/config.py.
+# AUDIT_GUARD_CONFIG / `serve --config`; see processor/audit_guard/config.py.
 FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,6 +20,9 @@ COPY processor ./processor
 # [serve]: gRPC, the OpenTelemetry SDK and the admin HTTP port (the base install is replay and
 # doctor only; the demo upstream needs nothing more).
 RUN pip install ".[serve]" && rm -rf /src
+# The demo upstream (compose.yaml's `upstream`, a stand-in for Dify's API) is not in the wheel: its
+# two modules (standard library only) sit beside it and run as `python -m demo.upstream` from here.
+COPY demo/__init__.py demo/upstream.py demo/upstream_answers.py /opt/audit-guard-demo/demo/
 
 # Non-root, fixed uid so volume ownership is predictable. /var/log/app and /var/lib/audit-guard
 # exist in the image owned by that user, so a named volume mounted there (the demo upstream's app

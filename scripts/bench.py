@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from processor.demo.procs import free_port, port_open, wait_until  # noqa: E402
+from demo.procs import free_port, port_open, wait_until  # noqa: E402
 
 FILE_PATH = "/var/log/nginx/audit.json.log"
 LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
@@ -170,7 +170,7 @@ def main() -> int:
            "AUDIT_GUARD_SERVER__MAX_INFLIGHT_REQUESTS": str(max(args.concurrency, 1)),
            "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",
            "AUDIT_GUARD_LOG_LEVEL": "warning"}
-    server = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve"], env=env, cwd=ROOT)
+    server = subprocess.Popen([sys.executable, "-m", "audit_guard.cli", "serve"], env=env, cwd=ROOT)
     try:
         os.sched_setaffinity(server.pid, proc_cpu)
         os.sched_setaffinity(sink.pid, other_cpus)

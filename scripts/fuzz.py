@@ -28,10 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from processor.config import load_settings  # noqa: E402
-from processor.correlate.reconcile import RequestReconciler  # noqa: E402
-from processor.pipeline import Pipeline  # noqa: E402
-from processor.telemetry import BatchStats  # noqa: E402
+from audit_guard.config import load_settings  # noqa: E402
+from audit_guard.correlate.reconcile import RequestReconciler  # noqa: E402
+from audit_guard.pipeline import Pipeline  # noqa: E402
+from audit_guard.telemetry import BatchStats  # noqa: E402
 from tests.fuzz_corpus import (  # noqa: E402
     FORMATS,
     FuzzFailure,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes the generated reference pages (make docs):
 
-- docs/configuration.md from the pydantic `Settings` model in processor/config.py: every key, its
+- docs/configuration.md from the pydantic `Settings` model in audit_guard/config.py: every key, its
   environment variable, type, default, constraints and `description=`;
-- docs/metrics.md from `INSTRUMENTS` in processor/telemetry.py.
+- docs/metrics.md from `INSTRUMENTS` in processor/audit_guard/telemetry.py.
 
 These tables used to be copied into the README by hand and drifted (a metric went missing).
 tests/test_docs.py regenerates both pages in memory and fails when a checked-in page differs.
@@ -28,8 +28,8 @@ from pydantic.fields import FieldInfo
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from processor.config import Settings  # noqa: E402
-from processor.telemetry import INSTRUMENTS  # noqa: E402
+from audit_guard.config import Settings  # noqa: E402
+from audit_guard.telemetry import INSTRUMENTS  # noqa: E402
 
 DOCS = REPO / "docs"
 ENV_PREFIX = "AUDIT_GUARD_"
@@ -178,7 +178,7 @@ def configuration_page() -> str:
     sections = [(name, field.annotation) for name, field in Settings.model_fields.items()
                 if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)]
     links = "".join(f", [`{name}`](#{name})" for name, _ in sections)
-    lines = [GENERATED_NOTE.format(source="processor/config.py"), "",
+    lines = [GENERATED_NOTE.format(source="processor/audit_guard/config.py"), "",
              CONFIGURATION_INTRO.format(sections=links), "## top level", ""]
     lines += _table(_rows(Settings, ()))
     for name, model in sections:
@@ -198,7 +198,7 @@ def configuration_page() -> str:
 
 
 def metrics_page() -> str:
-    lines = [GENERATED_NOTE.format(source="processor/telemetry.py (INSTRUMENTS)"), "",
+    lines = [GENERATED_NOTE.format(source="processor/audit_guard/telemetry.py (INSTRUMENTS)"), "",
              METRICS_INTRO,
              "| metric | kind | unit | labels | meaning |", "|---|---|---|---|---|"]
     for inst in INSTRUMENTS.values():

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from processor.config import load_settings
-from processor.pipeline import Pipeline
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
 from tests.otlp_doubles import RecordingDownstream
 
 

@@ -28,11 +28,11 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from processor.config import Settings
-from processor.pipeline import Pipeline
-from processor.replay import replay
-from processor.sources import container, nginx_error, pgaudit
-from processor.telemetry import BatchStats
+from audit_guard.config import Settings
+from audit_guard.pipeline import Pipeline
+from audit_guard.replay import replay
+from audit_guard.sources import container, nginx_error, pgaudit
+from audit_guard.telemetry import BatchStats
 from tests.otlp_doubles import logs_request
 
 __all__ = [
@@ -464,7 +464,7 @@ class _ErrorLog(logging.Handler):
         self.messages.append(record.getMessage())
 
     def __enter__(self) -> _ErrorLog:
-        logger = logging.getLogger("processor")
+        logger = logging.getLogger("audit_guard")
         self._level = logger.level
         if logger.getEffectiveLevel() > logging.ERROR:  # e.g. make fuzz silences logging
             logger.setLevel(logging.ERROR)
@@ -472,7 +472,7 @@ class _ErrorLog(logging.Handler):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        logger = logging.getLogger("processor")
+        logger = logging.getLogger("audit_guard")
         logger.removeHandler(self)
         logger.setLevel(self._level)
 

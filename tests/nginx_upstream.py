@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
-from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
-from processor.demo.upstream import DemoServer, serve
+from demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
+from demo.procs import ManagedProcess, free_port, port_open, wait_until
+from demo.upstream import DemoServer, serve
 
 __all__ = ["NginxUpstream", "nginx_with_upstream", "read_json_lines", "wait_for_lines"]
 

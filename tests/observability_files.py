@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from processor.demo.procs import repo_root
+from demo.procs import repo_root
 
 REPO = repo_root()
 PROM_DIR = REPO / "otel" / "prometheus"

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from processor.demo.procs import free_port
+from demo.procs import free_port
 
 __all__ = ["RecordingDownstream", "RecordingMetrics", "logs_request"]
 

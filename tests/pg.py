@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.demo.procs import free_port
+from demo.procs import free_port
 
 __all__ = [
     "BIN",

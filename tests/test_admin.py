@@ -10,14 +10,14 @@ from typing import get_args
 import pytest
 from fastapi.testclient import TestClient
 
-from processor.admin import AdminState, create_app
-from processor.admin.app import RuleIn, health_of
-from processor.admin.server import AdminServer, bind_admin_socket
-from processor.admin.state import SourceStatus
-from processor.config import ConfigError, load_settings
-from processor.rules import RuleRegistry, RuleSet
-from processor.rules.ruleset import SEVERITIES
-from processor.telemetry import BatchStats
+from audit_guard.admin import AdminState, create_app
+from audit_guard.admin.app import RuleIn, health_of
+from audit_guard.admin.server import AdminServer, bind_admin_socket
+from audit_guard.admin.state import SourceStatus
+from audit_guard.config import ConfigError, load_settings
+from audit_guard.rules import RuleRegistry, RuleSet
+from audit_guard.rules.ruleset import SEVERITIES
+from audit_guard.telemetry import BatchStats
 
 NOW = 1_764_165_600_000_000_000  # a fixed clock: 2025-11-26 14:00:00Z
 S = 1_000_000_000
@@ -45,7 +45,7 @@ BROKEN_RULES = """
 
 def flagged(trace: str, *, source: str = "nginx", user: str | None = "u1",
             flags: tuple[str, ...] = ("rule:auth_failure",), status: int = 401) -> dict:
-    """A flagged record as processor.telemetry.flagged_record builds it."""
+    """A flagged record as audit_guard.telemetry.flagged_record builds it."""
     return {"time_unix_nano": NOW - 2 * S, "source": source, "trace_id": trace,
             "span_id": "00f067aa0ba902b7", "flags": list(flags), "user_id": user,
             "app_id": "a1", "method": "GET", "path": "/v1/parameters", "status": status}

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
-from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
+from demo.procs import ManagedProcess, free_port, port_open, wait_until
 from tests.otlp_doubles import logs_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -43,7 +43,7 @@ def serving(tmp_path, downstream, **env: str) -> Iterator[tuple[int, str]]:
     """A real `audit-guard serve` exporting to `downstream`, ready: (OTLP port, admin URL)."""
     otlp, admin = free_port(), free_port()
     proc = ManagedProcess(
-        "audit-guard", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+        "audit-guard", [sys.executable, "-m", "audit_guard.cli", "serve"], tmp_path,
         env={"AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{otlp}",
              "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{admin}",
              "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}", **env},
@@ -121,7 +121,7 @@ def test_taken_admin_port_fails_start_up(downstream) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "processor.cli", "serve"],
+            [sys.executable, "-m", "audit_guard.cli", "serve"],
             env={**os.environ, "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{port}",
                  "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{free_port()}"},
             capture_output=True, text=True, timeout=60)

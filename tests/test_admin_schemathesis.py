@@ -17,9 +17,9 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from processor.admin import AdminState, create_app
-from processor.rules import RuleRegistry
-from processor.telemetry import BatchStats
+from audit_guard.admin import AdminState, create_app
+from audit_guard.rules import RuleRegistry
+from audit_guard.telemetry import BatchStats
 
 TOKEN = "schemathesis-token"
 

@@ -10,14 +10,14 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from processor import flags
-from processor.admin import AdminState, create_app
-from processor.admin.window import MAX_TEXT_CHARS, kept_form, view_entry
-from processor.config import ConfigError, load_settings
-from processor.correlate.missing import Due, missing_spans_batch
-from processor.pipeline import Pipeline
-from processor.record import RecordBatch
-from processor.telemetry import BatchStats, flagged_record
+from audit_guard import flags
+from audit_guard.admin import AdminState, create_app
+from audit_guard.admin.window import MAX_TEXT_CHARS, kept_form, view_entry
+from audit_guard.config import ConfigError, load_settings
+from audit_guard.correlate.missing import Due, missing_spans_batch
+from audit_guard.pipeline import Pipeline
+from audit_guard.record import RecordBatch
+from audit_guard.telemetry import BatchStats, flagged_record
 from tests.otlp_doubles import logs_request
 
 T = 1764165600  # 2025-11-26 14:00:00 UTC
@@ -60,7 +60,7 @@ def feed(pipeline: Pipeline, state: AdminState, source: str, *bodies: str) -> No
 
 
 def feed_missing(state: AdminState, trace_hex: str) -> None:
-    """What processor.completeness.report_missing hands the admin state."""
+    """What audit_guard.completeness.report_missing hands the admin state."""
     due = Due(bytes.fromhex(trace_hex), bytes.fromhex(trace_hex[:16]), (T + 1) * 10**9, 200,
               "GET", "/v1/datasets/ds-5/documents")
     stats = BatchStats()

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
-from processor.demo.procs import repo_root, wait_until
+from demo.procs import repo_root, wait_until
 from tests.otlp_doubles import logs_request
 from tests.test_admin_e2e import get, serving
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from processor.telemetry import INSTRUMENTS
+from audit_guard.telemetry import INSTRUMENTS
 from tests.observability_files import (
     ALERTS,
     ALERTS_TEST,
@@ -224,7 +224,7 @@ def test_alerts_use_only_documented_metrics() -> None:
 
 def test_the_allowed_audit_metrics_are_the_declared_instruments() -> None:
     # A retired instrument (audit_spans_dropped_total) must not linger in alerts or panels, and
-    # a metric an alert reads must be one the processor declares (processor/telemetry.py).
+    # a metric an alert reads must be one the processor declares (audit_guard/telemetry.py).
     plain = AUDIT_COUNTERS | AUDIT_GAUGES
     assert {n for n, i in INSTRUMENTS.items() if i.kind != "histogram"} >= plain
     assert {n for n, i in INSTRUMENTS.items() if i.kind == "histogram"} >= AUDIT_HISTOGRAMS

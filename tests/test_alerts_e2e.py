@@ -25,8 +25,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
-from processor.demo.backends import JaegerClient, start_jaeger
-from processor.demo.procs import ManagedProcess, free_port, http_ok, port_open, wait_until
+from demo.backends import JaegerClient, start_jaeger
+from demo.procs import ManagedProcess, free_port, http_ok, port_open, wait_until
 from tests.otlp_doubles import logs_request
 from tests.test_completeness_e2e import Prometheus
 from tests.test_error_join import ACCESS, RID
@@ -51,7 +51,7 @@ class Serve:
 
     def __init__(self, workdir: Path, state_dir: Path, otlp_endpoint: str) -> None:
         self.port, self.admin = free_port(), free_port()
-        self.proc = ManagedProcess("serve", [sys.executable, "-m", "processor.cli", "serve"],
+        self.proc = ManagedProcess("serve", [sys.executable, "-m", "audit_guard.cli", "serve"],
                                    log_dir=workdir, env={
             "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{self.port}",
             "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{self.admin}",

@@ -33,17 +33,17 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from processor import flags
-from processor.correlate.traces import assign_ids
-from processor.demo.upstream import serve
-from processor.grammar import timestamps
-from processor.sources.app import (
+from audit_guard import flags
+from audit_guard.correlate.traces import assign_ids
+from audit_guard.grammar import timestamps
+from audit_guard.sources.app import (
     SOURCE,
     FieldMapping,
     parse_line,
     parse_lines,
     parse_request_message,
 )
+from demo.upstream import serve
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4702"
 SPAN = "00f067aa0ba902b7"
@@ -429,7 +429,7 @@ def test_bad_mapping_errors() -> None:
     with pytest.raises(ValueError) as err:
         FieldMapping({"user_id": "actor.id", "time": "@timestamp"})
     message = str(err.value)
-    # The rules' error reporting (processor.grammar.jmes), plus the quoting hint.
+    # The rules' error reporting (audit_guard.grammar.jmes), plus the quoting hint.
     assert message.startswith("field mapping 'time': invalid JMESPath expression '@timestamp' "
                               "at position 1 near 'timestamp': ")
     assert "'\"@timestamp\"'" in message  # the quoting hint

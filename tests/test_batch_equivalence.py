@@ -11,9 +11,9 @@ import random
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.pipeline import Pipeline
-from processor.sources.nginx_access import parse_line, parse_lines
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
+from audit_guard.sources.nginx_access import parse_line, parse_lines
 from tests.otlp_doubles import logs_request
 
 KEYSETS = [
@@ -97,7 +97,7 @@ def test_pipeline_batch_equals_one_by_one(pipeline) -> None:
 def shipped_line(rng: random.Random, i: int) -> dict:
     """A line with exactly the keys of otel/nginx/audit_log_format.conf, values as nginx
     writes them (numbers bare, the rest strings, "" for an empty variable) plus odd ones."""
-    from processor.sources.nginx_access import AUDIT_JSON_KEYS
+    from audit_guard.sources.nginx_access import AUDIT_JSON_KEYS
 
     rec = {key: rng.choice(["", "-", "x", "a, b : c"]) for key in AUDIT_JSON_KEYS}
     rec.update({
@@ -125,7 +125,7 @@ def shipped_line(rng: random.Random, i: int) -> dict:
 
 
 def test_shipped_format_fast_path_equals_the_general_path() -> None:
-    from processor.sources.nginx_access import AuditJsonLine, decode_lines, parse_mappings
+    from audit_guard.sources.nginx_access import AuditJsonLine, decode_lines, parse_mappings
 
     rng = random.Random(11)
     lines = [orjson.dumps(shipped_line(rng, i)) for i in range(2000)]
@@ -143,7 +143,7 @@ def test_shipped_format_fast_path_equals_the_general_path() -> None:
 
 
 def test_a_line_of_another_format_sends_the_batch_the_general_way() -> None:
-    from processor.sources.nginx_access import AuditJsonLine
+    from audit_guard.sources.nginx_access import AuditJsonLine
 
     rng = random.Random(3)
     shipped = [orjson.dumps(shipped_line(rng, i)) for i in range(10)]

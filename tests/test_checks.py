@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from processor.correlate.traces import assign_ids, parse_traceparent
-from processor.record import AuditRecord, RecordBatch
-from processor.sources.nginx_access import parse_line, parse_mapping
+from audit_guard.correlate.traces import assign_ids, parse_traceparent
+from audit_guard.record import AuditRecord, RecordBatch
+from audit_guard.sources.nginx_access import parse_line, parse_mapping
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"
 BASE = {

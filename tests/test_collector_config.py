@@ -39,7 +39,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from processor.demo.backends import (
+from demo.backends import (
     CollectorEndpoints,
     JaegerClient,
     JaegerPorts,
@@ -48,14 +48,14 @@ from processor.demo.backends import (
     start_collector,
     start_jaeger,
 )
-from processor.demo.procs import ManagedProcess, free_port, tool_path, wait_until
+from demo.procs import ManagedProcess, free_port, tool_path, wait_until
 from tests.otlp_doubles import RecordingDownstream
 
 pytestmark = pytest.mark.e2e
 
 TRACE_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 MiB = 1024 * 1024
-PROCESSOR_MAX_MESSAGE_BYTES = 64 * MiB  # processor.config: otlp.max_message_bytes default
+PROCESSOR_MAX_MESSAGE_BYTES = 64 * MiB  # audit_guard.config: otlp.max_message_bytes default
 SPAN_ID = "0102030405060708"
 
 
@@ -540,7 +540,7 @@ def test_size_limits_fit_together() -> None:
     """processor requests (exporter.max_request_bytes) < egress receiver limit; egress batches
     <= the processor's request size < the trace backend's 4 MiB; logs batches hold the biggest
     record and stay under what the processor accepts."""
-    from processor.config import ExporterConfig, ServerConfig
+    from audit_guard.config import ExporterConfig, ServerConfig
 
     cfg = _shipped()
     egress_limit = cfg["receivers"]["otlp/egress"]["protocols"]["grpc"]["max_recv_msg_size_mib"]

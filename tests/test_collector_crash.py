@@ -29,8 +29,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from processor.demo.backends import start_collector
-from processor.demo.procs import ManagedProcess, free_port, tool_path
+from demo.backends import start_collector
+from demo.procs import ManagedProcess, free_port, tool_path
 from tests.otlp_doubles import RecordingDownstream
 from tests.test_collector_config import FakeProcessor
 

@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from processor.demo.backends import COLLECTOR_FEATURE_GATES, CollectorEndpoints
-from processor.demo.procs import ManagedProcess, free_port, http_ok, tool_path, wait_until
+from demo.backends import COLLECTOR_FEATURE_GATES, CollectorEndpoints
+from demo.procs import ManagedProcess, free_port, http_ok, tool_path, wait_until
 from tests.test_collector_config import FakeProcessor, metric_value, scrape
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,10 +23,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processor.demo.backends import span_tags
-from processor.demo.procs import ManagedProcess, free_port, http_ok, repo_root, wait_until
-from processor.demo.stack import Stack
-from processor.demo.traffic import DemoRequest, send
+from demo.backends import span_tags
+from demo.procs import ManagedProcess, free_port, http_ok, repo_root, wait_until
+from demo.stack import Stack
+from demo.traffic import DemoRequest, send
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 

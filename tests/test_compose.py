@@ -40,9 +40,9 @@ import crossplane
 import pytest
 import yaml
 
-from processor.config import load_settings
-from processor.demo.nginx import nginx_binary
-from processor.demo.procs import ManagedProcess, free_port, port_open, repo_root, tool_path
+from audit_guard.config import load_settings
+from demo.nginx import nginx_binary
+from demo.procs import ManagedProcess, free_port, port_open, repo_root, tool_path
 
 REPO = repo_root()
 COMPOSE_FILE = REPO / "compose.yaml"
@@ -565,10 +565,14 @@ def test_dockerfile_copy_set_builds_the_package(
     context, dockerfile = builds(services)["processor"]
     stage = tmp_path / "src"
     stage.mkdir()
+    demo_sources: list[str] = []
     for ins in dockerfile_instructions(dockerfile):
         if ins.keyword != "COPY":
             continue
         sources, target, _ = copy_args(ins.args)
+        if target == f"{services['upstream']['working_dir']}/demo/":
+            demo_sources += sources  # the demo upstream, beside the wheel (checked below)
+            continue
         # WORKDIR is the build root here; relative targets land in the stage directory.
         assert not target.startswith("/"), f"absolute COPY target {target}: adapt this test"
         dest = (stage / target).resolve()
@@ -598,9 +602,16 @@ def test_dockerfile_copy_set_builds_the_package(
         entry_points = next(
             zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
         )
-    assert "audit-guard = processor.cli:main" in entry_points  # CMD ["audit-guard", "serve"]
-    assert "processor/demo/upstream.py" in names  # python -m processor.demo.upstream
-    assert "processor/otlp/server.py" in names
+    assert "audit-guard = audit_guard.cli:main" in entry_points  # CMD ["audit-guard", "serve"]
+    assert "audit_guard/otlp/server.py" in names
+    assert not any(n.startswith(("demo/", "tests/")) for n in names), "demo or tests in the wheel"
+    # `python -m demo.upstream` in the upstream's working_dir: the copied modules are all the
+    # upstream imports from its own package (the rest is the standard library).
+    assert sorted(demo_sources) == ["demo/__init__.py", "demo/upstream.py",
+                                    "demo/upstream_answers.py"]
+    local = {m for path in demo_sources
+             for m in re.findall(r"^from \.(\w+) import", (context / path).read_text(), re.M)}
+    assert {f"demo/{m}.py" for m in local} <= set(demo_sources)
 
 
 # --------------------------------------------------------------------------------- collector
@@ -1167,7 +1178,7 @@ def test_upstream_command_serves_and_its_healthcheck_passes(
 ) -> None:
     svc = services["upstream"]
     cmd = command(svc)
-    assert cmd[:3] == ["python", "-m", "processor.demo.upstream"]
+    assert cmd[:3] == ["python", "-m", "demo.upstream"]
     port, local = int(cmd[cmd.index("--port") + 1]), free_port()
     app_log = cmd[cmd.index("--log") + 1]
     assert any(m.type == "volume" and app_log.startswith(m.target + "/") for m in mounts(svc)), (
@@ -1193,7 +1204,7 @@ def test_processor_healthcheck_passes_against_a_running_processor(
     port, local = hostport(env["AUDIT_GUARD_SERVER__LISTEN"])[1], free_port()
     proc = ManagedProcess(
         "processor",
-        [sys.executable, "-m", "processor.cli", "serve"],
+        [sys.executable, "-m", "audit_guard.cli", "serve"],
         log_dir=tmp_path,
         env={
             # Loopback here; the image listens on 0.0.0.0 inside the compose network.

@@ -1,6 +1,6 @@
 """Container log decoding: Docker json-file and CRI, in the processor and in the real collector.
 
-- `recombine_docker` / `recombine_cri` (processor/sources/container.py): 16 KiB splits joined
+- `recombine_docker` / `recombine_cri` (audit_guard/sources/container.py): 16 KiB splits joined
   per stream, interleaved streams, truncated tails kept as `partial`, escapes decoded,
   nanosecond times exact, malformed lines kept;
 - the shipped `file_log/containers` receiver (collector-config/audit-guard.yaml), run in the real
@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from processor.demo.backends import collector_config_path
-from processor.demo.procs import ManagedProcess, tool_path, wait_until
-from processor.sources.container import (
+from audit_guard.sources.container import (
     CRI,
     DOCKER,
     ContainerLine,
@@ -30,6 +28,8 @@ from processor.sources.container import (
     recombine_cri,
     recombine_docker,
 )
+from demo.backends import collector_config_path
+from demo.procs import ManagedProcess, tool_path, wait_until
 
 PIECE = 16 * 1024  # Docker's copier buffer: a longer line is written in pieces of this many bytes
 

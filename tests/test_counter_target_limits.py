@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from processor.completeness import read_status
+from audit_guard.completeness import read_status
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -16,15 +16,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processor.completeness import Completeness
-from processor.config import load_settings
-from processor.correlate.counters import CounterReconciler
-from processor.demo.nginx import nginx_binary, snippet_dir
-from processor.demo.procs import ManagedProcess, free_port, http_ok
-from processor.pipeline import Pipeline
-from processor.sources.nginx_counters import ALL_ZONES
-from processor.sources.nginx_counters import CounterSample as Reading
-from processor.telemetry import BatchStats, Telemetry
+from audit_guard.completeness import Completeness
+from audit_guard.config import load_settings
+from audit_guard.correlate.counters import CounterReconciler
+from audit_guard.pipeline import Pipeline
+from audit_guard.sources.nginx_counters import ALL_ZONES
+from audit_guard.sources.nginx_counters import CounterSample as Reading
+from audit_guard.telemetry import BatchStats, Telemetry
+from demo.nginx import nginx_binary, snippet_dir
+from demo.procs import ManagedProcess, free_port, http_ok
 from tests.otlp_doubles import logs_request
 from tests.vts_double import VtsDouble
 
@@ -301,8 +301,8 @@ def test_vts_counters_from_the_collector_through_the_otlp_service(downstream, tm
     import grpc
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 
-    from processor.otlp.exporter import SpanExporter
-    from processor.otlp.server import OtlpServer
+    from audit_guard.otlp.exporter import SpanExporter
+    from audit_guard.otlp.server import OtlpServer
 
     port = free_port()
     settings = load_settings(server={"listen": f"127.0.0.1:{port}"},

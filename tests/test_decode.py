@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.logs.v1.logs_pb2 import ScopeLogs
 
-from processor.decode import _record_offsets
+from audit_guard.decode import _record_offsets
 
 # A line as written to its file: its text, then what the collector trims (trailing whitespace,
 # the "\r" of CRLF), then whether a blank line follows (not a record).
@@ -46,7 +46,7 @@ def test_predicted_offsets_are_the_collectors_or_not_used(files, interleave) -> 
 
 
 def test_one_plain_file_is_predicted() -> None:
-    from processor import decode
+    from audit_guard import decode
 
     records = scope([[(f"line {i} é", "", False) for i in range(50)]], False).log_records
     calls = []

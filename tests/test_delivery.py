@@ -22,9 +22,9 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
-from processor.config import load_settings
-from processor.demo.procs import free_port, port_open, wait_until
-from processor.pipeline import Pipeline
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
+from demo.procs import free_port, port_open, wait_until
 from tests.otlp_doubles import RecordingDownstream, logs_request
 from tests.test_error_join import ACCESS, ERROR, attrs
 
@@ -47,7 +47,7 @@ class Serve:
 
     def start(self) -> Serve:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "audit_guard.cli", "serve"],
                                          env=self.env, stderr=out)
         wait_until(lambda: port_open(self.port), 30, "audit-guard serve to listen")
         return self

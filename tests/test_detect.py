@@ -1,4 +1,4 @@
-"""Format detection (processor.sources.detect) directly, and through `audit-guard replay`: the
+"""Format detection (audit_guard.sources.detect) directly, and through `audit-guard replay`: the
 summary names each file's format and why, `--source FORMAT=FILE` overrides one file, and an app
 log carrying request_id/status/path (plain or Docker-wrapped) is never read as Nginx."""
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor.sources.detect import (
+from audit_guard.sources.detect import (
     Detection,
     decide_content,
     detect,
@@ -246,7 +246,7 @@ def test_detection_of_mutated_lines_never_raises(fmt: str, rnd: random.Random,
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "processor.cli", "replay", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "audit_guard.cli", "replay", *map(str, args)],
                           capture_output=True, text=True, timeout=120, cwd=cwd,
                           env={**os.environ, "PYTHONUNBUFFERED": "1",
                                "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -314,7 +314,7 @@ def test_bad_source_values_fail_fast(tmp_path: Path, args: list[str], message: s
 
 
 def test_help_documents_the_per_file_override() -> None:
-    result = subprocess.run([sys.executable, "-m", "processor.cli", "replay", "--help"],
+    result = subprocess.run([sys.executable, "-m", "audit_guard.cli", "replay", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert "--source FORMAT[=FILE]" in result.stdout and "repeatable" in result.stdout
 

@@ -1,8 +1,8 @@
 """The documentation stays true to the code:
 
 - docs/configuration.md and docs/metrics.md are what scripts/gendocs.py (`make docs`) writes from
-  processor/config.py and processor/telemetry.py today (hand-copied tables drifted: a metric went
-  missing from the README's);
+  audit_guard/config.py and audit_guard/telemetry.py today (hand-copied tables drifted: a metric
+  went missing from the README's);
 - every setting has a description (the generated page's "meaning" column);
 - every relative link in README.md and docs/*.md points at a file that exists, and at a heading
   that exists when it names one;
@@ -19,9 +19,9 @@ from types import ModuleType
 import pytest
 from pydantic import BaseModel
 
-from processor import flags
-from processor.config import Settings
-from processor.telemetry import INSTRUMENTS
+from audit_guard import flags
+from audit_guard.config import Settings
+from audit_guard.telemetry import INSTRUMENTS
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"

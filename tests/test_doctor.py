@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from processor.demo.nginx import nginx_argv, render_nginx_conf
-from processor.doctor import main
-from processor.doctor.app import check_app_env, parse_env_file
-from processor.doctor.docker import check_daemon_json, check_inspect
-from processor.doctor.findings import Finding, Level
-from processor.doctor.nginx import check_nginx
+from audit_guard.doctor import main
+from audit_guard.doctor.app import check_app_env, parse_env_file
+from audit_guard.doctor.docker import check_daemon_json, check_inspect
+from audit_guard.doctor.findings import Finding, Level
+from audit_guard.doctor.nginx import check_nginx
+from demo.nginx import nginx_argv, render_nginx_conf
 
 FIX = Path(__file__).parent / "doctor_fixtures"
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from processor.demo.procs import repo_root, tool_path
-from processor.doctor.collector import check_collector
-from processor.doctor.findings import Level
+from audit_guard.doctor.collector import check_collector
+from audit_guard.doctor.findings import Level
+from demo.procs import repo_root, tool_path
 
 SHIPPED = repo_root() / "collector-config" / "audit-guard.yaml"
 Cfg = dict[str, Any]

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from processor.demo.backends import collector_config_path
-from processor.demo.procs import tool_path
-from processor.doctor import main
-from processor.doctor.collector import check_collector, load_merged
-from processor.doctor.findings import Finding, Level
-from processor.doctor.logrotate import AuditLog, audit_logs_from_collector, check_logrotate
-from processor.doctor.logrotate_conf import glob_matches, parse_config, parse_size
+from audit_guard.doctor import main
+from audit_guard.doctor.collector import check_collector, load_merged
+from audit_guard.doctor.findings import Finding, Level
+from audit_guard.doctor.logrotate import AuditLog, audit_logs_from_collector, check_logrotate
+from audit_guard.doctor.logrotate_conf import glob_matches, parse_config, parse_size
+from demo.backends import collector_config_path
+from demo.procs import tool_path
 
 DEBIAN_NGINX = Path("/etc/logrotate.d/nginx")
 ACCESS = AuditLog("/var/log/nginx/audit.json.log", "nginx_access")

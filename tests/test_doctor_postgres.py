@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from pg import PgInstance, running_postgres
 
-from processor.doctor import main
-from processor.doctor.findings import Finding, Level
-from processor.doctor.postgres import check_postgres
+from audit_guard.doctor import main
+from audit_guard.doctor.findings import Finding, Level
+from audit_guard.doctor.postgres import check_postgres
 
 SETUP = """
 CREATE TABLE audit_in_default (at timestamptz NOT NULL, what text) PARTITION BY RANGE (at);

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.doctor.secrets import redact_dsn, redact_options
+from audit_guard.doctor.secrets import redact_dsn, redact_options
 
 SECRET = "hunter2-S3cr3t"
 DSNS = [
@@ -36,7 +36,7 @@ def test_a_dsn_is_shown_without_its_secret(dsn: str) -> None:
 def test_doctor_postgres_output_holds_no_secret(dsn: str, as_json: bool) -> None:
     """The real command against a port nobody listens on: the connection failure is shown."""
     result = subprocess.run(
-        [sys.executable, "-m", "processor.cli", "doctor", "--postgres", dsn,
+        [sys.executable, "-m", "audit_guard.cli", "doctor", "--postgres", dsn,
          *(["--json"] if as_json else [])], capture_output=True, text=True, timeout=60)
     out = result.stdout + result.stderr
     assert "cannot connect to PostgreSQL" in out or "postgres.connect" in out, out
@@ -48,7 +48,7 @@ def test_docker_log_options_hold_no_secret(tmp_path: Path) -> None:
     daemon.write_text(json.dumps({"log-driver": "splunk", "log-opts": {
         "splunk-token": SECRET, "splunk-url": f"https://audit:{SECRET}@splunk.example:8088",
         "tag": "{{.Name}}"}}))
-    result = subprocess.run([sys.executable, "-m", "processor.cli", "doctor",
+    result = subprocess.run([sys.executable, "-m", "audit_guard.cli", "doctor",
                              "--docker-daemon-json", str(daemon)],
                             capture_output=True, text=True, timeout=60)
     out = result.stdout + result.stderr

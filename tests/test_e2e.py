@@ -13,10 +13,10 @@ import sys
 import orjson
 import pytest
 
-from processor.demo.backends import span_tags
-from processor.demo.procs import repo_root, wait_until
-from processor.demo.stack import Stack
-from processor.demo.traffic import DemoRequest, send
+from demo.backends import span_tags
+from demo.procs import repo_root, wait_until
+from demo.stack import Stack
+from demo.traffic import DemoRequest, send
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -218,7 +218,7 @@ def test_request_without_user_is_flagged_invalid(traced) -> None:
 def test_demo_once_smoke() -> None:
     """`make demo ARGS=--once`: the newcomer's main command works and finds what it should."""
     proc = subprocess.run(
-        [sys.executable, "-m", "processor.cli", "demo", "--once", "--requests", "18"],
+        [sys.executable, "-m", "demo", "--once", "--requests", "18"],
         cwd=repo_root(), capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -230,7 +230,7 @@ def test_replay_of_the_real_access_log_matches_jaeger(stack, traced) -> None:
     """`audit-guard replay access.log error.log` finds offline what the service put on the
     nginx spans (when the error line came before the access line, as nginx writes them)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "processor.cli", "replay", str(stack.nginx_paths.access_log),
+        [sys.executable, "-m", "audit_guard.cli", "replay", str(stack.nginx_paths.access_log),
          str(stack.nginx_paths.error_log)],
         capture_output=True, text=True, timeout=60,
     )

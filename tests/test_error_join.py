@@ -6,8 +6,8 @@ import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.pipeline import Pipeline
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
 from tests.otlp_doubles import logs_request
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -26,9 +26,9 @@ import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.pipeline import Pipeline
-from processor.replay import replay
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
+from audit_guard.replay import replay
 from tests.otlp_doubles import logs_request
 
 T0 = 1764165600.0  # 2025-11-26 14:00:00 UTC

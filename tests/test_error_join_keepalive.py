@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.correlate.errorlog import ErrorLogJoin
-from processor.pipeline import Pipeline
-from processor.sources.nginx_error import parse_line
-from processor.telemetry import BatchStats, Telemetry
+from audit_guard.config import load_settings
+from audit_guard.correlate.errorlog import ErrorLogJoin
+from audit_guard.pipeline import Pipeline
+from audit_guard.sources.nginx_error import parse_line
+from audit_guard.telemetry import BatchStats, Telemetry
 from tests.otlp_doubles import logs_request
 
 T = 1764165600  # 2025-11-26 14:00:00 UTC

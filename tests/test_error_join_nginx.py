@@ -28,13 +28,13 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.demo.backends import start_collector
-from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
-from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
-from processor.pipeline import Pipeline
-from processor.replay import replay
-from processor.sources.nginx_error import FLAG_FOR_KIND, parse_lines
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
+from audit_guard.replay import replay
+from audit_guard.sources.nginx_error import FLAG_FOR_KIND, parse_lines
+from demo.backends import start_collector
+from demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
+from demo.procs import ManagedProcess, free_port, port_open, wait_until
 from tests.nginx_upstream import read_json_lines, wait_for_lines
 from tests.otlp_doubles import RecordingDownstream, logs_request
 
@@ -227,7 +227,7 @@ def served(tmp_path: Path, paths: NginxPaths, cut: set[str]) -> dict[str, set[st
     downstream.server.start()
     otlp = free_port()
     serve = ManagedProcess(
-        "serve", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+        "serve", [sys.executable, "-m", "audit_guard.cli", "serve"], tmp_path,
         env={"AUDIT_GUARD_ERROR_JOIN_WINDOW_S": "3",
              "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{otlp}",
              "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",

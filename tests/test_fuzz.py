@@ -24,13 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import Settings, load_settings
-from processor.correlate.reconcile import RequestReconciler
-from processor.pipeline import Pipeline
-from processor.record import RecordBatch
-from processor.replay import replay
-from processor.spans import SpanBatch, SpanBuilder
-from processor.telemetry import BatchStats
+from audit_guard.config import Settings, load_settings
+from audit_guard.correlate.reconcile import RequestReconciler
+from audit_guard.pipeline import Pipeline
+from audit_guard.record import RecordBatch
+from audit_guard.replay import replay
+from audit_guard.spans import SpanBatch, SpanBuilder
+from audit_guard.telemetry import BatchStats
 from tests.fuzz_corpus import (
     FORMATS,
     SEEDS,

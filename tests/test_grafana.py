@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from processor.telemetry import INSTRUMENTS, Instrument
+from audit_guard.telemetry import INSTRUMENTS, Instrument
 from tests.observability_files import (
     ALLOWED_METRICS,
     COLLECTOR_LOSS_STEMS,

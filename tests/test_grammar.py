@@ -1,4 +1,4 @@
-"""processor.grammar: every written form of a time, and every tool's size grammar, in one table
+"""audit_guard.grammar: every written form of a time, and every tool's size grammar, in one table
 each; the same text means the same value in every source and on every machine."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from processor import flags
-from processor.config import ConfigError, load_settings
-from processor.grammar import sizes
-from processor.grammar import timestamps as ts
-from processor.record import RecordBatch
-from processor.rules import RuleSet
-from processor.telemetry import BatchStats
+from audit_guard import flags
+from audit_guard.config import ConfigError, load_settings
+from audit_guard.grammar import sizes
+from audit_guard.grammar import timestamps as ts
+from audit_guard.record import RecordBatch
+from audit_guard.rules import RuleSet
+from audit_guard.telemetry import BatchStats
 
 S = 1_000_000_000
 T = 1795701600 * S  # 2026-11-26T14:00:00Z
@@ -273,7 +273,7 @@ def test_sources_read_naive_times_as_utc_whatever_the_host_zone() -> None:
     code = """if True:
         import json, time
         time.tzset()
-        from processor.sources import app, container, nginx_access, nginx_error
+        from audit_guard.sources import app, container, nginx_access, nginx_error
         print(json.dumps([
             nginx_access.parse_lines(['{"time_iso8601": "2026-11-26T14:00:00", "uri": "/"}'])
             .time_unix_nano[0],
@@ -295,8 +295,8 @@ def test_sources_read_naive_times_as_utc_whatever_the_host_zone() -> None:
 def test_naive_timezone_reaches_the_readers() -> None:
     """`naive_timezone` is how the service and replay read a time written without an offset
     (an app's `2026-11-26 14:00:00`, nginx's error log)."""
-    from processor.config import load_settings
-    from processor.pipeline import Pipeline
+    from audit_guard.config import load_settings
+    from audit_guard.pipeline import Pipeline
 
     line = '{"time": "2026-11-26T14:00:00", "request_id": "' + "a" * 32 + '", "user_id": "u"}'
     utc = Pipeline(load_settings()).parse("app", [line]).time_unix_nano[0]
@@ -314,7 +314,7 @@ _IDS = st.one_of(st.none(), st.sampled_from(["", "0af7651916cd43dd8448eb211c8031
 @given(column=st.lists(_IDS, max_size=10))
 @example(column=["0af7651916cd43dd8448eb211c80319c", "x\x7f"])  # alnum fast path, then not
 def test_id_column_check_equals_the_per_value_rule(column: list) -> None:
-    from processor.grammar.ranges import check_ids, id_ok
+    from audit_guard.grammar.ranges import check_ids, id_ok
 
     unparsed: dict[int, list[str]] = {}
     out = check_ids("request_id", list(column), unparsed)
@@ -326,7 +326,7 @@ def test_id_column_check_equals_the_per_value_rule(column: list) -> None:
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(column=st.lists(st.one_of(st.none(), st.integers(-5, 2**64)), max_size=10))
 def test_numeric_column_check_equals_the_per_value_rule(column: list) -> None:
-    from processor.grammar.ranges import SIZES, all_within, check_column, size_ok
+    from audit_guard.grammar.ranges import SIZES, all_within, check_column, size_ok
 
     assert all_within(column, SIZES) == (bool(column) and all(
         v is not None and size_ok(v) for v in column))

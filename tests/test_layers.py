@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "processor"
+PACKAGE = Path(__file__).resolve().parents[1] / "processor" / "audit_guard"
 
 # Lowest first. A module may import its own layer and those below.
 LAYERS: dict[str, int] = {
@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "completeness": 7, "replay": 7, "doctor": 7,
     "otlp": 8, "admin": 8,
     "serve": 9,
-    "cli": 10, "demo": 10,
+    "cli": 10,
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
@@ -108,9 +108,23 @@ def test_no_import_cycle() -> None:
 def test_the_check_sees_imports() -> None:
     """The graph is not empty by mistake: known edges are found, lazy imports included."""
     graph = _graph()
-    assert "processor.pipeline" in graph["processor.otlp.server"]
-    assert "processor.serve" in graph["processor.cli"]  # imported inside _serve
-    assert "processor.rules.batch" in graph["processor.rules.ruleset"]  # a sibling, relative
+    assert "audit_guard.pipeline" in graph["audit_guard.otlp.server"]
+    assert "audit_guard.serve" in graph["audit_guard.cli"]  # imported inside _serve
+    assert "audit_guard.rules.batch" in graph["audit_guard.rules.ruleset"]  # a sibling, relative
+
+
+def test_the_package_does_not_import_the_demo_or_the_tests() -> None:
+    """The demo and the test harness sit outside the wheel (issue #17): an import of either
+    would work in a checkout and fail in every installed copy."""
+    outside = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            outside += [f"{path.name}: {n}" for n in names
+                        if n.split(".")[0] in ("demo", "tests", "processor")]
+    assert not outside, outside
 
 
 def _sizes() -> tuple[list[str], list[str]]:

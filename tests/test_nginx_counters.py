@@ -24,9 +24,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from processor.demo.nginx import nginx_binary
-from processor.demo.procs import ManagedProcess, free_port, port_open, tool_path, wait_until
-from processor.sources.nginx_counters import (
+from audit_guard.sources.nginx_counters import (
     METRIC_NAMES,
     CounterFormatError,
     CounterSample,
@@ -35,6 +33,8 @@ from processor.sources.nginx_counters import (
     parse_vts_prometheus,
     samples_from_otlp,
 )
+from demo.nginx import nginx_binary
+from demo.procs import ManagedProcess, free_port, port_open, tool_path, wait_until
 from tests.otlp_doubles import RecordingMetrics
 from tests.vts_double import VtsDouble
 

@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from processor.demo.nginx import nginx_argv, render_nginx_conf
-from processor.demo.procs import free_port, wait_until
-from processor.demo.upstream import CUT_PROMISED, CUT_SENT
-from processor.sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine, parse_lines
+from audit_guard.sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine, parse_lines
+from demo.nginx import nginx_argv, render_nginx_conf
+from demo.procs import free_port, wait_until
+from demo.upstream import CUT_PROMISED, CUT_SENT
 from tests.nginx_upstream import (
     NginxUpstream,
     nginx_with_upstream,

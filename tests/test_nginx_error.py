@@ -1,4 +1,4 @@
-"""processor.sources.nginx_error: handwritten lines in nginx's exact format, then real nginx.
+"""audit_guard.sources.nginx_error: handwritten lines in nginx's exact format, then real nginx.
 
 The real-nginx part provokes the failures the error log exists for (a cut SSE stream, a cut
 fixed-length body, a client abort) plus one normal request, and checks that each event joins the
@@ -22,9 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from processor import flags
-from processor.demo.procs import wait_until
-from processor.sources.nginx_error import (
+from audit_guard import flags
+from audit_guard.sources.nginx_error import (
     FLAG_FOR_KIND,
     KINDS,
     LEVELS,
@@ -36,6 +35,7 @@ from processor.sources.nginx_error import (
     parse_line,
     parse_lines,
 )
+from demo.procs import wait_until
 from tests.nginx_upstream import NginxUpstream, nginx_with_upstream, wait_for_lines
 
 T0 = "2026/11/26 15:45:40"
@@ -502,7 +502,7 @@ def test_real_nginx_error_log_joins_access_log(stack: NginxUpstream) -> None:
     # shows as 200/OK, is flagged on its access record; either file order gives the same result.
     def replay(*files: Path) -> dict[tuple[str | None, str], dict[str, Any]]:
         proc = subprocess.run(
-            [sys.executable, "-m", "processor.cli", "replay", *map(str, files)],
+            [sys.executable, "-m", "audit_guard.cli", "replay", *map(str, files)],
             capture_output=True, text=True, timeout=60,
         )
         assert proc.returncode == 1, proc.stderr

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from processor.sources.jsonline import decode_json_object
-from processor.sources.nginx_access import parse_line, parse_mapping
+from audit_guard.sources.jsonline import decode_json_object
+from audit_guard.sources.nginx_access import parse_line, parse_mapping
 
 FULL = {
     "time_iso8601": "2026-11-26T14:00:00+00:00",
@@ -125,7 +125,7 @@ def test_invalid_utf8_is_salvaged() -> None:
     [True, 1, 1.0, "1"],  # equal as dict keys, not as times
 ])
 def test_time_columns_convert_like_each_value(col) -> None:
-    from processor.sources.columns import seconds_ns, to_ns
+    from audit_guard.sources.columns import seconds_ns, to_ns
 
     expected = [to_ns(v) for v in col]
     assert seconds_ns(col) == expected
@@ -138,7 +138,7 @@ def test_time_columns_convert_like_each_value(col) -> None:
     [200, "200", 200.0, True, None],
 ])
 def test_int_columns_convert_like_each_value(col) -> None:
-    from processor.sources.columns import ints, to_int
+    from audit_guard.sources.columns import ints, to_int
 
     expected = [to_int(v) for v in col]
     assert ints(col) == expected
@@ -174,7 +174,7 @@ _COLUMNS = st.one_of(
 def test_column_fast_paths_equal_the_per_value_functions(col: list, as_tuple: bool) -> None:
     """texts/ints/last_ints/seconds_ns (C-level passes, min() as the every-value-is-a-str
     test, float.__round__) give exactly what their per-value function gives."""
-    from processor.sources.columns import (
+    from audit_guard.sources.columns import (
         ints,
         last_int,
         last_ints,

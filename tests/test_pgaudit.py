@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from pg import LOG_LINE_PREFIX, PgInstance, postgres_fixture
 
-from processor import flags
-from processor.record import AuditRecord
-from processor.sources.pgaudit import (
+from audit_guard import flags
+from audit_guard.record import AuditRecord
+from audit_guard.sources.pgaudit import (
     SIZE_CAPS,
     SOURCE,
     detect_format,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import orjson
 
-from processor.config import load_settings
-from processor.correlate.duplicates import Origin, content_digest
-from processor.decode import NGINX, group_logs
-from processor.pipeline import Pipeline
+from audit_guard.config import load_settings
+from audit_guard.correlate.duplicates import Origin, content_digest
+from audit_guard.decode import NGINX, group_logs
+from audit_guard.pipeline import Pipeline
 from tests.otlp_doubles import logs_request
 
 LINES = [orjson.dumps({"msec": "1764165600.500", "request_id": f"{i:032x}",

@@ -16,20 +16,20 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
-from processor import flags
-from processor.completeness import Completeness
-from processor.config import load_settings
-from processor.correlate.reconcile import (
+from audit_guard import flags
+from audit_guard.completeness import Completeness
+from audit_guard.config import load_settings
+from audit_guard.correlate.reconcile import (
     RequestReconciler,
     expectations,
     expected_app_records,
     missing_span_id,
 )
-from processor.demo.procs import free_port
-from processor.otlp.exporter import SpanExporter
-from processor.otlp.server import OtlpServer
-from processor.pipeline import Pipeline
-from processor.telemetry import Telemetry
+from audit_guard.otlp.exporter import SpanExporter
+from audit_guard.otlp.server import OtlpServer
+from audit_guard.pipeline import Pipeline
+from audit_guard.telemetry import Telemetry
+from demo.procs import free_port
 from tests.otlp_doubles import logs_request
 
 S = 1_000_000_000
@@ -67,7 +67,7 @@ def rid() -> str:
 
 def found(pipeline: Pipeline, source: str, *bodies: str):
     """What one handed-on Export would give the reconciler: (expected, app trace ids)."""
-    from processor.telemetry import BatchStats
+    from audit_guard.telemetry import BatchStats
 
     stats = BatchStats()
     if pipeline.reconciler is None:  # the pipeline collects expectations once armed
@@ -184,7 +184,7 @@ def test_late_app_record_is_flagged_in_its_span(pipeline) -> None:
     r.declare_missing([due.trace_id], T0 + 31 * S)
     batch = pipeline.records_from_logs(logs("app", app_line(request)))[0]
     stats_flags = flags.LATE_RECORD
-    from processor.telemetry import BatchStats
+    from audit_guard.telemetry import BatchStats
 
     stats = BatchStats()
     pipeline.process_logs(logs("app", app_line(request)), T0 + 40 * S, stats)
@@ -315,7 +315,7 @@ def test_service_sends_a_missing_record_span_in_the_request_trace(service, downs
 def test_the_first_app_records_arm_the_request_they_come_in(pipeline) -> None:
     """At start-up the collector often sends the first app and Nginx records in one Export:
     its Nginx requests are tracked too."""
-    from processor.telemetry import BatchStats
+    from audit_guard.telemetry import BatchStats
 
     pipeline.reconciler = reconciler()
     request = logs("app", app_line(rid()))
@@ -381,7 +381,7 @@ def test_killed_service_still_reports_after_restart(downstream, tmp_path) -> Non
     import sys
     import time
 
-    from processor.demo.procs import port_open, wait_until
+    from demo.procs import port_open, wait_until
 
     port = free_port()
     env = {**os.environ, "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{port}",
@@ -391,7 +391,7 @@ def test_killed_service_still_reports_after_restart(downstream, tmp_path) -> Non
            "AUDIT_GUARD_RECONCILE__STATE_DIR": str(tmp_path)}
 
     def serve() -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "audit_guard.cli", "serve"], env=env,
                                 stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open(port), 30, "audit-guard serve to listen")
         return proc

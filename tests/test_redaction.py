@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.pipeline import Pipeline
-from processor.redaction import scrub
-from processor.replay import replay
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
+from audit_guard.redaction import scrub
+from audit_guard.replay import replay
 from tests.otlp_doubles import logs_request
 
 SECRET = "hunter2-S3cr3t"
@@ -63,9 +63,9 @@ def test_secrets_are_scrubbed_from_replay_output(tmp_path: Path) -> None:
 
 
 def test_span_events_are_scrubbed_too() -> None:
-    from processor.config import load_settings as settings
-    from processor.record import RecordBatch
-    from processor.redaction import Redactor
+    from audit_guard.config import load_settings as settings
+    from audit_guard.record import RecordBatch
+    from audit_guard.redaction import Redactor
 
     batch = RecordBatch("nginx", 1, events=[[(1, "nginx.error", {
         "message": f"upstream sent token={SECRET} while reading upstream"})]])
@@ -110,7 +110,7 @@ def test_identity_fields_dropped_masked_or_pseudonymised(tmp_path: Path) -> None
 def test_a_pseudonym_without_a_key_fails_at_start() -> None:
     import pytest
 
-    from processor.config import ConfigError
+    from audit_guard.config import ConfigError
 
     with pytest.raises(ConfigError, match="redaction.pseudonym_key_file"):
         load_settings(redaction={"fields": {"user_id": "pseudonym"}})

@@ -25,7 +25,7 @@ STATIC = {"msec": "1764165600.300", "request_id": "req-3", "request_method": "GE
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "processor.cli", "replay", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "audit_guard.cli", "replay", *map(str, args)],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

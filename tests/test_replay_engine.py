@@ -1,5 +1,5 @@
 """Replay drives the service's own stateful stages with the records' own times
-(processor.replay.engine): verdicts do not depend on the order the files are given in, a late
+(audit_guard.replay.engine): verdicts do not depend on the order the files are given in, a late
 app record is reported as the service reports it, and the windows are the settings' own."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from processor.config import load_settings
-from processor.replay import replay
-from processor.replay.engine import STEP_SLACK_NS
+from audit_guard.config import load_settings
+from audit_guard.replay import replay
+from audit_guard.replay.engine import STEP_SLACK_NS
 
 T0 = 1764165600  # 2025-11-26T14:00:00Z
 RIDS = [f"{n:02x}" * 16 for n in range(0xA1, 0xA9)]

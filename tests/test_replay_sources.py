@@ -16,7 +16,7 @@ RIDS = [f"{n:02x}" * 16 for n in (0xA1, 0xB2, 0xC3)]
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "processor.cli", "replay", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "audit_guard.cli", "replay", *map(str, args)],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -18,10 +18,10 @@ import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.demo.backends import start_collector
-from processor.demo.procs import free_port, tool_path, wait_until
-from processor.pipeline import Pipeline
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
+from demo.backends import start_collector
+from demo.procs import free_port, tool_path, wait_until
 from tests.test_collector_config import FakeProcessor
 
 pytestmark = pytest.mark.e2e

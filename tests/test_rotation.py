@@ -34,11 +34,11 @@ from pathlib import Path
 
 import pytest
 
-from processor.demo.backends import start_collector
-from processor.demo.nginx import nginx_argv
-from processor.demo.procs import ManagedProcess, free_port, tool_path
-from processor.doctor.findings import Level
-from processor.doctor.logrotate import AuditLog, check_logrotate
+from audit_guard.doctor.findings import Level
+from audit_guard.doctor.logrotate import AuditLog, check_logrotate
+from demo.backends import start_collector
+from demo.nginx import nginx_argv
+from demo.procs import ManagedProcess, free_port, tool_path
 from tests.nginx_upstream import NginxUpstream, nginx_with_upstream
 from tests.test_collector_config import FakeProcessor
 from tests.test_collector_crash import LineWriter, settle

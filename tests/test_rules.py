@@ -1,4 +1,4 @@
-"""Audit rules (processor.rules): built-in rule semantics, the compiled fast path against the
+"""Audit rules (audit_guard.rules): built-in rule semantics, the compiled fast path against the
 jmespath library, batch evaluation against one-by-one evaluation, loading and reloading."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import jmespath
 import pytest
 
-from processor.grammar.jmes import root_reads
-from processor.record import RecordBatch
-from processor.rules import (
+from audit_guard.grammar.jmes import root_reads
+from audit_guard.record import RecordBatch
+from audit_guard.rules import (
     RuleError,
     RuleRegistry,
     RuleSet,
@@ -447,7 +447,7 @@ def test_rules_read_fields_of_shipped_format_lines() -> None:
     over `fields.*` reads them the same, batch-wise and record by record."""
     import orjson
 
-    from processor.sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine, parse_lines
+    from audit_guard.sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine, parse_lines
 
     line = dict.fromkeys(AUDIT_JSON_KEYS, "")
     line.update(msec=1764165600.5, request_time=0.01, connection=1, connection_requests=1,

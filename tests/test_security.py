@@ -22,9 +22,9 @@ import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from processor.config import ConfigError, load_settings
-from processor.demo.backends import collector_config_path, start_collector
-from processor.demo.procs import ManagedProcess, free_port, port_open, tool_path, wait_until
+from audit_guard.config import ConfigError, load_settings
+from demo.backends import collector_config_path, start_collector
+from demo.procs import ManagedProcess, free_port, port_open, tool_path, wait_until
 from tests.otlp_doubles import RecordingDownstream, logs_request
 from tests.tls_certs import Pki, make_pki
 
@@ -63,7 +63,7 @@ def secured(pki: Pki, tmp_path: Path) -> Iterator[tuple[int, RecordingDownstream
     downstream = RecordingDownstream()
     downstream.server.start()
     otlp = free_port()
-    proc = ManagedProcess("serve", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+    proc = ManagedProcess("serve", [sys.executable, "-m", "audit_guard.cli", "serve"], tmp_path,
                           env=serve_env(pki, otlp, downstream.port)).start()
     try:
         proc.wait_ready(lambda: port_open(otlp), 60)
@@ -180,7 +180,7 @@ def test_the_whole_chain_with_mtls_and_bearer_on_both_hops(tmp_path: Path, pki: 
         extra_env=collector_env)
     egress = endpoints.egress_port
     serve = ManagedProcess(
-        "serve", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+        "serve", [sys.executable, "-m", "audit_guard.cli", "serve"], tmp_path,
         env=serve_env(pki, otlp, egress, **{
             "AUDIT_GUARD_EXPORTER__INSECURE": "false",
             "AUDIT_GUARD_EXPORTER__TLS__CA_FILE": str(pki.ca),
@@ -221,7 +221,7 @@ def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -> No
            "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}",
            "AUDIT_GUARD_SERVER__TLS__CERT_FILE": str(cert),
            "AUDIT_GUARD_SERVER__TLS__KEY_FILE": str(key)}
-    proc = ManagedProcess("serve", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+    proc = ManagedProcess("serve", [sys.executable, "-m", "audit_guard.cli", "serve"], tmp_path,
                           env=env).start()
     try:
         proc.wait_ready(lambda: port_open(otlp), 60)

@@ -22,12 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import load_settings
-from processor.demo.procs import free_port, port_open, wait_until
-from processor.otlp.exporter import SpanExporter
-from processor.otlp.server import OtlpServer
-from processor.pipeline import Pipeline
-from processor.telemetry import Telemetry
+from audit_guard.config import load_settings
+from audit_guard.otlp.exporter import SpanExporter
+from audit_guard.otlp.server import OtlpServer
+from audit_guard.pipeline import Pipeline
+from audit_guard.telemetry import Telemetry
+from demo.procs import free_port, port_open, wait_until
 from tests.otlp_doubles import logs_request
 
 LINE = orjson.dumps(
@@ -120,7 +120,7 @@ def test_every_other_code_is_retried_then_unavailable(service, downstream, code)
 
 
 def test_permanent_rejection_and_partial_success_go_to_the_spool(downstream, tmp_path) -> None:
-    from processor.otlp.spool import DeadLetterSpool
+    from audit_guard.otlp.spool import DeadLetterSpool
 
     port = free_port()
     settings = load_settings(
@@ -211,7 +211,7 @@ def test_large_messages_accepted(service, downstream) -> None:
 def _serve(env: dict[str, str], *args: str) -> subprocess.Popen:
     env = {"AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}", **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "processor.cli", "serve", *args],
+        [sys.executable, "-m", "audit_guard.cli", "serve", *args],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processor.config import load_settings
-from processor.demo.backends import start_collector
-from processor.demo.procs import ManagedProcess, free_port, port_open, wait_until
-from processor.replay import replay
+from audit_guard.config import load_settings
+from audit_guard.replay import replay
+from demo.backends import start_collector
+from demo.procs import ManagedProcess, free_port, port_open, wait_until
 from tests.otlp_doubles import RecordingDownstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -132,7 +132,7 @@ def served(tmp_path: Path, files: dict[str, Path], env: dict[str, str]) -> list[
     downstream.server.start()
     otlp = free_port()
     serve = ManagedProcess(
-        "serve", [sys.executable, "-m", "processor.cli", "serve"], tmp_path,
+        "serve", [sys.executable, "-m", "audit_guard.cli", "serve"], tmp_path,
         env={**env, "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{otlp}",
              "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",
              "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}"}).start()

@@ -3,12 +3,12 @@ traffic went on, is reported by `audit_stream_silent{source}`."""
 
 from __future__ import annotations
 
-from processor.completeness import Completeness
-from processor.config import load_settings
-from processor.pipeline import Pipeline
-from processor.sources.nginx_counters import ALL_ZONES
-from processor.sources.nginx_counters import CounterSample as Reading
-from processor.telemetry import BatchStats, Telemetry
+from audit_guard.completeness import Completeness
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
+from audit_guard.sources.nginx_counters import ALL_ZONES
+from audit_guard.sources.nginx_counters import CounterSample as Reading
+from audit_guard.telemetry import BatchStats, Telemetry
 
 S = 1_000_000_000
 T0 = 1_764_165_600 * S

@@ -7,8 +7,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from processor.config import load_settings
-from processor.pipeline import Pipeline
+from audit_guard.config import load_settings
+from audit_guard.pipeline import Pipeline
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"
 LINE = {
@@ -282,8 +282,8 @@ def test_a_line_read_again_is_the_same_record_a_line_written_twice_is_not(pipeli
 
 
 def test_records_read_again_are_not_counted_twice_by_the_counter_check() -> None:
-    from processor.correlate.counters import served_by_host
-    from processor.pipeline import NGINX
+    from audit_guard.correlate.counters import served_by_host
+    from audit_guard.pipeline import NGINX
 
     pipeline = Pipeline(load_settings())
     bodies = [orjson.dumps({**LINE, "request_id": f"{i:032x}"}).decode() for i in range(3)]
@@ -314,7 +314,7 @@ def test_hand_framed_string_attributes_equal_the_stubs_encoding() -> None:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-    from processor.spans import encode_attribute
+    from audit_guard.spans import encode_attribute
 
     rng = random.Random(5)
     alphabet = "abcXYZ09/-_.: \t\"\\é漢🙂\u0000\u007f"
@@ -351,8 +351,8 @@ _TIMES = st.one_of(st.none(), st.integers(-(2**65), 2**65),
        now=st.integers(0, 2**64 - 1))
 def test_span_times_equal_the_per_row_rule(rows: list, now: int) -> None:
     """Span start/end: one C pass when every time is in range, the per-row rule otherwise."""
-    from processor.record import RecordBatch
-    from processor.spans import _span_times
+    from audit_guard.record import RecordBatch
+    from audit_guard.spans import _span_times
 
     batch = RecordBatch("nginx", len(rows), time_unix_nano=[e for e, _ in rows],
                         duration_ns=[d for _, d in rows])
@@ -378,7 +378,7 @@ def test_attribute_cache_columns_equal_encoding_each_value(columns: list, max_en
                                                            ) -> None:
     """KeyCache.column (all-hit fast path, misses, a full cache cleared, values over the cap
     never cached) gives what encoding each value alone gives, batch after batch."""
-    from processor.span_encoding import KeyCache, encode_attribute
+    from audit_guard.span_encoding import KeyCache, encode_attribute
 
     cache = KeyCache("k", max_entries=max_entries, max_bytes=100)
     for values in columns:
@@ -398,8 +398,8 @@ def test_request_framing_equals_the_stubs_encoding(sizes: list[int]) -> None:
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
-    from processor import __version__
-    from processor.spans import SCOPE_NAME, SpanBatch
+    from audit_guard import __version__
+    from audit_guard.spans import SCOPE_NAME, SpanBatch
 
     spans = [Span(name="x" * n) for n in sizes]
     batch = SpanBatch("nginx")

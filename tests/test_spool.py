@@ -1,4 +1,4 @@
-"""The dead-letter spool (processor/otlp/spool.py) and `audit-guard resend`.
+"""The dead-letter spool (processor/audit_guard/otlp/spool.py) and `audit-guard resend`.
 
 Real programs only: kill -9 of a real child process mid-append, a real tmpfs that runs out of
 space, and `audit-guard resend` run as a real subprocess against a real gRPC TraceService on
@@ -27,9 +27,17 @@ from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.admin import AdminState, create_app
-from processor.config import load_settings
-from processor.demo.procs import (
+from audit_guard.admin import AdminState, create_app
+from audit_guard.config import load_settings
+from audit_guard.otlp.spool import (
+    CORRUPT_DIR,
+    DeadLetterSpool,
+    SpoolCorrupt,
+    SpoolFull,
+    SpoolUsage,
+)
+from audit_guard.rules import RuleRegistry
+from demo.procs import (
     ManagedProcess,
     free_port,
     http_ok,
@@ -37,14 +45,6 @@ from processor.demo.procs import (
     repo_root,
     wait_until,
 )
-from processor.otlp.spool import (
-    CORRUPT_DIR,
-    DeadLetterSpool,
-    SpoolCorrupt,
-    SpoolFull,
-    SpoolUsage,
-)
-from processor.rules import RuleRegistry
 from tests.otlp_doubles import logs_request
 
 MIB = 1024 * 1024
@@ -107,7 +107,7 @@ def test_summary_for_the_status_page(tmp_path: Path) -> None:
 KILL_CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from processor.otlp.spool import DeadLetterSpool
+    from audit_guard.otlp.spool import DeadLetterSpool
     spool = DeadLetterSpool(Path(sys.argv[1]), 1 << 40)
     i = 0
     while True:
@@ -180,7 +180,7 @@ def test_corrupt_entries_are_moved_aside_and_reported(tmp_path: Path, caplog) ->
     data[-1] ^= 0x01  # one bit flipped in the payload: only the checksum sees it
     flipped.path.write_bytes(bytes(data))
     (tmp_path / "00000000000000000000-junk.dlq").write_bytes(b"not an entry at all")
-    with caplog.at_level(logging.ERROR, logger="processor.otlp.spool"):
+    with caplog.at_level(logging.ERROR, logger="audit_guard.otlp.spool"):
         restarted = DeadLetterSpool(tmp_path, 4 * MIB)
     assert [e.path for e in restarted.entries()] == [good.path, flipped.path]
     assert "cut short" in caplog.text and "00000000000000000000-junk.dlq" in caplog.text
@@ -196,7 +196,7 @@ def test_corrupt_entries_are_moved_aside_and_reported(tmp_path: Path, caplog) ->
 CONCURRENT_CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from processor.otlp.spool import DeadLetterSpool
+    from audit_guard.otlp.spool import DeadLetterSpool
     spool = DeadLetterSpool(Path(sys.argv[1]), 1 << 30)
     for i in range(50):
         spool.append(b"child %d" % i, 1, "child", now_ns=10_000 + i)
@@ -260,7 +260,7 @@ def test_full_disk_raises_oserror_and_leaves_no_partial_entry(tiny_tmpfs: Path) 
 
 def resend(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "processor.cli", "resend", "--config", str(config), *args],
+        [sys.executable, "-m", "audit_guard.cli", "resend", "--config", str(config), *args],
         capture_output=True, text=True, timeout=120, cwd=repo_root(),
         env={k: v for k, v in os.environ.items() if not k.startswith("AUDIT_GUARD_")},
     )
@@ -367,7 +367,7 @@ def test_config_deadletter_dir_defaults_under_the_state_dir(tmp_path: Path) -> N
         tmp_path / "deadletter")
     assert load_settings(reconcile={"state_dir": tmp_path},
                          deadletter={"dir": tmp_path / "x"}).deadletter_dir() == tmp_path / "x"
-    from processor.config import ConfigError
+    from audit_guard.config import ConfigError
 
     with pytest.raises(ConfigError, match="deadletter.max_bytes"):
         load_settings(deadletter={"max_bytes": 1000})
@@ -439,7 +439,7 @@ def test_serve_spools_what_downstream_refuses_and_resend_delivers_it(tmp_path, d
           max_bytes: 2097152
     """))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_GUARD_")}
-    serve = ManagedProcess("serve", [sys.executable, "-m", "processor.cli", "serve", "--config",
+    serve = ManagedProcess("serve", [sys.executable, "-m", "audit_guard.cli", "serve", "--config",
                                      config], tmp_path, env=env, cwd=repo_root())
     serve.start()
     try:

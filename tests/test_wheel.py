@@ -36,8 +36,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 WHEELHOUSE = REPO / ".cache" / "wheelhouse"
 # Ours, not distributions: the package, the test helpers (tests/faults/*, tests/*.py imported as
 # top-level modules when a test file runs as a script) and the scripts' own imports of each other.
-LOCAL_MODULES = {"processor", "tests", "conftest"} | {
-    p.stem for root in ("tests", "scripts") for p in (REPO / root).rglob("*.py")}
+LOCAL_MODULES = {"audit_guard", "demo", "tests", "conftest"} | {
+    p.stem for root in ("tests", "scripts", "demo") for p in (REPO / root).rglob("*.py")}
 SERVE_HINT = "pip install 'audit-guard[serve]'"
 POSTGRES_HINT = "pip install 'audit-guard[postgres]'"
 NGINX_LINES = (
@@ -123,7 +123,7 @@ def test_every_module_the_package_imports_is_declared() -> None:
 
 
 def test_every_module_the_tests_and_scripts_import_is_declared() -> None:
-    roots = [REPO / "tests", REPO / "scripts"]
+    roots = [REPO / "tests", REPO / "scripts", REPO / "demo"]
     assert _undeclared(roots, _declared("serve", "postgres", "test")) == []
 
 
@@ -143,7 +143,7 @@ _BLOCKED_RUN = textwrap.dedent("""
             if any(name == b or name.startswith(b + ".") for b in blocked):
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     sys.meta_path.insert(0, Hide())
-    from processor.cli import main
+    from audit_guard.cli import main
     sys.exit(main(sys.argv[2:]))
 """)
 SERVE_MODULES = ("grpc,grpc_health,grpc_status,google.rpc,fastapi,starlette,uvicorn,"

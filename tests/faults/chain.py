@@ -5,7 +5,7 @@
     → `audit-guard serve --config processor.yaml` → recording backend (straight, as shipped;
     the optional collector otlp/egress route with ChainOptions(processor_to_backend=False))
 
-Reuses processor.demo (ManagedProcess, start_collector, render_nginx_conf, the demo upstream).
+Reuses demo (ManagedProcess, start_collector, render_nginx_conf, the demo upstream).
 A restart keeps every port, the collector's storage dir and the processor's state dir.
 `close()` stops every process and unmounts the tmpfs, whatever happened before.
 """
@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from processor.demo.backends import CollectorEndpoints, start_collector
-from processor.demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
-from processor.demo.procs import ManagedProcess, free_port, http_ok, port_open, repo_root
+from demo.backends import CollectorEndpoints, start_collector
+from demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
+from demo.procs import ManagedProcess, free_port, http_ok, port_open, repo_root
 
 from .backend import MAX_RECV_BYTES, Control
 from .lines import append_lines
@@ -132,13 +132,13 @@ class Chain:
             },
         }, indent=2))
         processor = ManagedProcess(
-            "processor", [py, "-m", "processor.cli", "serve", "--config", config],
+            "processor", [py, "-m", "audit_guard.cli", "serve", "--config", config],
             log_dir=wd, cwd=repo_root())
         self._add("processor", processor, lambda: port_open(self.processor_port))
         processor.start().wait_ready(self._ready["processor"], timeout=60)
 
         upstream = ManagedProcess("upstream", [
-            py, "-m", "processor.demo.upstream", "--port", self.upstream_port,
+            py, "-m", "demo.upstream", "--port", self.upstream_port,
             "--log", self.app_log], log_dir=wd, cwd=repo_root())
         self._add("upstream", upstream, lambda: port_open(self.upstream_port))
         upstream.start().wait_ready(self._ready["upstream"], timeout=30)
@@ -201,7 +201,7 @@ class Chain:
     def resend(self, timeout: float = 180) -> str:
         """`audit-guard resend` with the processor's config, once the backend accepts again."""
         done = subprocess.run(
-            [sys.executable, "-m", "processor.cli", "resend", "--config", self.processor_config],
+            [sys.executable, "-m", "audit_guard.cli", "resend", "--config", self.processor_config],
             capture_output=True, text=True, timeout=timeout, cwd=repo_root())
         last = (done.stdout.strip().splitlines() or done.stderr.strip().splitlines() or [""])[-1]
         return f"resend exited {done.returncode}: {last[:200]}"

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from processor.demo.procs import repo_root
+from demo.procs import repo_root
 
 from .chain import Chain
 from .measure import Delivered, Reference, RowResult, compare, log_files, written_ids

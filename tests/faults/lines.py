@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 
-from processor.demo.nginx import snippet_dir
+from demo.nginx import snippet_dir
 
 __all__ = ["POISONS", "access_line", "append_lines", "backlog_lines", "format_keys", "poison_line"]
 

@@ -1,7 +1,7 @@
 """What one row wrote, what the backend got, and how the two compare.
 
 - written: every access line in every file of nginx's log dir (live, rotated, gzipped),
-  identified by its request id (the nginx span's trace id, processor/correlate/traces.py);
+  identified by its request id (the nginx span's trace id, audit_guard/correlate/traces.py);
 - delivered: distinct request ids with at least one nginx span (`audit.source` = nginx) at the
   backend;
 - lost: written, never delivered;
@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.demo.procs import repo_root
+from demo.procs import repo_root
 
 from .backend import RecordReader
 
@@ -108,7 +108,7 @@ class Reference:
 
     @classmethod
     def of(cls, files: list[Path], timeout: float = 600) -> Reference:
-        argv = [sys.executable, "-m", "processor.cli", "replay", *map(str, files)]
+        argv = [sys.executable, "-m", "audit_guard.cli", "replay", *map(str, files)]
         try:
             done = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=repo_root())
         except subprocess.TimeoutExpired:

@@ -2,7 +2,7 @@
 
 Several threads, each with one keep-alive connection (http.client), share one schedule: request
 k is due at start + k / rate, so the load is even across the row whatever the fault does to
-latency. Paths are Dify's audited service-API and console routes (processor/routes.py).
+latency. Paths are Dify's audited service-API and console routes (processor/audit_guard/routes.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,175 @@
+"""The audit view's recent window: the flagged records of the last requests, by trace id.
+
+Fed from each handed-on Export's flagged records (audit_guard.telemetry.flagged_record, at most
+FLAGGED_PER_BATCH a batch), after the spans left — so it shows what the spans show, redacted
+the same way. A request is kept when one of its records was flagged (a missing_record marker
+is a flagged record too); its records that were not flagged (a clean app record next to a cut
+nginx one) are not: keeping every record in case its trace is flagged later would cost every
+record a lookup. The trace UI (admin.trace_url) has those.
+
+Memory is bounded twice: `requests` traces (the least recently flagged go first) of at most
+`records` entries each (the last ones), and each entry's text cut to MAX_TEXT_CHARS. The
+record's log fields are not kept, apart from EVIDENCE_FIELDS: numbers and statuses that explain
+a flag and that redaction has no reason to hide (the fields dict is the record as written,
+before redaction).
+
+Cost: `kept_form` runs for every flagged record of every Export, so it does the least that
+bounds memory (the evidence fields picked, the text measured) and keeps the rest as the
+references flagged_record took (the batch is not changed after its Export); `view_entry`
+builds the plain, copied entry when a request is viewed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any
+
+from ..redaction import IDENTITY_FIELDS
+
+__all__ = ["EVIDENCE_FIELDS", "MAX_TEXT_CHARS", "RequestWindow", "kept_form", "view_entry"]
+
+DEFAULT_REQUESTS = 200
+DEFAULT_RECORDS = 20
+MAX_TEXT_CHARS = 4096  # of one record's text: path, names, attribute values, event texts
+_MAX_VALUE_CHARS = 1024  # of one value within that
+_MAX_EVENTS = 8
+# Log fields (as the shipped nginx format names them) that explain a truncation or a missing
+# record: what nginx sent, what the upstream delivered, on which connection.
+EVIDENCE_FIELDS = (
+    "request_completion", "bytes_sent", "sent_http_content_length", "sent_http_content_type",
+    "sent_http_content_encoding", "gzip_ratio", "upstream_status", "upstream_response_length",
+    "upstream_bytes_received", "upstream_response_time", "request_time", "connection",
+    "connection_requests", "server_protocol",
+)
+_SCALARS = (str, int, float, bool)
+_TOP_TEXT = ("path", "user_id", "app_id", "method")
+_DETAIL_TEXT = ("name", "route", "client_address", "server_address", "user_agent", "file")
+_PLAIN = ("duration_ns", "body_bytes_sent", "completed", "content_length", "upstream_length",
+          "compressed", "observed_time_unix_nano", "line", "trace_id_generated")
+
+
+def _invalid_values(fields: dict[str, Any], found: list[str]) -> dict[str, Any]:
+    """The written values of invalid_field:<name> fields: the evidence of the flag. Identity
+    fields stay out (redaction may be told to hide them; `fields` is the record unredacted)."""
+    out = {}
+    for flag in found:
+        name = flag.partition(":")[2] if flag.startswith("invalid_field:") else ""
+        if name and name not in IDENTITY_FIELDS and isinstance(fields.get(name), _SCALARS):
+            out[name] = fields[name]
+    return out
+
+
+def _long(values: Any) -> int:
+    return sum(len(v) for v in values if v.__class__ is str)
+
+
+def _text_size(kept: dict[str, Any]) -> int:
+    detail = kept["detail"]
+    size = _long(map(kept.get, _TOP_TEXT)) + _long(map(detail.get, _DETAIL_TEXT))
+    size += _long(detail["log_fields"].values())
+    if detail.get("attributes"):
+        size += _long(detail["attributes"].values())
+    for _, name, attrs in detail.get("events") or ():
+        size += len(name) + _long((attrs or {}).values())
+    return size
+
+
+class _Budget:
+    """What is left of a record's MAX_TEXT_CHARS; values past it are cut."""
+
+    def __init__(self) -> None:
+        self.left = MAX_TEXT_CHARS
+
+    def text(self, value: Any) -> Any:
+        if value.__class__ is not str:
+            return value
+        room = min(self.left, _MAX_VALUE_CHARS)
+        if len(value) > room:
+            value = value[:room] + "…"
+        self.left -= min(len(value), self.left)
+        return value
+
+    def mapping(self, values: dict[str, Any] | None) -> dict[str, Any]:
+        return {self.text(k): self.text(v) for k, v in (values or {}).items()}
+
+
+def _clip(kept: dict[str, Any]) -> None:
+    """Cut a record's text to MAX_TEXT_CHARS, in the order the view shows it (rare: a record
+    of a few hundred characters is the rule)."""
+    budget = _Budget()
+    for key in _TOP_TEXT:
+        kept[key] = budget.text(kept.get(key))
+    detail = kept["detail"] = dict(kept["detail"])
+    for key in _DETAIL_TEXT:
+        detail[key] = budget.text(detail.get(key))
+    detail["attributes"] = budget.mapping(detail.get("attributes"))
+    detail["log_fields"] = budget.mapping(detail["log_fields"])
+    detail["events"] = [(t, budget.text(name), budget.mapping(attrs))
+                        for t, name, attrs in (detail.get("events") or ())[:_MAX_EVENTS]]
+    detail["clipped"] = True
+
+
+def kept_form(flagged: dict[str, Any], received_unix_nano: int) -> dict[str, Any]:
+    """What the window keeps of a flagged record (flagged_record's dict): the same, its log
+    fields cut down to the evidence, its text bounded."""
+    detail = flagged.get("detail") or {}
+    fields = detail.get("fields") or {}
+    log_fields = {k: v for k, v in zip(EVIDENCE_FIELDS, map(fields.get, EVIDENCE_FIELDS),
+                                       strict=True) if v is not None and isinstance(v, _SCALARS)}
+    found = flagged.get("flags") or ()
+    if any(f.startswith("invalid_field:") for f in found):
+        log_fields.update(_invalid_values(fields, list(found)))
+    kept = {**flagged, "received_unix_nano": received_unix_nano,
+            "detail": {**detail, "fields": None, "log_fields": log_fields}}
+    if _text_size(kept) > MAX_TEXT_CHARS:
+        _clip(kept)
+    return kept
+
+
+def view_entry(kept: dict[str, Any]) -> dict[str, Any]:
+    """A kept record as the view shows it: plain values only, copied."""
+    detail = kept["detail"]
+    entry = {k: v for k, v in kept.items() if k != "detail"}
+    entry["flags"] = list(kept.get("flags") or ())
+    parent = detail.get("parent_span_id")
+    entry["parent_span_id"] = parent.hex() if isinstance(parent, bytes) and parent else None
+    for key in (*_DETAIL_TEXT, *_PLAIN):
+        entry[key] = detail.get(key)
+    for key in ("violations", "truncation_reasons", "unparsed"):
+        entry[key] = list(detail.get(key) or ())
+    entry["attributes"] = dict(detail.get("attributes") or {})
+    entry["events"] = [{"time_unix_nano": t or None, "name": name, "attributes": dict(attrs or {})}
+                       for t, name, attrs in (detail.get("events") or ())[:_MAX_EVENTS]]
+    entry["log_fields"] = dict(detail["log_fields"])
+    entry["clipped"] = bool(detail.get("clipped"))
+    return entry
+
+
+class RequestWindow:
+    """trace id → its last `records` kept records, for the last `requests` traces. Not
+    thread-safe: AdminState holds its lock around every call."""
+
+    def __init__(self, requests: int = DEFAULT_REQUESTS, records: int = DEFAULT_RECORDS) -> None:
+        self.requests = requests
+        self.records = records
+        self._traces: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+
+    def add(self, kept: dict[str, Any]) -> None:
+        trace_id = kept["trace_id"]
+        records = self._traces.get(trace_id)
+        if records is None:
+            records = self._traces[trace_id] = deque(maxlen=self.records)
+            if len(self._traces) > self.requests:
+                self._traces.popitem(last=False)
+        else:
+            self._traces.move_to_end(trace_id)
+        records.append(kept)
+
+    def get(self, trace_id: str) -> list[dict[str, Any]] | None:
+        """The kept records of a trace as view entries, oldest first; None: not in the
+        window."""
+        records = self._traces.get(trace_id)
+        return None if records is None else [view_entry(k) for k in records]
+
+    def __len__(self) -> int:
+        return len(self._traces)

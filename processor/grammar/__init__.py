@@ -1,2 +1,0 @@
-"""The written forms the sources and the doctor read — times, sizes — one module each, so the
-same text means the same value everywhere (processor.grammar.timestamps, .sizes)."""
