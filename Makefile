@@ -39,7 +39,7 @@ faults: setup
 	$(PY) scripts/faults.py $(ARGS)
 
 # The generated reference pages: docs/configuration.md from processor/audit_guard/config.py, docs/metrics.md
-# from processor/audit_guard/telemetry.py. tests/test_docs.py fails when a checked-in page is out of date.
+# from processor/audit_guard/telemetry.py. tests/unit/project/test_docs.py fails when a checked-in page is out of date.
 docs: setup
 	$(PY) scripts/gendocs.py
 

@@ -14,7 +14,8 @@
 
 The text of the standalone file is rewritten (its comments are the documentation of every
 setting), then checked against the same rewrite done on the parsed YAML: a reference the text
-rewrite missed fails the generation instead of shipping. tests/test_collector_fragment.py fails
+rewrite missed fails the generation instead of shipping.
+tests/unit/deploy/test_collector_fragment.py fails
 when a checked-in fragment differs from what this script writes; `--check` does the same from
 the command line (exit 1 on drift).
 """
@@ -283,7 +284,8 @@ FRAGMENT_INTRO = """
 # pipelines of their own. It sets no `service.extensions` and no `service.telemetry`: the
 # collector merges --config files map by map but REPLACES lists, so a list here would silently
 # drop yours. Your pipelines, components and telemetry stay exactly as they are
-# (tests/test_collector_fragment.py compares the collector's effective config with and without).
+# (tests/unit/deploy/test_collector_fragment.py compares the collector's effective config with and
+# without).
 #
 # Releases: otelcol-contrib 0.150.0 and later (run with 0.151.0 and 0.160.0). `file_log` is the
 # receiver's name from contrib 0.149.0, `otlp_grpc` the exporter's from 0.144.0, and

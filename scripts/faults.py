@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make faults`: the fault matrix (tests/faults/) — the real chain on loopback, one fault per
+"""`make faults`: the fault matrix (tests/support/faults/) — the real chain on loopback, one fault
+per
 row; prints the table and exits 1 when any row lost or rewrote a record.
 
     make faults                          every row (~25 min on 2 cores)
@@ -14,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.faults.harness import main  # noqa: E402
+from tests.support.faults.harness import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,8 @@
 """Fuzz run (make fuzz) — not a test: a million mutated log lines of every source through the
 service's pipeline, a share of them through replay too.
 
-Lines are real lines of each format (tests/fuzz_corpus.py) with structure-aware mutations: JSON
+Lines are real lines of each format (tests/support/fuzz_corpus.py) with structure-aware mutations:
+JSON
 values and text tokens replaced by huge, negative and non-finite numbers, years 0001/9999, lone
 surrogates, NUL, invalid UTF-8, deep nesting and megabyte values; cuts, byte flips, insertions.
 Seeded: the same --seed gives the same lines, so a failure is replayed with its seed and batch.
@@ -32,7 +33,7 @@ from audit_guard.config import load_settings  # noqa: E402
 from audit_guard.correlate.reconcile import RequestReconciler  # noqa: E402
 from audit_guard.pipeline import Pipeline  # noqa: E402
 from audit_guard.telemetry import BatchStats  # noqa: E402
-from tests.fuzz_corpus import (  # noqa: E402
+from tests.support.fuzz_corpus import (  # noqa: E402
     FORMATS,
     FuzzFailure,
     mutated_lines,

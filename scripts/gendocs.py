@@ -6,7 +6,8 @@
 - docs/metrics.md from `INSTRUMENTS` in processor/audit_guard/telemetry.py.
 
 These tables used to be copied into the README by hand and drifted (a metric went missing).
-tests/test_docs.py regenerates both pages in memory and fails when a checked-in page differs.
+tests/unit/project/test_docs.py regenerates both pages in memory and fails when a checked-in page
+differs.
 `--check` does the same from the command line (exit 1 on drift).
 """
 

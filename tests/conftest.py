@@ -6,7 +6,7 @@ import pytest
 
 from audit_guard.config import load_settings
 from audit_guard.pipeline import Pipeline
-from tests.otlp_doubles import RecordingDownstream
+from tests.support.otlp_doubles import RecordingDownstream
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def pipeline() -> Pipeline:
 
 @pytest.fixture
 def downstream() -> Iterator[RecordingDownstream]:
-    """A recording span backend on a free loopback port (see tests/otlp_doubles.py)."""
+    """A recording span backend on a free loopback port (see tests/support/otlp_doubles.py)."""
     d = RecordingDownstream()
     d.server.start()
     yield d
