@@ -46,13 +46,11 @@ START_NS = 1764165600_000_000_000
 
 
 def _pipeline(settings: object) -> Pipeline:
-    pipeline = Pipeline(settings)  # type: ignore[arg-type]
     # Reconciliation armed, as in a service that has seen app records: nginx records are then
     # packed into the reconcile journal's layout too.
     reconciler = RequestReconciler(window_s=30, late_horizon_s=300, max_pending=100_000)
     reconciler.armed = True
-    pipeline.reconciler = reconciler
-    return pipeline
+    return Pipeline(settings, reconciler=reconciler)  # type: ignore[arg-type]
 
 
 def main() -> int:

@@ -85,10 +85,27 @@ def read_status(url: str, deadline_s: float = _SCRAPE_TIMEOUT_S,
     return b"".join(chunks)
 
 
+class CompletenessState:
+    """The completeness stages' state, made before the pipeline that feeds them (which is
+    handed `requests` and `counters`) and the Completeness loop that drives them."""
+
+    def __init__(self, config: ReconcileConfig) -> None:
+        # One state file for the reconciler and the error-log events waiting for their access
+        # record (both are written before an Export is acknowledged).
+        self.store = (StateStore(Path(config.state_dir) / STATE_FILE)
+                      if config.state_dir else None)
+        self.requests = RequestReconciler(
+            window_s=config.window_s, late_horizon_s=config.late_horizon_s,
+            max_pending=config.max_pending, store=self.store,
+        )
+        self.counters = CounterReconciler(config.settle_s, config.completeness_span_s)
+
+
 class Completeness:
     def __init__(
         self,
         config: ReconcileConfig,
+        state: CompletenessState,
         pipeline: Pipeline,
         exporter: SpanSink,
         telemetry: Telemetry,
@@ -104,24 +121,16 @@ class Completeness:
         self._lock = lock or nullcontext()  # serialises span building with the OTLP server
         self._on_handed_on = on_handed_on  # the admin state, for the missing spans' flags
         self._on_status = on_status  # (source, completeness, silent) for the admin API
-        # One state file for the reconciler and the error-log events waiting for their access
-        # record (both are written before an Export is acknowledged).
-        self.store = (StateStore(Path(config.state_dir) / STATE_FILE)
-                      if config.state_dir else None)
+        self.store, self.requests, self.counters = state.store, state.requests, state.counters
         if self.store is not None and self.store.corrupt_moved_to is not None:
             telemetry.inc("audit_state_corrupt_total")
-        self.requests = RequestReconciler(
-            window_s=config.window_s, late_horizon_s=config.late_horizon_s,
-            max_pending=config.max_pending, store=self.store,
-        )
-        self.counters = CounterReconciler(config.settle_s, config.completeness_span_s)
         self.silence = SilenceWatch(int(config.silence_threshold_s * _NS),
                                     self.counters.traffic_since)
         self._next_scrape = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        pipeline.reconciler = self.requests
-        pipeline.counters = self.counters
+        if pipeline.reconciler is not self.requests or pipeline.counters is not self.counters:
+            raise ValueError("the pipeline must be built with this state's reconcilers")
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self, now_ns: int | None = None) -> None:

@@ -66,7 +66,16 @@ Stage = Callable[[RecordBatch, Origin], None]
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, rules: RuleRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rules: RuleRegistry | None = None,
+        *,
+        reconciler: RequestReconciler | None = None,
+        counters: CounterReconciler | None = None,
+    ) -> None:
+        """`reconciler` and `counters`: the stateful completeness stages (serve's Completeness
+        owns them; replay's engine its own reconciler), None when reconciliation is off."""
         self._settings = settings
         # Raises RuleError for a bad rule file: the caller fails fast at start-up.
         self.rules = rules or RuleRegistry(
@@ -92,10 +101,10 @@ class Pipeline:
             PGAUDIT: settings.pgaudit_service_name,
         }
         self.span_builder = SpanBuilder(settings.max_attribute_bytes)
-        # Set by `serve` when request reconciliation is on: app records that come after their
-        # request was reported missing are flagged late_record.
-        self.reconciler: RequestReconciler | None = None
-        self.counters: CounterReconciler | None = None  # set by `serve`, as the reconciler
+        # App records that come after their request was reported missing are flagged
+        # late_record; the counters learn the access records per zone.
+        self.reconciler = reconciler
+        self.counters = counters
         self.redact = Redactor(settings.redaction)
         # check → correlate → rules: a named list of stages, run in order by `check`.
         self.stages = self._check_stages()
@@ -330,6 +339,9 @@ class Pipeline:
         source = batch.source
         if source == NGINX:
             self.errors.on_access(batch)
+        # The rules' age_s: a record's age when received (serve: read_ns is the collector's read
+        # time, the same for every retry; replay: the event-time clock).
+        batch.received_unix_nano = read_ns
         batch = self.check(batch, content, offsets)
         if source == APP:
             self._note_app(batch, stats)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
 
     from .admin import AdminState
+    from .completeness import CompletenessState
     from .otlp.server import OtlpServer
     from .otlp.spool import DeadLetterSpool
     from .pipeline import Pipeline
@@ -134,8 +135,10 @@ def build_service(settings: Settings) -> Service:
     except OSError as exc:
         raise StartupError(f"cannot serve the admin API and /metrics on admin.listen="
                            f"{settings.admin.listen}: {exc}") from None
+    state = _completeness_state(settings)
     try:
-        pipeline = Pipeline(settings)
+        pipeline = Pipeline(settings, reconciler=state.requests if state else None,
+                            counters=state.counters if state else None)
     except RuleError as exc:
         raise StartupError(f"audit rules refused, not starting:\n{exc}") from None
     try:
@@ -150,8 +153,8 @@ def build_service(settings: Settings) -> Service:
                              settings.admin.records_per_request)
     server.on_handed_on = admin_state.record
     server.on_export = admin_state.note_export
-    if settings.reconcile.enabled:
-        server.completeness = _completeness(settings, pipeline, server, admin_state)
+    if state is not None:
+        server.completeness = _completeness(settings, state, pipeline, server, admin_state)
     admin = settings.admin
     app = create_app(admin_state, pipeline.rules, token=admin.token,
                      rules_files=settings.rules_files, include_builtin=settings.builtin_rules,
@@ -164,19 +167,29 @@ def build_service(settings: Settings) -> Service:
                    spool)
 
 
-def _completeness(settings: Settings, pipeline: Pipeline, server: OtlpServer,
-                  admin_state: AdminState) -> Any:
-    from .completeness import Completeness
+def _completeness_state(settings: Settings) -> CompletenessState | None:
+    """The reconcilers (and their state file), made before the pipeline that is handed them;
+    None when reconciliation is off."""
+    from .completeness import CompletenessState
 
+    if not settings.reconcile.enabled:
+        return None
     try:
-        return Completeness(
-            settings.reconcile, pipeline, server.exporter, server.telemetry,
-            lock=server.pipeline_lock, on_handed_on=admin_state.record,
-            on_status=admin_state.set_completeness,
-        )
+        return CompletenessState(settings.reconcile)
     except (OSError, sqlite3.Error) as exc:
         raise StartupError(f"reconcile.state_dir={settings.reconcile.state_dir}: cannot keep "
                            f"the reconciliation state there: {exc}") from None
+
+
+def _completeness(settings: Settings, state: CompletenessState, pipeline: Pipeline,
+                  server: OtlpServer, admin_state: AdminState) -> Any:
+    from .completeness import Completeness
+
+    return Completeness(
+        settings.reconcile, state, pipeline, server.exporter, server.telemetry,
+        lock=server.pipeline_lock, on_handed_on=admin_state.record,
+        on_status=admin_state.set_completeness,
+    )
 
 
 def _deadletter_spool(settings: Settings) -> DeadLetterSpool | None:

@@ -44,7 +44,7 @@ from ..correlate.reconcile import missing_span_id
 from ..pipeline import Pipeline
 from ..record import RecordBatch
 from ..sources import detect, nginx_error
-from .engine import Cursor, ReplayEngine
+from .engine import Cursor, ReplayEngine, replay_reconciler
 from .files import (
     SOURCES,
     ReplayError,
@@ -94,7 +94,8 @@ def replay(
     readable = list(found)
     stats = ReplayStats()
     names: dict[int, str] = {}  # id(error event) → its file
-    engine = _engine(Pipeline(settings), settings, out, stats, exporter, names)
+    engine = _engine(Pipeline(settings, reconciler=replay_reconciler(settings)), settings, out,
+                     stats, exporter, names)
     for path in readable:
         if found[path].format == "nginx_error":
             events = _events(path, settings, fail)

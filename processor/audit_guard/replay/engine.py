@@ -97,6 +97,14 @@ class Cursor:
         return part
 
 
+def replay_reconciler(settings: Settings) -> RequestReconciler:
+    """Replay's request reconciler (in memory, the service's windows), handed to the pipeline
+    and, through it, to the engine."""
+    config = settings.reconcile
+    return RequestReconciler(window_s=config.window_s, late_horizon_s=config.late_horizon_s,
+                             max_pending=config.max_pending, state_file=None)
+
+
 class ReplayEngine:
     """Feeds parsed batches and error events through the pipeline's stateful stages in time
     order; hands what it decides to the callbacks (replay writes them out)."""
@@ -114,10 +122,10 @@ class ReplayEngine:
     ) -> None:
         config = settings.reconcile
         self.pipeline = pipeline
-        self.reconciler = RequestReconciler(
-            window_s=config.window_s, late_horizon_s=config.late_horizon_s,
-            max_pending=config.max_pending, state_file=None)
-        pipeline.reconciler = self.reconciler
+        if pipeline.reconciler is None:
+            raise ValueError("replay's pipeline needs a reconciler: build it with "
+                             "replay_reconciler(settings)")
+        self.reconciler = pipeline.reconciler
         self._audited = settings.audited_path_regex().match
         self._window_s = config.window_s
         self._join_window = int(settings.error_join_window_s * _NS)

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from audit_guard.completeness import Completeness
+from audit_guard.completeness import Completeness, CompletenessState
 from audit_guard.config import load_settings
 from audit_guard.correlate.counters import CounterReconciler
 from audit_guard.pipeline import Pipeline
@@ -182,9 +182,10 @@ def nginx(tmp_path):
 def _completeness(tmp_path: Path, targets: list[dict[str, str]]) -> tuple[Completeness, Pipeline]:
     settings = load_settings(reconcile={"counter_targets": targets, "settle_s": 1,
                                         "scrape_interval_s": 1, "state_dir": str(tmp_path)})
-    pipeline = Pipeline(settings)
+    state = CompletenessState(settings.reconcile)
+    pipeline = Pipeline(settings, reconciler=state.requests, counters=state.counters)
     # No spans are sent in these tests (no app records, so nothing can be missing).
-    completeness = Completeness(settings.reconcile, pipeline, exporter=None,
+    completeness = Completeness(settings.reconcile, state, pipeline, exporter=None,
                                 telemetry=Telemetry())
     return completeness, pipeline
 
@@ -309,9 +310,10 @@ def test_vts_counters_from_the_collector_through_the_otlp_service(downstream, tm
     settings = load_settings(server={"listen": f"127.0.0.1:{port}"},
                              exporter={"endpoint": f"127.0.0.1:{downstream.port}"},
                              reconcile={"settle_s": 1, "state_dir": str(tmp_path)})
-    pipeline = Pipeline(settings)
+    state = CompletenessState(settings.reconcile)
+    pipeline = Pipeline(settings, reconciler=state.requests, counters=state.counters)
     server = OtlpServer(settings.server, pipeline, SpanExporter(settings.exporter), Telemetry())
-    server.completeness = Completeness(settings.reconcile, pipeline, server.exporter,
+    server.completeness = Completeness(settings.reconcile, state, pipeline, server.exporter,
                                        server.telemetry)
     server.start()
     try:

@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
 from audit_guard import flags
-from audit_guard.completeness import Completeness
+from audit_guard.completeness import Completeness, CompletenessState
 from audit_guard.config import load_settings
 from audit_guard.correlate.reconcile import (
     RequestReconciler,
@@ -266,11 +266,12 @@ def service(downstream, tmp_path):
                   "retry_initial_backoff_s": 0.1},
         reconcile={"window_s": 2, "state_dir": str(tmp_path)},
     )
-    pipeline = Pipeline(settings)
+    state = CompletenessState(settings.reconcile)
+    pipeline = Pipeline(settings, reconciler=state.requests, counters=state.counters)
     telemetry = Telemetry()
     server = OtlpServer(settings.server, pipeline, SpanExporter(settings.exporter), telemetry)
-    server.completeness = Completeness(settings.reconcile, pipeline, server.exporter, telemetry,
-                                       lock=server.pipeline_lock)
+    server.completeness = Completeness(settings.reconcile, state, pipeline, server.exporter,
+                                       telemetry, lock=server.pipeline_lock)
     server.completeness.start()
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

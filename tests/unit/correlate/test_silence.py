@@ -3,7 +3,7 @@ traffic went on, is reported by `audit_stream_silent{source}`."""
 
 from __future__ import annotations
 
-from audit_guard.completeness import Completeness
+from audit_guard.completeness import Completeness, CompletenessState
 from audit_guard.config import load_settings
 from audit_guard.pipeline import Pipeline
 from audit_guard.sources.nginx_counters import ALL_ZONES
@@ -16,8 +16,9 @@ T0 = 1_764_165_600 * S
 
 def completeness() -> Completeness:
     settings = load_settings(reconcile={"silence_threshold_s": 60, "settle_s": 1})
-    return Completeness(settings.reconcile, Pipeline(settings), exporter=None,
-                        telemetry=Telemetry())
+    state = CompletenessState(settings.reconcile)
+    pipeline = Pipeline(settings, reconciler=state.requests, counters=state.counters)
+    return Completeness(settings.reconcile, state, pipeline, exporter=None, telemetry=Telemetry())
 
 
 def handed_on(c: Completeness, now: int, **records: int) -> None:

@@ -92,8 +92,8 @@ def test_replay_never_raises(fmt: str, rnd: random.Random, count: int,
 def test_reconciliation_armed_never_raises(rnd: random.Random) -> None:
     """With request reconciliation on (nginx and app records in one request), odd statuses and
     times reach the reconcile journal's packing too (status 70000 once raised there)."""
-    pipeline = Pipeline(_settings())
-    pipeline.reconciler = RequestReconciler(window_s=30, late_horizon_s=300, max_pending=10_000)
+    pipeline = Pipeline(_settings(), reconciler=RequestReconciler(
+        window_s=30, late_horizon_s=300, max_pending=10_000))
     nginx = mutated_lines("nginx_json", 30, rnd, allow_huge=False)
     app = mutated_lines("app_dify_json", 10, rnd, allow_huge=False)
     request = logs_request_for("nginx_json", nginx)
@@ -111,8 +111,8 @@ def test_deeply_nested_upstream_values_with_reconciliation(tmp_path: Path) -> No
     reconciliation's "did the app answer" rule, in serve and in replay."""
     line = _with("upstream_bytes_received", b"[" * 1000 + b"]" * 1000)
     app = SEEDS["app_dify_json"][0].decode()
-    pipeline = Pipeline(_settings())
-    pipeline.reconciler = RequestReconciler(window_s=30, late_horizon_s=300, max_pending=100)
+    pipeline = Pipeline(_settings(), reconciler=RequestReconciler(
+        window_s=30, late_horizon_s=300, max_pending=100))
     request = logs_request(line)
     request.resource_logs.extend(logs_request(app, source="app").resource_logs)
     payload, count = pipeline.process_logs(request, NOW, BatchStats())
