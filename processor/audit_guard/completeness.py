@@ -118,6 +118,7 @@ class Completeness:
         self._pipeline = pipeline
         self._exporter = exporter
         self._telemetry = telemetry
+        self._error_outcomes: dict[str, int] = {}  # error-log outcomes counted so far
         self._lock = lock or nullcontext()  # serialises span building with the OTLP server
         self._on_handed_on = on_handed_on  # the admin state, for the missing spans' flags
         self._on_status = on_status  # (source, completeness, silent) for the admin API
@@ -180,6 +181,11 @@ class Completeness:
         errors = self._pipeline.errors
         if self.store is not None and errors.changed:
             self.store.put(_ERROR_EVENTS, errors.dump())
+        for outcome, total in errors.outcomes.items():
+            if total > self._error_outcomes.get(outcome, 0):
+                self._telemetry.inc("audit_error_events_total",
+                                    total - self._error_outcomes.get(outcome, 0), outcome=outcome)
+                self._error_outcomes[outcome] = total
         if result.late:
             self._telemetry.inc("audit_records_late_total", result.late, source="app")
         if result.evicted:

@@ -284,6 +284,13 @@ class Settings(BaseSettings):
     error_join_window_s: Seconds = Field(
         30.0, description="How long an Nginx error-log event waits for its access record (and "
         "vice versa): how far apart the two may be.")
+    error_join_unjoined: Literal["report", "drop"] = Field(
+        "report", description="What happens to an Nginx error-log event that meant a cut but "
+        "joined no access record within error_join_window_s: `report` it as a span of its own "
+        "(one instance: its request may be missing from the access log), or `drop` it, counted "
+        "in audit_error_events_total{outcome=\"dropped_unjoined\"} — behind the collector's "
+        "load_balancing every instance gets every event and only the one holding the access "
+        "record joins it (docs/scale-out.md).")
     lag_threshold_s: Seconds = Field(
         5.0, description="An app record read more than this long after it was written is "
         "flagged delayed.")

@@ -93,7 +93,8 @@ class Pipeline:
         self.again: list[int] = []  # rows of the last checked batch that were seen before
         self._lag_ns = int(settings.lag_threshold_s * 1_000_000_000)
         self._app_mapping = FieldMapping(settings.app_field_map) if settings.app_field_map else None
-        self.errors = ErrorLogJoin(int(settings.error_join_window_s * 1_000_000_000))
+        self.errors = ErrorLogJoin(int(settings.error_join_window_s * 1_000_000_000),
+                                   report_unjoined=settings.error_join_unjoined == "report")
         self.service_names = {
             NGINX: settings.nginx_service_name,
             NGINX_ERROR: settings.nginx_service_name,

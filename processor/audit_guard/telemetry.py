@@ -51,6 +51,12 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "nginx error-log events whose request was one of several as likely (same "
                "connection, request line and second, not told apart by $connection_requests): "
                "the last one logged was flagged, marked audit.error_join.ambiguous=true"),
+    Instrument("audit_error_events_total", "counter", "{event}",
+               "nginx error-log events that mean a cut, by outcome: received, joined (flagged "
+               "an access record here), unjoined (reported as a span of its own), "
+               "dropped_unjoined (error_join_unjoined=drop: joined by the instance holding "
+               "the access record, if any; across instances, received minus the sum of joined "
+               "is what no instance joined)", ("outcome",)),
     Instrument("audit_records_duplicate_total", "counter", "{record}",
                "records seen again (same source, trace and span id)", ("source",)),
     Instrument("audit_records_malformed_total", "counter", "{record}",

@@ -6,12 +6,14 @@ record: same connection serial (`*N` = `$connection`), request method and URI, t
 second within the request's [start, end], and of those the connection's last request
 (audit_guard.correlate.errorlog_rows). A joined event adds its flag (`truncated:upstream_closed`,
 `truncated:request_incomplete`) to that record; an event that means a cut but joins nothing
-within the join window is reported on its own (the request may be missing from the access log).
+within the join window is reported on its own (the request may be missing from the access log)
+— or, behind the collector's load_balancing (docs/scale-out.md), where every instance gets every
+event but only one holds its access record, dropped and counted (`report_unjoined=False`).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict
 from itertools import chain
@@ -71,8 +73,14 @@ class ErrorLogJoin:
     is flagged again. Changes are undone by `rollback(savepoint())` when the spans could not be
     handed on; `dump`/`load` persist what is waiting (with the reconcile state)."""
 
-    def __init__(self, window_ns: int, max_pending: int = 10_000, recent_batches: int = 16) -> None:
+    def __init__(self, window_ns: int, max_pending: int = 10_000, recent_batches: int = 16,
+                 report_unjoined: bool = True) -> None:
         self._window = window_ns
+        self._report_unjoined = report_unjoined
+        # Events by outcome since start (audit_error_events_total): received, joined,
+        # unjoined (reported on their own), dropped_unjoined (left to the instance that has
+        # the access record). Part of the savepoint: a retried Export counts once.
+        self.outcomes: Counter[str] = Counter()
         self._max_pending = max_pending
         self._pending: dict[Key, list[_Waiting]] = {}
         self._joined: dict[Key, list[_Waiting]] = {}
@@ -87,16 +95,17 @@ class ErrorLogJoin:
         return ({k: list(v) for k, v in self._pending.items()},
                 {k: list(v) for k, v in self._joined.items()},
                 list(self._unkeyed), tuple(self._recent), self.evicted, self.changed,
-                self._access_clock)
+                self._access_clock, Counter(self.outcomes))
 
     def rollback(self, savepoint: tuple[object, ...]) -> None:
-        pending, joined, unkeyed, recent, evicted, changed, clock = savepoint
+        pending, joined, unkeyed, recent, evicted, changed, clock, outcomes = savepoint
         self._pending, self._joined = pending, joined  # type: ignore[assignment]
         self._unkeyed = unkeyed  # type: ignore[assignment]
         self._recent.clear()
         self._recent.extend(recent)  # type: ignore[arg-type]
         self.evicted, self.changed = evicted, changed  # type: ignore[assignment]
         self._access_clock = clock  # type: ignore[assignment]
+        self.outcomes = outcomes  # type: ignore[assignment]
 
     # -- events and access rows --------------------------------------------------------------
     def on_events(self, events: Iterable[ErrorEvent], now_ns: int) -> None:
@@ -109,6 +118,7 @@ class ErrorLogJoin:
             if key is None:
                 if not any(_same(e, event) for e, _ in self._unkeyed):
                     self._unkeyed.append((event, now_ns + self._window))
+                    self.outcomes["received"] += 1
                     self.changed = True
                 continue
             if self._known(key, event):
@@ -119,6 +129,7 @@ class ErrorLogJoin:
             fallback, ambiguous = self._find_recent(key, event)
             self._pending.setdefault(key, []).append(
                 _Waiting(event, now_ns + self._window, fallback, ambiguous))
+            self.outcomes["received"] += 1
             self.changed = True
 
     def _known(self, key: Key, event: ErrorEvent) -> bool:
@@ -174,6 +185,7 @@ class ErrorLogJoin:
             flag_row(batch, i, event, ambiguous)
             self._joined.setdefault(key, []).append(
                 waiting._replace(fallback=None, ambiguous=ambiguous, target=best.identity()))
+            self.outcomes["joined"] += 1
             self.changed = True
         if keep:
             self._pending[key] = keep
@@ -211,6 +223,9 @@ class ErrorLogJoin:
                     del self._pending[key]
         self._forget_joined(now_ns)
         self.changed |= bool(out)
+        for done in out:
+            self.outcomes["joined" if done.parent is not None else (
+                "unjoined" if self._report_unjoined else "dropped_unjoined")] += 1
         return sorted(out, key=lambda d: (d.event.time_unix_nano or 0, d.event.line))
 
     def _decided(self, waiting: _Waiting, now_ns: int) -> Decided | None:
@@ -239,7 +254,7 @@ class ErrorLogJoin:
         to, and events on their own."""
         decided = self.decide(now_ns)
         under = [d for d in decided if d.parent is not None]
-        alone = [d.event for d in decided if d.parent is None]
+        alone = [d.event for d in decided if d.parent is None and self._report_unjoined]
         out = [events_batch(alone)] if alone else []
         if under:
             out.append(events_batch([d.event for d in under],
