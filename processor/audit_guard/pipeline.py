@@ -340,9 +340,7 @@ class Pipeline:
         source = batch.source
         if source == NGINX:
             self.errors.on_access(batch)
-        # The rules' age_s: a record's age when received (serve: read_ns is the collector's read
-        # time, the same for every retry; replay: the event-time clock).
-        batch.received_unix_nano = read_ns
+        batch.received_unix_nano = read_ns  # for the rules' age_s (docs/rules.md#freshness)
         batch = self.check(batch, content, offsets)
         if source == APP:
             self._note_app(batch, stats)

@@ -104,6 +104,9 @@ class RecordBatch:
         self.flags: dict[int, list[str]] = {}
         self.violations: dict[int, list[str]] = {}
         self.truncation_reasons: dict[int, list[str]] = {}
+        # When audit-guard received the batch (serve: the collector's read time of the request;
+        # replay: the event-time clock); the rules' `age_s` is measured against it. None: unknown.
+        self.received_unix_nano: int | None = None
 
     # Column attributes, declared for type checkers (set in __init__).
     time_unix_nano: list[int | None]
@@ -158,6 +161,7 @@ class RecordBatch:
             return self
         part = RecordBatch(self.source, 0)
         part.size = end - start
+        part.received_unix_nano = self.received_unix_nano
         for name in COLUMNS:
             setattr(part, name, getattr(self, name)[start:end])
         for sparse in _SPARSE:

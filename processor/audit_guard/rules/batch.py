@@ -19,7 +19,7 @@ from typing import Any
 
 from ..grammar.jmes import CompiledExpression, Evaluator, is_truthy
 from ..record import RecordBatch
-from .rule import COLUMN_KEYS, PER_ROW_KEYS, batch_record_view
+from .rule import COLUMN_KEYS, PER_ROW_KEYS, batch_ages, batch_record_view
 
 # -- evaluation plans -----------------------------------------------------------------------------
 
@@ -66,6 +66,7 @@ class BatchColumns:
         self.batch = batch
         self.base = {"source": batch.source}
         self._flags: list[tuple[str, ...]] | None = None
+        self._ages: list[float | None] | None = None
         self._views: dict[int, dict[str, Any]] = {}
         self._distinct: dict[str, set[Any] | None] = {}
 
@@ -77,6 +78,10 @@ class BatchColumns:
                     col[i] = tuple(found)
                 self._flags = col
             return self._flags
+        if name == "age_s":
+            if self._ages is None:
+                self._ages = batch_ages(self.batch)
+            return self._ages
         return getattr(self.batch, name)  # type: ignore[no-any-return]
 
     def distinct(self, name: str) -> set[Any] | None:

@@ -3,7 +3,11 @@ YAML.
 
 A rule file is a YAML list of `{name, description, when, severity, labels}`. A rule matches a
 record when `when` is truthy in JMESPath's sense (not false, null, '', [] or {}) over the record
-view (`record_view`): user_id, app_id, method, path, route, status, source, flags, fields.
+view (`record_view`): user_id, app_id, method, path, route, status, source, flags, fields, and
+age_s: seconds from the record's own time to when audit-guard received it (serve: when the
+collector read the request; replay: the event-time clock), negative for a record stamped ahead of
+that, null when either time is unknown. JMESPath has no arithmetic, so the one comparison a
+freshness rule needs is made here (the seed article's §4.4: `age_s > `35` || age_s < `-5``).
 
 Loading is all or nothing: a set with ANY error (bad YAML, a missing key, a bad severity, a
 duplicate name, an expression that does not compile) is refused as a whole with a RuleError
@@ -31,10 +35,13 @@ _REQUIRED = ("name", "when", "severity")
 _KNOWN_KEYS = frozenset({"name", "description", "when", "severity", "labels"})
 
 # The record as rules see it.
-VIEW_KEYS = ("user_id", "app_id", "method", "path", "route", "status", "source", "flags", "fields")
+VIEW_KEYS = ("user_id", "app_id", "method", "path", "route", "status", "source", "flags", "fields",
+             "age_s")
 # Keys whose per-row values are hashable (flags as a tuple), so a batch can be evaluated per
 # distinct value. `source` is one value per batch; `fields` is a dict: evaluated per row.
-COLUMN_KEYS = frozenset({"user_id", "app_id", "method", "path", "route", "status", "flags"})
+COLUMN_KEYS = frozenset(
+    {"user_id", "app_id", "method", "path", "route", "status", "flags", "age_s"}
+)
 PER_ROW_KEYS = frozenset({"fields"})
 
 
@@ -79,7 +86,24 @@ def record_view(record: AuditRecord) -> dict[str, Any]:
         "source": record.source,
         "flags": list(record.flags),
         "fields": _plain(record.fields),
+        "age_s": None,  # a lone record has no receive time (the batch has: batch_record_view)
     }
+
+
+def age_s(received_unix_nano: int | None, time_unix_nano: int | None) -> float | None:
+    """Seconds from a record's time to its receive time (an exact integer difference, then one
+    correctly rounded division: exactly 35 s is `35.0`, one nanosecond more is above it)."""
+    if received_unix_nano is None or not time_unix_nano:
+        return None
+    return (received_unix_nano - time_unix_nano) / 1_000_000_000
+
+
+def batch_ages(batch: RecordBatch) -> list[float | None]:
+    """The `age_s` column of a batch."""
+    received = batch.received_unix_nano
+    if received is None:
+        return [None] * len(batch)
+    return [age_s(received, t) for t in batch.time_unix_nano]
 
 
 def batch_record_view(batch: RecordBatch, i: int) -> dict[str, Any]:
@@ -94,6 +118,7 @@ def batch_record_view(batch: RecordBatch, i: int) -> dict[str, Any]:
         "source": batch.source,
         "flags": list(batch.flags.get(i, ())),
         "fields": _plain(batch.fields[i]),
+        "age_s": age_s(batch.received_unix_nano, batch.time_unix_nano[i]),
     }
 
 

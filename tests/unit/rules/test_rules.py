@@ -88,7 +88,8 @@ def test_builtin_rule(name: str, record: dict[str, Any], expected: bool) -> None
 def test_builtin_set_shape() -> None:
     rules = RuleSet.builtin()
     assert rules.names == ("dataset_access_denied", "model_config_change", "auth_failure",
-                           "rate_limited", "server_error_on_audited_path", "unknown_user")
+                           "rate_limited", "server_error_on_audited_path", "unknown_user",
+                           "stale_event")
     for rule in rules:
         assert rule.description and rule.labels and rule.severity
         assert rule.compiled is not None and not rule.compiled.fallback_nodes  # all native
