@@ -204,6 +204,9 @@ class Pipeline:
         for i in rows.partial:
             if start <= i < end:
                 batch.truncation_reasons.setdefault(i - start, []).append(flags.PARTIAL_LINE)
+        for i in rows.cut:  # syslog messages cut at a size cap (audit_guard.sources.syslog)
+            if start <= i < end:
+                batch.truncation_reasons.setdefault(i - start, []).append(flags.SIZE_LIMIT)
         return batch
 
     # spans -------------------------------------------------------------------------------

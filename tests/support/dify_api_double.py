@@ -1,0 +1,144 @@
+"""TEST DOUBLE for Dify's API server (`api:5001`) with audit-guard's identity patch: Dify
+itself cannot run here (PostgreSQL, Redis, its images), so this stands in for it.
+
+What it copies from Dify 1.13.3, and what is real:
+- authentication as Dify does it (api/controllers/service_api/wraps.py): the service API reads
+  `Authorization: Bearer app-…`, the key names the app; the `user` of the JSON body (POST) or
+  the query (GET) names the end user; no `user` logs in the workspace owner's Account. The
+  console's session names an Account and the URL its app; an unknown key is answered 401 with
+  Dify's error body and no user;
+- the identity headers come from the REAL patch: `audit_identity()` of
+  deploy/dify/api/audit_guard_gunicorn.py, given objects shaped like Dify's EndUser
+  (`session_id`, `app_id`) and Account (`id`), and the URL's view arguments;
+- a request carrying `X-Test-Double-Stock-Dify: 1` is answered like an unpatched Dify: the
+  same answer, no identity headers.
+
+Every request's headers are kept (`seen`), to check what nginx sent upstream (traceparent).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from demo.procs import repo_root
+
+__all__ = ["APP_KEYS", "CONSOLE_SESSIONS", "OWNER", "STOCK_HEADER", "DifyApiDouble", "load_patch"]
+
+PATCH = repo_root() / "deploy" / "dify" / "api" / "audit_guard_gunicorn.py"
+# API key → app id (Dify: api_tokens.app_id), console session → account id.
+APP_KEYS = {"app-k3yChat": "6f1c2a4e-0b7d-4c55-9a0e-3f2b1d9e8a71",
+            "app-k3yFlow": "b2d94e1f-6a3c-4f08-8e27-51c0a9d3f6b4"}
+CONSOLE_SESSIONS = {"console-session-ops": "0c8e3f5a-9d21-4b6e-a7f4-2e5d8c1b9a03"}
+STOCK_HEADER = "X-Test-Double-Stock-Dify"
+OWNER = "7a1e9c3d-5b2f-4e80-9c6a-d4f3b2a1e0c9"  # the workspace owner's account id
+_CONSOLE_APP = re.compile(r"^/console/api/apps/(?P<app_id>[0-9a-f-]{36})(?:/|$)")
+
+
+def load_patch(path: Path = PATCH) -> ModuleType:
+    """The patch module, loaded from its file (it is not a package module)."""
+    spec = importlib.util.spec_from_file_location("audit_guard_dify_patch", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class EndUser:  # the attributes of Dify's models.model.EndUser the patch reads
+    session_id: str
+    app_id: str
+
+
+@dataclass(frozen=True)
+class Account:  # Dify's models.Account
+    id: str
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: DifyApiDouble
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _login(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, Any] | None]:
+        """(status, Dify's request user or None, view args) as Dify would resolve them."""
+        url = urlsplit(self.path)
+        auth = self.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return 401, None, None
+        console = _CONSOLE_APP.match(url.path)
+        if url.path.startswith("/console/api/"):
+            if token not in CONSOLE_SESSIONS:
+                return 401, None, None
+            return 200, Account(CONSOLE_SESSIONS[token]), console.groupdict() if console else {}
+        if token not in APP_KEYS:
+            return 401, None, None
+        user = body.get("user") if self.command == "POST" else (
+            parse_qs(url.query).get("user", [None])[0])
+        if user:
+            return 200, EndUser(str(user), APP_KEYS[token]), {}
+        return 200, Account(OWNER), {}  # validate_app_token without a user: the owner
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        self.server.seen.append((self.command, self.path, dict(self.headers.items())))
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {}
+        status, user, view_args = self._login(body if isinstance(body, dict) else {})
+        if status == 401:
+            payload = {"code": "unauthorized", "message": "Access token is invalid",
+                       "status": 401}
+        else:
+            payload = {"event": "message", "answer": "ok", "id": "msg-1"}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if not self.headers.get(STOCK_HEADER):
+            user_header, app_header = self.server.patch.audit_identity(user, view_args)
+            if user_header:
+                self.send_header(self.server.patch.USER_HEADER, user_header)
+            if app_header:
+                self.send_header(self.server.patch.APP_HEADER, app_header)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+
+class DifyApiDouble(ThreadingHTTPServer):
+    """`with DifyApiDouble() as api:` serves on 127.0.0.1:<api.port> in a thread."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.patch = load_patch()
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def __enter__(self) -> DifyApiDouble:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
