@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="saved output of `docker inspect CONTAINER...`")
     p.add_argument("--app-env", type=Path, metavar="FILE", help="the app's env file (Dify .env)")
     p.add_argument("--postgres", metavar="DSN", help="libpq DSN / URL of the audited database")
+    p.add_argument("--audit-tables", metavar="REGEX", type=_regex,
+                   help="with --postgres: tables holding audit rows, a case-insensitive regex "
+                        "searched in schema.table (default: audit, *_log, *_logs, log_*)")
     p.add_argument("--collector-config", type=Path, metavar="PATH", nargs="+",
                    help="collector YAML file(s), merged in order")
     p.add_argument("--logrotate", type=Path, metavar="PATH", nargs="*",
@@ -54,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
                         "config's defaults)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a valid regular expression: {exc}") from exc
+    return text
 
 
 def run_checks(args: argparse.Namespace) -> list[Finding]:
@@ -79,7 +91,7 @@ def run_checks(args: argparse.Namespace) -> list[Finding]:
         jobs.append(lambda: _logrotate_job(args))
     if args.postgres:
         check_postgres = _postgres_check()
-        jobs.append(lambda: check_postgres(args.postgres))
+        jobs.append(lambda: check_postgres(args.postgres, *filter(None, [args.audit_tables])))
     if not jobs:
         raise UsageError("nothing to check: give at least one of the input options (see --help)")
     findings: list[Finding] = []

@@ -2,7 +2,8 @@
 
 pgaudit must be loaded and configured to log what an audit needs; the server log must reach a
 file reliably; time-partitioned audit/app tables must have a partition for now and what comes
-next (or inserts fail, or rows vanish into a DEFAULT partition); WAL archiving must work.
+next (or inserts fail, or rows vanish into a DEFAULT partition); WAL archiving must work;
+no audit write may be waiting on a lock (doctor/postgres_locks.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg
 
 from .findings import Evidence, Finding, Level
+from .postgres_locks import DEFAULT_AUDIT_TABLES, check_audit_write_locks
 from .secrets import redact_dsn, redact_text
 
 __all__ = ["check_postgres"]
@@ -266,8 +268,9 @@ def _partman(cur: psycopg.Cursor[Any], src: str, now: datetime) -> list[Finding]
     return found
 
 
-def check_postgres(dsn: str) -> list[Finding]:
-    """A connection failure is itself a finding: the database could not be verified."""
+def check_postgres(dsn: str, audit_tables: str = DEFAULT_AUDIT_TABLES) -> list[Finding]:
+    """A connection failure is itself a finding: the database could not be verified.
+    `audit_tables`: a regex (case-insensitive, searched) for the tables holding audit rows."""
     src = redact_dsn(dsn)  # never print a secret
     try:
         conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True)
@@ -282,4 +285,5 @@ def check_postgres(dsn: str) -> list[Finding]:
         cur.execute("SELECT now()")  # one instant for both partition checks
         now = cur.fetchone()[0]  # type: ignore[index]
         return [*_pgaudit(cur, src), *_logging(cur, src, local), *_archiver(cur, src),
-                *_partitions(cur, src, now), *_partman(cur, src, now)]
+                *_partitions(cur, src, now), *_partman(cur, src, now),
+                *check_audit_write_locks(cur, src, audit_tables)]
