@@ -234,6 +234,7 @@ class Completeness:
     # -- the ticker ------------------------------------------------------------------------
     def tick(self, now_ns: int) -> None:
         self.report_missing(now_ns)
+        self.report_error_events(now_ns)
         if self.config.counter_targets and now_ns >= self._next_scrape:
             self._next_scrape = now_ns + int(self.config.scrape_interval_s * _NS)
             for target in self.config.counter_targets:
@@ -243,6 +244,39 @@ class Completeness:
                         n, host)
             self._telemetry.inc("audit_records_missing_total", n, source="nginx")
         self._report_gauges(now_ns)
+
+    def report_error_events(self, now_ns: int) -> int:
+        """Hand on the error-log events whose wait is over (audit_guard.correlate.errorlog) when
+        no Export came to do it: traffic stopped, or — behind load_balancing, where error-log
+        events travel apart from access records (docs/scale-out.md) — the event came after its
+        access record and nothing followed. Compute, hand off and commit under the pipeline
+        lock, as an Export does; undone (retried next tick) when downstream is unavailable."""
+        with self._lock:
+            errors = self._pipeline.errors
+            saved = errors.savepoint()
+            batches = errors.expired_batches(now_ns)
+            if not batches:
+                errors.rollback(saved)  # forgetting joined events is no reason for a write
+                return 0
+            for batch in batches:
+                if self._pipeline.redact.active:
+                    self._pipeline.redact(batch)
+            count = sum(map(len, batches))
+            traces = b"".join(self._pipeline.to_traces(batch, now_ns) for batch in batches)
+            try:
+                outcome = self._exporter.export(traces, count)
+            except (DownstreamUnavailable, DownstreamRejected) as exc:
+                errors.rollback(saved)
+                log.warning("%d error-log spans not handed on, retrying: %s", count, exc)
+                return 0
+            stats = BatchStats()
+            for batch in batches:
+                stats.add_batch(batch)
+            self._telemetry.inc("audit_spans_exported_total", outcome.accepted)
+            self.on_handed_on(stats, now_ns)  # persists the join's state, counts outcomes
+        if self._on_handed_on is not None:
+            self._on_handed_on(stats)
+        return count
 
     def report_missing(self, now_ns: int) -> int:
         """Send a missing_record span for every request whose window passed; returns how many
