@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .integrity.command import add_verify
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -232,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     _add_resend(sub)
     _add_doctor(sub)
+    add_verify(sub)
     return parser
 
 

@@ -27,6 +27,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from .config_integrity import IntegrityConfig
 from .config_otlp import (
     MIN_TOKEN_CHARS,
     ClientTLSConfig,
@@ -252,6 +253,7 @@ class Settings(BaseSettings):
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     deadletter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
     audited_paths: list[str] = Field(
         default_factory=lambda: [r"/v1/", r"/console/api/", r"/api/"],
         description="Paths whose requests must carry an identity (user_id, app_id): regular "

@@ -42,7 +42,8 @@ from .decode import (
     group_logs,
     request_time,
 )
-from .record import AuditRecord, RecordBatch
+from .integrity.chain import ChainStage, NoChain
+from .record import AuditRecord, RecordBatch, unprocessable_batch
 from .redaction import Redactor
 from .routes import DIFY_ROUTES, RouteTable
 from .rules import RuleRegistry, RuleSet
@@ -107,6 +108,7 @@ class Pipeline:
         self.reconciler = reconciler
         self.counters = counters
         self.redact = Redactor(settings.redaction)
+        self.chain: ChainStage | NoChain = NoChain()  # `serve`'s when integrity is on
         # check → correlate → rules: a named list of stages, run in order by `check`.
         self.stages = self._check_stages()
 
@@ -240,27 +242,29 @@ class Pipeline:
                     batch.add_flag(i, flags.LATE_RECORD)
 
     # transaction -------------------------------------------------------------------------
-    def begin(self) -> tuple[int, tuple[object, ...]]:
+    def begin(self) -> tuple[Any, ...]:
         """Start a transaction over the stateful stages (duplicates, error-log join): `rollback`
         to the returned savepoint when the spans could not be handed on, `commit` once they
         were. Outside a transaction (replay, tools) every batch commits at once."""
         self._in_transaction = True
         return self._savepoint()
 
-    def _savepoint(self) -> tuple[int, tuple[object, ...]]:
-        return self.dedup.savepoint(), self.errors.savepoint()
+    def _savepoint(self) -> tuple[Any, ...]:
+        return self.dedup.savepoint(), self.errors.savepoint(), self.chain.savepoint()
 
-    def rollback(self, savepoint: tuple[int, tuple[object, ...]]) -> None:
+    def rollback(self, savepoint: tuple[Any, ...]) -> None:
         self._undo(savepoint)
         self._in_transaction = False
 
     def commit(self) -> None:
+        self.chain.commit()  # first: a head file that cannot be written undoes all
         self.dedup.commit()
         self._in_transaction = False
 
-    def _undo(self, savepoint: tuple[int, tuple[object, ...]]) -> None:
+    def _undo(self, savepoint: tuple[Any, ...]) -> None:
         self.dedup.rollback(savepoint[0])
         self.errors.rollback(savepoint[1])
+        self.chain.rollback(savepoint[2])
 
     # the whole request -------------------------------------------------------------------
     def process_logs(
@@ -348,6 +352,7 @@ class Pipeline:
         if source == APP:
             self._note_app(batch, stats)
         built = self.span_builder.spans(batch, read_ns) if spans else []
+        built = self.chain(batch, built, self.again) if built else built
         if source == NGINX:
             self.errors.remember(batch)
             if stats is not None:
@@ -385,15 +390,3 @@ class Pipeline:
                     stats.unprocessable += 1
         return out
 
-
-_RAW_KEPT = 4096  # characters of an unprocessable record's raw text kept on its span
-
-
-def unprocessable_batch(source: str, body: str | bytes) -> RecordBatch:
-    """A record the pipeline failed on, as a span that keeps its raw text: never lost."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = text.encode("utf-8", "replace").decode("utf-8")[:_RAW_KEPT]
-    batch = RecordBatch(source, 1, raw=[text], name=[f"unprocessable {source} record"],
-                        attributes=[{"audit.raw": text}])
-    batch.add_flag(0, flags.invalid_field("record"))
-    return batch

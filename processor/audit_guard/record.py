@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["COLUMNS", "AuditRecord", "RecordBatch"]
+from . import flags
+
+__all__ = ["COLUMNS", "AuditRecord", "RecordBatch", "unprocessable_batch"]
 
 
 @dataclass(slots=True, eq=False)
@@ -200,3 +202,16 @@ class RecordBatch:
             if r.truncation_reasons:
                 batch.truncation_reasons[i] = list(r.truncation_reasons)
         return batch
+
+
+_RAW_KEPT = 4096  # characters of an unprocessable record's raw text kept on its span
+
+
+def unprocessable_batch(source: str, body: str | bytes) -> RecordBatch:
+    """A record the pipeline failed on, as a span that keeps its raw text: never lost."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = text.encode("utf-8", "replace").decode("utf-8")[:_RAW_KEPT]
+    batch = RecordBatch(source, 1, raw=[text], name=[f"unprocessable {source} record"],
+                        attributes=[{"audit.raw": text}])
+    batch.add_flag(0, flags.invalid_field("record"))
+    return batch

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from .admin import AdminState
     from .completeness import CompletenessState
+    from .integrity.service import Integrity
     from .otlp.server import OtlpServer
     from .otlp.spool import DeadLetterSpool
     from .pipeline import Pipeline
@@ -59,6 +60,7 @@ class Service:
     admin_socket: Any
     meter_provider: MeterProvider
     spool: DeadLetterSpool | None
+    integrity: Integrity | None = None  # chains + signed digests, when integrity.enabled
     reload_rules: Callable[[], None] | None = None  # set by start(); SIGHUP calls it
     _stop_watch: threading.Event = field(default_factory=threading.Event)
     _admin: Any = None
@@ -77,6 +79,10 @@ class Service:
             self._admin.stop()
             raise StartupError(str(exc)) from None
         self.admin_state.mark_receiver_started()
+        if self.integrity is not None:
+            self.integrity.start(self.server.exporter, self.server.pipeline_lock,
+                                 self.server.telemetry.snapshot)
+            self.server.on_drained = self.integrity.stop  # the final digest, at shutdown
         if self.server.completeness is not None:
             try:
                 self.server.completeness.start()
@@ -163,8 +169,38 @@ def build_service(settings: Settings) -> Service:
                      read_token_required=admin.read_token_required,
                      max_body_bytes=admin.max_body_bytes, allowed_hosts=admin.hosts(),
                      trace_url=admin.trace_url)
+    integrity = _integrity(settings)
+    if integrity is not None:
+        pipeline.chain = integrity.chain
+        app.state.public_key_pem = integrity.digests.key.public_pem  # GET /api/integrity/key
+        app.state.key_id = integrity.digests.key.key_id
     return Service(settings, pipeline, server, admin_state, app, admin_socket, meter_provider,
-                   spool)
+                   spool, integrity)
+
+
+def _integrity(settings: Settings) -> Integrity | None:
+    """Chains and the digest signer (key loaded or made), or None when integrity is off."""
+    from .integrity.keys import KeyFileError, SigningKey
+    from .integrity.service import Integrity
+
+    if not settings.integrity.enabled:
+        return None
+    cfg, state_dir = settings.integrity, settings.integrity.state_dir
+    if state_dir is None and settings.reconcile.state_dir is not None:
+        state_dir = settings.reconcile.state_dir / "integrity"
+    if state_dir is None:
+        raise StartupError("integrity.enabled is true but neither integrity.state_dir nor "
+                           "reconcile.state_dir is set: name a directory for the chain heads")
+    try:
+        key = SigningKey.from_file(cfg.key_file or state_dir / "signing-key.pem",
+                                   cfg.public_key_dir or state_dir / "public-keys")
+        return Integrity(state_dir, key, cfg.digest_interval_s, settings.dedup_max_records)
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise StartupError(f"integrity.state_dir={state_dir}: cannot keep or read the chain "
+                           f"state there: {exc} (move the files aside to start new chains)"
+                           ) from None
 
 
 def _completeness_state(settings: Settings) -> CompletenessState | None:

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from ..rules import RuleRegistry
 from .errors import AdminError, add_error_handlers, error_responses, token_check
 from .evidence import request_view
+from .integrity_api import add_integrity_routes
 from .limits import BodyLimit, TrustedHostMiddleware
 from .models import (
     DeadLetterOut,
@@ -107,6 +108,7 @@ def create_app(
     add_rule_routes(app, rules, rules_out, token_check(token), test, read)
     _add_status_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
     _add_request_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
+    add_integrity_routes(app)
     return app
 
 

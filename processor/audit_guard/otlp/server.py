@@ -169,6 +169,9 @@ class OtlpServer:
         self.on_export: Callable[[bool], None] | None = None
         # Reconciliation (set by `serve`): told every handed-on Export and the Nginx metrics.
         self.completeness: Completeness | None = None
+        # Called once the calls in flight finished, before the exporter closes (integrity's
+        # final digest).
+        self.on_drained: Callable[[], None] | None = None
         # Threads beyond the in-flight limit only answer UNAVAILABLE (with RetryInfo: the client
         # retries) quickly. gRPC's own cap bounds the calls queued for a thread; past it gRPC
         # answers RESOURCE_EXHAUSTED itself, which clients do not retry — so it is set high.
@@ -283,6 +286,8 @@ class OtlpServer:
         self._stopped.set()
         self._health.enter_graceful_shutdown()
         self._grpc.stop(self.config.shutdown_grace_s).wait()
+        if self.on_drained is not None:
+            self.on_drained()
         self.exporter.shutdown()
 
     def wait(self) -> None:

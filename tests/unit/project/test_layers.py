@@ -17,12 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[3] / "processor" / "audit_guard"
 # Lowest first. A module may import its own layer and those below.
 LAYERS: dict[str, int] = {
     "__init__": 0, "handoff": 0, "record": 0, "flags": 0, "grammar": 0, "config": 0,
-    "config_otlp": 0,
+    "config_otlp": 0, "config_integrity": 0,
     "sources": 1, "routes": 1, "decode": 1,
     "checks": 2,
     "correlate": 3,
     "rules": 4, "redaction": 4,
     "spans": 5, "span_encoding": 5, "telemetry": 5,
+    "integrity": 5,  # chains and digests over the built spans (issue #14)
     "pipeline": 6,
     "completeness": 7, "replay": 7, "doctor": 7,
     "otlp": 8, "admin": 8,

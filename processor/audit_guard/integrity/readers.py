@@ -1,0 +1,226 @@
+"""Exported spans read back for `audit-guard verify`: from a file of OTLP JSON (the collector's
+`file` exporter: one ExportTraceServiceRequest per line) and from Jaeger's query API
+(`/api/v3/traces`, OTLP JSON as well).
+
+Each span becomes a `ReadSpan`: what the verifier needs (ids, chain and digest attributes) and
+its chain `content`, rebuilt as audit_guard.integrity.encoding defines it, straight from the
+JSON (no protobuf message per span: attribute encodings repeat and are cached, ~10 µs a span).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import orjson
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from ..span_encoding import END_TAG, START_TAG, AttrValue, encode_attribute
+from .encoding import BACKEND_KEYS, CHAIN_KEYS
+
+__all__ = ["ReadSpan", "ReaderError", "read_jaeger", "read_otlp_json", "spans_of_request"]
+
+_KINDS = {name: number for number, name in enumerate(
+    ("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
+     "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"))}
+_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+class ReaderError(Exception):
+    """The input cannot be read (usage error: exit 2); the message says which and why."""
+
+
+@dataclass(slots=True)
+class ReadSpan:
+    where: str  # "file.json line 12" / "jaeger trace <id>": for the report
+    service: str
+    trace_id: str  # hex
+    span_id: str  # hex
+    name: str
+    start_ns: int
+    attrs: dict[str, AttrValue | None]
+    digest: bytes  # SHA-256 of what the chain hashes (its content)
+
+
+def _id(value: str | None) -> bytes:
+    if not value:
+        return b""
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return base64.b64decode(value)
+
+
+def _value(v: dict[str, Any] | None) -> AttrValue | None:
+    if not v:
+        return None
+    if "stringValue" in v:
+        return str(v["stringValue"])
+    if "intValue" in v:
+        return int(v["intValue"])
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "arrayValue" in v:
+        return tuple(_value(x) for x in (v["arrayValue"].get("values") or []))  # type: ignore[misc]
+    return json.dumps(v, sort_keys=True)  # bytes/kvlist: never written by audit-guard
+
+
+def _any(value: AttrValue | None) -> AnyValue:
+    if value is None:
+        return AnyValue()
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, tuple):
+        return AnyValue(array_value=ArrayValue(values=[_any(x) for x in value]))
+    return AnyValue(string_value=value)
+
+
+class _Encoder:
+    """JSON span → chain content, with the attribute encodings cached."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, Any], bytes] = {}
+
+    def attribute(self, key: str, value: AttrValue | None) -> bytes:
+        cache_key = (key, value.__class__, value)
+        blob = self._cache.get(cache_key)
+        if blob is None:
+            if value is None or isinstance(value, tuple | float | bool) or not isinstance(
+                    value, str | int):
+                blob = Span(attributes=[KeyValue(key=key, value=_any(value))]
+                            ).SerializeToString()
+            else:
+                blob = encode_attribute(key, value)
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[cache_key] = blob
+        return blob
+
+    def span(self, raw: dict[str, Any], service: str, where: str) -> ReadSpan:
+        attrs: dict[str, AttrValue | None] = {}
+        parts = [Span(trace_id=_id(raw.get("traceId")), span_id=_id(raw.get("spanId")),
+                      parent_span_id=_id(raw.get("parentSpanId")),
+                      name=raw.get("name", "")).SerializeToString()]
+        kind = raw.get("kind", 0)
+        kind = _KINDS.get(kind, 0) if isinstance(kind, str) else int(kind)
+        start, end = int(raw.get("startTimeUnixNano", 0)), int(raw.get("endTimeUnixNano", 0))
+        parts.append(Span(kind=kind).SerializeToString() + START_TAG + start.to_bytes(8, "little")
+                     + END_TAG + end.to_bytes(8, "little"))
+        for kv in raw.get("attributes") or ():
+            key = kv["key"]
+            value = _value(kv.get("value"))
+            attrs[key] = value
+            if key not in CHAIN_KEYS and key not in BACKEND_KEYS:
+                parts.append(self.attribute(key, value))
+        parts.append(_tail(raw))
+        return ReadSpan(where, service, (raw.get("traceId") or "").lower(),
+                        (raw.get("spanId") or "").lower(), raw.get("name", ""), start, attrs,
+                        sha256(b"".join(parts)).digest())
+
+
+def _tail(raw: dict[str, Any]) -> bytes:
+    """Events and status, as the stubs encode them (rare: built without a cache)."""
+    events, status = raw.get("events"), raw.get("status") or {}
+    code = status.get("code", 0)
+    code = _CODES.get(code, 0) if isinstance(code, str) else int(code)
+    if not events and not code and not status.get("message"):
+        return b""
+    span = Span(events=[
+        Span.Event(time_unix_nano=int(e.get("timeUnixNano", 0)), name=e.get("name", ""),
+                   attributes=[KeyValue(key=a["key"], value=_any(_value(a.get("value"))))
+                               for a in e.get("attributes") or ()])
+        for e in events or ()])
+    if code or status.get("message"):
+        span.status.CopyFrom(Status(code=code, message=status.get("message", "")))  # type: ignore[arg-type]
+    return span.SerializeToString()
+
+
+def spans_of_request(request: dict[str, Any], where: str, encoder: _Encoder | None = None
+                     ) -> Iterator[ReadSpan]:
+    """The spans of one ExportTraceServiceRequest in OTLP JSON."""
+    encoder = encoder or _Encoder()
+    for rs in request.get("resourceSpans") or ():
+        service = ""
+        for kv in (rs.get("resource") or {}).get("attributes") or ():
+            if kv.get("key") == "service.name":
+                service = str(_value(kv.get("value")) or "")
+        for ss in rs.get("scopeSpans") or ():
+            for raw in ss.get("spans") or ():
+                yield encoder.span(raw, service, where)
+
+
+def read_otlp_json(path: Path) -> Iterator[ReadSpan]:
+    """Every span of a file of OTLP JSON lines (blank lines skipped)."""
+    encoder = _Encoder()
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise ReaderError(f"cannot read {path}: {exc}") from None
+    with f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                request = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ReaderError(f"{path} line {number}: not OTLP JSON: {exc}") from None
+            yield from spans_of_request(request, f"{path.name} line {number}", encoder)
+
+
+def read_jaeger(base_url: str, services: list[str] | None, since_s: float, until_s: float,
+                page: int = 2000, timeout: float = 30) -> Iterator[ReadSpan]:
+    """The spans of `services` (default: every service Jaeger knows) started in
+    [since_s, until_s], from `/api/v3/traces`; a window that fills a page is halved."""
+    base = base_url.rstrip("/")
+    encoder = _Encoder()
+    names = services or list((_get(f"{base}/api/services", timeout) or {}).get("data") or [])
+    for service in names:
+        stack = [(since_s, until_s)]
+        while stack:
+            lo, hi = stack.pop()
+            body = _get(f"{base}/api/v3/traces?" + urllib.parse.urlencode({
+                "query.service_name": service, "query.start_time_min": _rfc3339(lo),
+                "query.start_time_max": _rfc3339(hi), "query.num_traces": page}), timeout)
+            result = (body or {}).get("result") or {}
+            traces = {s.trace_id for s in spans_of_request(result, "", encoder)}
+            if len(traces) >= page and hi - lo > 0.002:
+                mid = (lo + hi) / 2
+                stack += [(mid, hi), (lo, mid)]
+                continue
+            for span in spans_of_request(result, f"jaeger {service}", encoder):
+                if span.service == service:
+                    span.where = f"jaeger trace {span.trace_id}"
+                    yield span
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def _get(url: str, timeout: float) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # Jaeger's "nothing matched"
+            return None
+        raise ReaderError(f"GET {url}: HTTP {exc.code}: "
+                          f"{exc.read().decode(errors='replace')[:300]}") from None
+    except (OSError, ValueError) as exc:
+        raise ReaderError(f"GET {url}: {exc}") from None

@@ -1,0 +1,214 @@
+"""`audit-guard verify`: check signed digests, digest continuity and every chain link of the
+spans read back, and name each problem.
+
+Problems (tampering, exit 1), each with the chain, seq and where the record was read:
+- `record_deleted`: a seq missing between the first record read and the last one a digest
+  signed (or read);
+- `record_modified`: a record whose content no longer gives its hash, or whose hash is not the
+  head a digest signed;
+- `record_inserted`: a second record claiming a seq another record holds, an audit record
+  without a chain link, one in a chain its instance's digests do not know;
+- `record_reordered`: a record that is intact but sits at another seq than the one it claims;
+- `digest_missing`: a gap in an instance's digest seqs (or a digest chain broken);
+- `digest_forged`: a digest whose signature, hash or link to its predecessor does not hold;
+- `digest_key_unknown`: a digest signed by a key not among the public keys given.
+Warnings (no tampering): records after the last digest (not signed yet), synthetic finding
+spans that are not chained (missing_record markers, error-log-only events).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .encoding import CHAIN_HASH, CHAIN_ID, CHAIN_SEQ, genesis, link
+from .readers import ReadSpan
+from .report import Problem, Report
+from .verify_digests import Digest, Signed, check_digests
+
+__all__ = ["Problem", "Record", "Report", "verify"]
+
+SYNTHETIC_SOURCES = frozenset({"nginx_error"})  # findings, not records: not chained
+SYNTHETIC_FLAGS = frozenset({"missing_record"})
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    chain: str
+    seq: int
+    hash: bytes
+    digest: bytes  # SHA-256 of the content
+    where: str
+    trace_id: str
+    span_id: str
+    start_ns: int
+
+
+def _problem(kind: str, detail: str, r: Record | None = None, **extra: Any) -> Problem:
+    if r is None:
+        return Problem(kind, detail, **extra)
+    return Problem(kind, detail, r.chain, r.seq, r.where, r.trace_id, r.span_id)
+
+
+def verify(spans: Iterable[ReadSpan], keys: dict[str, Ed25519PublicKey],
+           from_start: bool = False) -> Report:
+    """`from_start`: the spans are the whole trail (no time range), so chains and digests
+    must start at seq 1."""
+    report = Report()
+    chains: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    digests: list[Digest] = []
+    synthetic = 0
+    for span in spans:
+        a = span.attrs
+        if "audit.digest.payload" in a:
+            digests.append(Digest.of(span))
+            continue
+        if "audit.source" not in a:
+            continue  # not an audit record (a relayed application span)
+        record = _record(span, report)
+        if record is not None:
+            chains[record.chain][record.seq].append(record)
+            report.records += 1
+        elif (a.get("audit.source") in SYNTHETIC_SOURCES
+              or SYNTHETIC_FLAGS.intersection(a.get("audit.flags") or ())):
+            synthetic += 1
+        elif CHAIN_SEQ not in a:
+            report.problems.append(Problem(
+                "record_inserted", "an audit record without a chain link (audit.chain.*): not "
+                "written by an audit-guard with integrity on", where=span.where,
+                trace_id=span.trace_id, span_id=span.span_id))
+    report.digests = len(digests)
+    signed = check_digests(digests, keys, report.problems, from_start)
+    for chain_id, by_seq in sorted(chains.items()):
+        _check_chain(chain_id, by_seq, signed, report, from_start)
+    if synthetic:
+        report.warnings.append(f"{synthetic} finding span(s) (missing_record markers, "
+                               "error-log events) are not chained and were not checked")
+    return report
+
+
+def _record(span: ReadSpan, report: Report) -> Record | None:
+    a = span.attrs
+    chain, seq, digest = a.get(CHAIN_ID), a.get(CHAIN_SEQ), a.get(CHAIN_HASH)
+    if chain is None and seq is None and digest is None:
+        return None
+    try:
+        if not isinstance(chain, str) or not isinstance(seq, int) or seq < 1:
+            raise ValueError
+        hash_ = bytes.fromhex(str(digest))
+        if len(hash_) != 32:
+            raise ValueError
+    except ValueError:
+        report.problems.append(Problem(
+            "record_inserted", f"malformed chain attributes (id {chain!r}, seq {seq!r}, hash "
+            f"{digest!r})", where=span.where, trace_id=span.trace_id, span_id=span.span_id))
+        return None
+    return Record(chain, seq, hash_, span.digest, span.where, span.trace_id, span.span_id,
+                  span.start_ns)
+
+
+def _prevs(chain_id: str, by_seq: dict[int, list[Record]], seq: int) -> list[bytes] | None:
+    """The hashes a record at `seq` may follow; None when its predecessor was not read."""
+    if seq == 1:
+        return [genesis(chain_id)]
+    before = by_seq.get(seq - 1)
+    return [r.hash for r in before] if before else None
+
+
+def _check_chain(chain_id: str, by_seq: dict[int, list[Record]],
+                 signed: dict[str, list[Signed]], report: Report, from_start: bool) -> None:
+    seqs = sorted(by_seq)
+    report.chains[chain_id] = {"first_seq": seqs[0], "last_seq": seqs[-1],
+                               "records": sum(map(len, by_seq.values()))}
+    bad: list[Record] = []
+    for seq in seqs:
+        prevs = _prevs(chain_id, by_seq, seq)
+        for r in by_seq[seq]:
+            if prevs is not None and not any(link(p, seq, r.digest) == r.hash for p in prevs):
+                bad.append(r)
+    bad = _reordered(chain_id, by_seq, bad, report)
+    for r in bad:
+        if any(o is not r and o not in bad for o in by_seq[r.seq]):
+            report.problems.append(_problem(
+                "record_inserted", f"a second record claims seq {r.seq} of chain {chain_id}; "
+                "its content does not link into the chain", r))
+        else:
+            report.problems.append(_problem(
+                "record_modified", f"seq {r.seq} of chain {chain_id}: the record's content or "
+                "hash was changed after it was exported (the link does not hold)", r))
+    heads = signed.get(chain_id, [])
+    _check_gaps(chain_id, seqs, heads, report, 1 if from_start else seqs[0])
+    _check_heads(chain_id, by_seq, heads, {id(r) for r in bad}, report)
+
+
+def _reordered(chain_id: str, by_seq: dict[int, list[Record]], bad: list[Record],
+               report: Report) -> list[Record]:
+    """Of the records whose link fails, those intact at another seq (reordered) and those
+    whose own predecessor was the one moved (fine); returns the rest."""
+    if not bad:
+        return bad
+    moved = [r.hash for r in bad]
+    claimed = {r.seq for r in bad}
+    rest = []
+    for r in bad:
+        found = None
+        for j in sorted(claimed):
+            prevs = (_prevs(chain_id, by_seq, j) or []) + moved
+            if any(link(p, j, r.digest) == r.hash for p in prevs):
+                found = j
+                break
+        if found is None:
+            rest.append(r)
+        elif found != r.seq:
+            report.problems.append(_problem(
+                "record_reordered", f"record claims seq {r.seq} of chain {chain_id} but is "
+                f"intact only at seq {found}: its place in the trail was changed", r))
+    return rest
+
+
+def _check_gaps(chain_id: str, seqs: list[int], heads: list[Signed], report: Report,
+                first: int) -> None:
+    last_signed = max((h.last_seq for h in heads), default=0)
+    top = max(seqs[-1], last_signed)
+    present = set(seqs)
+    start = min([first, *(h.first_seq for h in heads if h.first_seq is not None)])
+    run: list[int] = []
+    for seq in range(start, top + 1):
+        if seq not in present:
+            run.append(seq)
+            continue
+        _report_gap(chain_id, run, report)
+        run = []
+    _report_gap(chain_id, run, report)
+    if seqs[-1] > last_signed:
+        report.warnings.append(f"chain {chain_id}: seq {max(last_signed + 1, seqs[0])}.."
+                               f"{seqs[-1]} not signed by a digest yet")
+
+
+def _report_gap(chain_id: str, run: list[int], report: Report) -> None:
+    if not run:
+        return
+    named = ", ".join(map(str, run[:20])) + (" …" if len(run) > 20 else "")
+    report.problems.append(Problem(
+        "record_deleted", f"{len(run)} record(s) of chain {chain_id} missing: seq {named}",
+        chain_id, run[0]))
+
+
+def _check_heads(chain_id: str, by_seq: dict[int, list[Record]],
+                 heads: list[Signed], reported: set[int], report: Report
+                 ) -> None:
+    """Every head a digest signed must be the hash of the record read at that seq."""
+    for h in heads:
+        seq = h.last_seq
+        found = by_seq.get(seq)
+        if not found or any(r.hash == h.head for r in found):
+            continue  # deleted (reported as a gap) or intact
+        for r in found:
+            if id(r) not in reported:
+                report.problems.append(_problem(
+                    "record_modified", f"seq {seq} of chain {chain_id} is not the head signed "
+                    f"by {h.where}", r))
