@@ -256,7 +256,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     replay.add_argument(
         "--source", action="append", default=[], metavar="FORMAT[=FILE]",
         help="read every file as FORMAT, or (FORMAT=FILE, repeatable) just that file; FORMAT: "
-             "nginx, nginx_error, app, pgaudit, docker, cri (docker/cri: the wrapped lines' "
+             "nginx, nginx_error, app, pgaudit, docker, cri, journald (journalctl -o json "
+             "--all; docker/cri/journald: the wrapped lines' "
              "format is still detected; nginx or app for a container log applies to the lines "
              "inside it). Default: detected per file from its first lines, on keys only one "
              "format writes; the summary says which format and why",

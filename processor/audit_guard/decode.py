@@ -12,10 +12,12 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from .sources import journald, syslog
+
 __all__ = [
     "APP", "NGINX", "NGINX_ERROR", "OFFSET_ATTRIBUTE", "PARTIAL_ATTRIBUTE", "PGAUDIT",
-    "SOURCES", "SOURCE_ALIASES", "SOURCE_ATTRIBUTE", "SourceRows", "any_value_to_python",
-    "group_logs", "request_time",
+    "SOURCES", "SOURCE_ALIASES", "SOURCE_ATTRIBUTE", "SourceRows", "WRAPPERS",
+    "any_value_to_python", "group_logs", "request_time",
 ]
 
 SOURCE_ATTRIBUTE = "audit.source"
@@ -50,6 +52,10 @@ SOURCE_ALIASES = {
     "app": APP, "dify": APP,
     "pgaudit": PGAUDIT, "postgresql": PGAUDIT, "postgres": PGAUDIT,
 }
+JOURNALD, SYSLOG = "journald", "syslog"
+# `audit.source` values of records that wrap an app line (the journald and syslog receivers):
+# unwrapped here (audit_guard.sources.journald / .syslog), the lines join the app's records.
+WRAPPERS = {"journald": JOURNALD, "syslog": SYSLOG}
 
 
 @dataclass
@@ -60,6 +66,7 @@ class SourceRows:
     mapped: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows already parsed
     observed: list[int | None] = field(default_factory=list)  # app: when it was read
     partial: set[int] = field(default_factory=set)  # app: container lines never completed
+    cut: set[int] = field(default_factory=set)  # app: lines cut at a size cap (syslog)
     offsets: list[int | None] = field(default_factory=list)  # in their files; [] when unknown
 
 
@@ -135,15 +142,77 @@ def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
                 source_name = _attribute(records[0].attributes, SOURCE_ATTRIBUTE)
                 per_record = source_name is not None
             if not per_record:
-                _add_rows(groups, SOURCE_ALIASES.get(source_name or NGINX, NGINX), records)
+                _add_named(groups, source_name or NGINX, records)
                 continue
             by_source: dict[str, list[Any]] = {}
             for r in records:
                 name = _attribute(r.attributes, SOURCE_ATTRIBUTE) or NGINX
-                by_source.setdefault(SOURCE_ALIASES.get(name, NGINX), []).append(r)
+                by_source.setdefault(name if name in WRAPPERS else SOURCE_ALIASES.get(name, NGINX),
+                                     []).append(r)
             for source, rows in by_source.items():
-                _add_rows(groups, source, rows)
+                _add_named(groups, source, rows)
     return groups
+
+
+def _add_named(groups: dict[str, SourceRows], name: str, records: Any) -> None:
+    wrapper = WRAPPERS.get(name)
+    if wrapper == JOURNALD:
+        _add_journal_entries(groups, records)
+    elif wrapper == SYSLOG:
+        _add_syslog_messages(groups, records)
+    else:
+        _add_rows(groups, SOURCE_ALIASES.get(name, NGINX), records)
+
+
+def _app_rows(groups: dict[str, SourceRows], added: int) -> tuple[SourceRows, int]:
+    """The app's rows, ready for `added` more (their offsets, if any, unknown)."""
+    rows = groups.get(APP)
+    if rows is None:
+        rows = groups[APP] = SourceRows()
+    if rows.offsets:
+        rows.offsets += [None] * added
+    return rows, len(rows.bodies)
+
+
+def _journal_fields(record: Any) -> dict[str, Any] | None:
+    """A journald receiver record's journal fields: its map body (or JSON text)."""
+    body = record.body
+    kind = body.WhichOneof("value")
+    if kind == "kvlist_value":
+        return any_value_to_python(body)  # type: ignore[no-any-return]
+    if kind in ("string_value", "bytes_value"):
+        return journald.decode_entry(getattr(body, kind))
+    return None
+
+
+def _add_journal_entries(groups: dict[str, SourceRows], records: Any) -> None:
+    """Journal entries (Docker's journald driver): pieces recombined, an unfinished line
+    flagged partial; the observed time is the entry's own (see sources.journald)."""
+    lines = journald.recombine((j, _journal_fields(r)) for j, r in enumerate(records))
+    rows, first = _app_rows(groups, len(lines))
+    for j, line in enumerate(lines):
+        rows.bodies.append(line.content)
+        rows.observed.append(line.observed_time_unix_nano)
+        if line.partial:
+            rows.partial.add(first + j)
+
+
+def _add_syslog_messages(groups: dict[str, SourceRows], records: Any) -> None:
+    """syslog messages (Docker's syslog driver, logger, rsyslog): the app line is the MSG
+    part; RFC 5424's TIMESTAMP (the sender's) is the observed time; a cut one is flagged."""
+    rows, first = _app_rows(groups, len(records))
+    for j, r in enumerate(records):
+        body = r.body
+        kind = body.WhichOneof("value")
+        if kind in ("string_value", "bytes_value"):
+            message = syslog.parse_message(getattr(body, kind))
+        else:  # a receiver that parsed into a map body: its `message` member
+            fields = _mapping(body, r.attributes)
+            message = syslog.parse_message(journald.message_text(fields.get("message")) or "")
+        rows.bodies.append(message.message)
+        rows.observed.append(message.time_unix_nano)
+        if message.cut:
+            rows.cut.add(first + j)
 
 
 def _add_rows(groups: dict[str, SourceRows], source: str, records: Any) -> None:

@@ -17,7 +17,7 @@ __all__ = ["SOURCES", "ReplayError", "batches", "detect_file", "overrides",
            "parse_source_options", "read_lines"]
 
 SOURCES = ("auto", *detect.FORMATS)
-CONTAINER_FORMATS = (container.DOCKER, container.CRI)
+CONTAINER_FORMATS = (container.DOCKER, container.CRI, detect.JOURNALD)
 _SAMPLE = 50  # lines a format is decided on
 
 
@@ -120,10 +120,7 @@ def batches(path: Path, found: detect.Detection, pipeline: Pipeline) -> Iterator
         for numbers, lines in _chunks(path):
             yield pipeline.parse(source, lines, numbers=numbers)
         return
-    if source == container.DOCKER:
-        entries = container.recombine_docker(read_lines(path))
-    else:
-        entries = container.recombine_cri(read_lines(path))
+    entries = detect.recombine(source, list(read_lines(path)))
     inner = found.inner or "app"  # an empty wrapped sample: the lines after it are read as app
     for start in range(0, len(entries), CHUNK_ROWS):
         chunk = entries[start:start + CHUNK_ROWS]

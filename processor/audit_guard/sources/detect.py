@@ -6,8 +6,9 @@ its own Nginx record and every request a false `missing_record`. So the decision
 what ONE format writes, never on keys every HTTP log has (`request_id`, `status`, `method`,
 `path`, `uri`, `user_id`, `app_id`, `time`):
 
-* Docker json-file / CRI wrappers (`container.detect_format`); the wrapped lines are then
-  recombined and decided the same way as a plain file.
+* Docker json-file / CRI wrappers (`container.detect_format`) and journal entries printed by
+  `journalctl -o json` (`journald.detect_format`: Docker's journald driver); the wrapped lines
+  are then recombined and decided the same way as a plain file.
 * PostgreSQL logs (stderr, csvlog, jsonlog; `pgaudit.detect_format`). jsonlog must also carry
   PostgreSQL's `error_severity`: an app's `{"timestamp", "message"}` line is not a PostgreSQL
   entry.
@@ -33,20 +34,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import flags
-from . import app, container, nginx_error, pgaudit
+from . import app, container, journald, nginx_error, pgaudit
 from .jsonline import decode_json_object
 
 __all__ = [
     "APP_KEYS", "CONTENT_FORMATS", "FORMATS", "NGINX_VARIABLE_KEYS", "Detection", "Evidence",
     "container_log", "decide_content", "detect", "detect_plain", "forced", "line_evidence",
-    "nginx_error_log", "object_evidence", "postgres_log",
+    "nginx_error_log", "object_evidence", "postgres_log", "recombine",
 ]
 
 NGINX, APP, PGAUDIT, NGINX_ERROR = "nginx", "app", "pgaudit", "nginx_error"
+JOURNALD = "journald"
 # Every format a file can be read as; CONTENT_FORMATS may sit inside a container wrapper.
-FORMATS = (NGINX, NGINX_ERROR, APP, PGAUDIT, container.DOCKER, container.CRI)
+FORMATS = (NGINX, NGINX_ERROR, APP, PGAUDIT, container.DOCKER, container.CRI, JOURNALD)
 CONTENT_FORMATS = (NGINX, APP)
-WRAPPER_NAMES = {container.DOCKER: "Docker json-file", container.CRI: "CRI"}
+WRAPPER_NAMES = {container.DOCKER: "Docker json-file", container.CRI: "CRI",
+                 JOURNALD: "journal (journalctl -o json)"}
 _FORCED_LABELS = {NGINX: "nginx access", APP: "app", PGAUDIT: "PostgreSQL (pgaudit)",
                   NGINX_ERROR: "nginx error log"}
 
@@ -214,18 +217,28 @@ def detect_plain(sample: list[bytes]) -> Detection:
             or decide_content([line_evidence(line) for line in lines]))
 
 
-def _unwrapped(wrapper: str, sample: list[bytes]) -> list[bytes]:
-    numbered = list(enumerate(sample, 1))
+def recombine(wrapper: str, numbered: list[tuple[int, bytes]]) -> list[container.ContainerLine]:
+    """A wrapper's physical lines → the logical lines it wraps (docker, cri or journald)."""
     if wrapper == container.DOCKER:
-        entries = container.recombine_docker(numbered)
-    else:
-        entries = container.recombine_cri(numbered)
+        return container.recombine_docker(numbered)
+    if wrapper == JOURNALD:
+        return journald.recombine((n, journald.decode_entry(raw)) for n, raw in numbered)
+    return container.recombine_cri(numbered)
+
+
+def _unwrapped(wrapper: str, sample: list[bytes]) -> list[bytes]:
+    entries = recombine(wrapper, list(enumerate(sample, 1)))
     return [e.content.encode() for e in entries if not e.malformed]
 
 
+def _wrapper_format(sample: list[bytes]) -> str | None:
+    return JOURNALD if journald.detect_format(sample) else container.detect_format(sample)
+
+
 def container_log(sample: list[bytes]) -> Detection | None:
-    """A Docker json-file or CRI log with the format of the lines it wraps, or None."""
-    wrapper = container.detect_format(sample)
+    """A Docker json-file, CRI or journal (JSON) log with the format of the lines it wraps,
+    or None."""
+    wrapper = _wrapper_format(sample)
     if wrapper is None:
         return None
     inner = detect_plain(_unwrapped(wrapper, sample))
@@ -259,7 +272,7 @@ def forced(fmt: str, sample: list[bytes], given_as: str) -> Detection:
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
-    wrapper = container.detect_format(sample) if fmt in CONTENT_FORMATS else None
+    wrapper = _wrapper_format(sample) if fmt in CONTENT_FORMATS else None
     if fmt in WRAPPER_NAMES:
         inner = detect_plain(_unwrapped(fmt, sample))
         found = _wrapped(fmt, inner)

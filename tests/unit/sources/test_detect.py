@@ -297,7 +297,7 @@ def test_per_file_override(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "bogus"], "--source bogus: unknown format 'bogus'; accepted formats: "
-                            "nginx, nginx_error, app, pgaudit, docker, cri, as FORMAT"),
+                            "nginx, nginx_error, app, pgaudit, docker, cri, journald, as FORMAT"),
     (["--source", "csv=F"], "--source csv=F: unknown format 'csv'"),
     (["--source", "auto=F"], "--source auto=F: unknown format 'auto'"),
     (["--source", "app="], "--source app=: no file after '='"),

@@ -1,0 +1,211 @@
+"""systemd journal entries → the log lines the application wrote (pure, no I/O).
+
+Docker's `journald` logging driver (moby daemon/logger/journald) sends each line a container
+writes as one journal entry: the text in `MESSAGE`, with `CONTAINER_NAME`, `CONTAINER_ID`,
+`CONTAINER_ID_FULL`, `CONTAINER_TAG` (= `SYSLOG_IDENTIFIER`), `IMAGE_NAME`, `PRIORITY` 6 for
+stdout and 3 for stderr. A line longer than Docker's 16 KiB buffer is sent as several entries:
+
+* every piece but the last carries `CONTAINER_PARTIAL_MESSAGE=true` (all Docker releases);
+* Docker ≥ 20 also writes `CONTAINER_PARTIAL_ID` (the same for every piece of one line),
+  `CONTAINER_PARTIAL_ORDINAL` (1, 2, …) and `CONTAINER_PARTIAL_LAST` (`true` on the last one).
+  Older releases write no marker at all on the last piece: it is the next entry of the same
+  container and stream.
+
+Entries arrive as the collector's `journald` receiver emits them (the body is the map of the
+entry's fields, as `journalctl -o json` prints them) or as lines of `journalctl -o json` (replay).
+Both spell a field that is not valid UTF-8 text as an array of byte values; it is decoded with
+U+FFFD for the invalid bytes, never dropped.
+
+`recombine` turns entries into one `ContainerLine` per logical line, with the guarantees of
+audit_guard.sources.container: pieces joined per piece id (else per container and stream); a run
+never completed (end of input, a missing ordinal) is emitted `partial=True`, and so is a
+line with a piece whose `MESSAGE` is null (journalctl prints a field over 4 KiB as null unless
+run with `--all`: the journald receiver needs `all: true`); an entry without `MESSAGE` is kept
+as a malformed line; output is ordered by each line's first entry.
+Docker before 20 marks no last piece: a run of one container and stream is completed by that
+stream's next entry, so a line cut by a container stop is glued to the first line after its
+restart (the same blind spot as json-file's, where only `time` tells them apart).
+
+The line's observed time (what audit_guard.checks.lag compares with the app's own time) is
+when the runtime handed the line to the journal: `_SOURCE_REALTIME_TIMESTAMP` (journald's
+trusted time of the sender's write, from the socket) when the entry has one, else
+`__REALTIME_TIMESTAMP` (when journald stored it). A journald that stores an entry late (its own
+backlog) is a delay of the pipeline, not an app that held its output back (`delayed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from ..grammar import ranges
+from .container import ContainerLine
+
+__all__ = [
+    "JOURNAL_KEYS",
+    "decode_entry",
+    "detect_format",
+    "message_text",
+    "observed_ns",
+    "recombine",
+]
+
+MESSAGE = "MESSAGE"
+REALTIME = "__REALTIME_TIMESTAMP"
+SOURCE_REALTIME = "_SOURCE_REALTIME_TIMESTAMP"
+PARTIAL_MESSAGE = "CONTAINER_PARTIAL_MESSAGE"
+PARTIAL_ID = "CONTAINER_PARTIAL_ID"
+PARTIAL_ORDINAL = "CONTAINER_PARTIAL_ORDINAL"
+PARTIAL_LAST = "CONTAINER_PARTIAL_LAST"
+# Fields every `journalctl -o json` line has (detection of a journal export in replay).
+JOURNAL_KEYS = frozenset({REALTIME, "__CURSOR", "__MONOTONIC_TIMESTAMP"})
+# Kept on each line (`ContainerLine.attrs`): what names the container the line came from.
+_NAMING_FIELDS = ("CONTAINER_NAME", "CONTAINER_TAG", "CONTAINER_ID", "_SYSTEMD_UNIT")
+_STDERR_PRIORITIES = frozenset({"0", "1", "2", "3"})  # Docker: stderr → PriErr (3)
+_US = 1000
+
+
+def message_text(value: object) -> str | None:
+    """A journal field's value as text: a string as is, an array of byte values (how
+    journalctl writes a value that is not UTF-8) decoded with U+FFFD for bad bytes, a list of
+    strings (a field given more than once) joined by newlines; None when there is none."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, list):
+        # Numbers arrive as floats from a collector that read them as JSON (Go's float64).
+        if all(isinstance(b, (int, float)) and b == int(b) and 0 <= b <= 255 for b in value):
+            return bytes(map(int, value)).decode("utf-8", "replace")
+        return "\n".join(t for t in map(message_text, value) if t is not None)
+    return str(value)
+
+
+def _microseconds_ns(value: object) -> int | None:
+    text = message_text(value)
+    if text is None or not text.isdigit() or not text.isascii():
+        return None
+    ns = int(text) * _US
+    return ns if ranges.time_ok(ns) else None
+
+
+def observed_ns(fields: Mapping[str, Any]) -> int | None:
+    """When the runtime handed the entry to journald (see the module doc), in ns."""
+    return _microseconds_ns(fields.get(SOURCE_REALTIME)) or _microseconds_ns(fields.get(REALTIME))
+
+
+def decode_entry(raw: bytes | str) -> dict[str, Any] | None:
+    """One `journalctl -o json` line → its fields, None when it is not a journal entry."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if obj.__class__ is not dict or REALTIME not in obj:
+        return None
+    return obj  # type: ignore[no-any-return]
+
+
+def detect_format(sample_lines: list[bytes]) -> bool:
+    """Are most non-empty sample lines `journalctl -o json` entries?"""
+    lines = [raw for raw in sample_lines if raw.strip()]
+    hits = sum(1 for raw in lines if raw.lstrip()[:1] == b"{" and decode_entry(raw) is not None)
+    return bool(lines) and hits * 2 > len(lines)
+
+
+def _stream(fields: Mapping[str, Any]) -> str:
+    return "stderr" if message_text(fields.get("PRIORITY")) in _STDERR_PRIORITIES else "stdout"
+
+
+def _naming(fields: Mapping[str, Any]) -> dict[str, str] | None:
+    out = {k: t for k in _NAMING_FIELDS if (t := message_text(fields.get(k))) is not None}
+    return out or None
+
+
+def _ordinal(fields: Mapping[str, Any]) -> int | None:
+    text = message_text(fields.get(PARTIAL_ORDINAL))
+    return int(text) if text is not None and text.isdigit() and len(text) < 10 else None
+
+
+class _Run:
+    """The pieces of one logical line not yet completed."""
+
+    __slots__ = ("line", "observed", "attrs", "stream", "pieces", "next_ordinal", "gap")
+    gap: bool
+
+    def __init__(self, line: int, fields: Mapping[str, Any]) -> None:
+        self.line = line
+        self.observed = observed_ns(fields)  # the first piece's: when the line began to arrive
+        self.attrs = _naming(fields)
+        self.stream = _stream(fields)
+        self.pieces: list[str] = []
+        self.next_ordinal: int | None = None
+        self.gap = False  # an ordinal is missing: a piece was lost
+
+    def add(self, fields: Mapping[str, Any], text: str) -> None:
+        ordinal = _ordinal(fields)
+        if ordinal is not None:
+            if self.next_ordinal is not None and ordinal != self.next_ordinal:
+                self.gap = True
+            elif self.next_ordinal is None and ordinal != 1:
+                self.gap = True  # the first pieces are missing
+            self.next_ordinal = ordinal + 1
+        self.pieces.append(text)
+
+    def emit(self, partial: bool) -> ContainerLine:
+        return ContainerLine(self.line, "".join(self.pieces), self.stream, self.observed,
+                             partial or self.gap, self.attrs)
+
+
+def _key(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run an entry belongs to: its piece id (Docker ≥ 20), else its container (or unit,
+    or process) and stream."""
+    piece_id = message_text(fields.get(PARTIAL_ID))
+    if piece_id:
+        return ("id", piece_id)
+    source = next((t for k in ("CONTAINER_ID_FULL", "CONTAINER_ID", "_SYSTEMD_UNIT", "_PID")
+                   if (t := message_text(fields.get(k)))), "")
+    return ("stream", source, _stream(fields))
+
+
+def _is_last(fields: Mapping[str, Any]) -> bool:
+    """Does this entry end its line? Docker marks every piece but the last."""
+    if message_text(fields.get(PARTIAL_MESSAGE)) == "true":
+        return False
+    return message_text(fields.get(PARTIAL_LAST)) != "false"
+
+
+def recombine(entries: Iterable[tuple[int, Mapping[str, Any] | None]]) -> list[ContainerLine]:
+    """Journal entries `(line number or position, fields)` → logical lines (see the module
+    doc). `fields` None: a line that was not a journal entry (kept, malformed, empty text)."""
+    out: list[ContainerLine] = []
+    pending: dict[tuple[str, ...], _Run] = {}
+    for number, fields in entries:
+        if fields is None or MESSAGE not in fields:
+            out.append(ContainerLine(number, "", "", None if fields is None
+                                     else observed_ns(fields), malformed=True))
+            continue
+        text = message_text(fields[MESSAGE])
+        elided = text is None  # journalctl without --all prints a field over 4 KiB as null
+        text = text or ""
+        key = _key(fields)
+        run = pending.get(key)
+        last = _is_last(fields)
+        if run is None:
+            if last and _ordinal(fields) in (None, 1):  # the common case: a whole line
+                out.append(ContainerLine(number, text, _stream(fields), observed_ns(fields),
+                                         elided, _naming(fields)))
+                continue
+            run = pending[key] = _Run(number, fields)
+        run.add(fields, text)
+        run.gap |= elided
+        if last:
+            out.append(run.emit(partial=False))
+            del pending[key]
+    for run in pending.values():
+        out.append(run.emit(partial=True))
+    out.sort(key=lambda line: line.line)
+    return out
