@@ -33,6 +33,7 @@ from tests.support.dify_api_double import (
     APP_KEYS,
     CONSOLE_SESSIONS,
     OWNER,
+    PASSPORTS,
     STOCK_HEADER,
     DifyApiDouble,
 )
@@ -42,6 +43,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 CHAT, FLOW = APP_KEYS["app-k3yChat"], APP_KEYS["app-k3yFlow"]
 ACCOUNT = CONSOLE_SESSIONS["console-session-ops"]
+WEB_APP, WEB_SESSION = PASSPORTS["passport-web-1"]
 CONSOLE_APP = "3e7b9f2c-1d4a-4c8e-b5f6-0a9d8c7e6b51"
 
 # name → (method, path, headers, JSON body, expected user_id, expected app_id)
@@ -54,16 +56,19 @@ REQUESTS: dict[str, tuple[str, str, dict[str, str], dict[str, Any] | None, str, 
     "console": ("GET", f"/console/api/apps/{CONSOLE_APP}/workflows/draft",
                 {"Authorization": "Bearer console-session-ops"}, None, f"account:{ACCOUNT}",
                 CONSOLE_APP),
-    # Service API without `user`: Dify logs in the workspace owner; the app is not known.
+    # Service API without `user`: Dify logs in the workspace owner; the key names the app.
     "no_end_user": ("GET", "/v1/parameters", {"Authorization": "Bearer app-k3yChat"}, None,
-                    f"account:{OWNER}", ""),
+                    f"account:{OWNER}", CHAT),
+    "web_app": ("POST", "/api/chat-messages", {"Authorization": "Bearer passport-web-1",
+                                               "X-App-Code": "Hq3kW9"},
+                {"query": "hi", "response_mode": "blocking"}, f"end_user:{WEB_SESSION}", WEB_APP),
     "unauthenticated": ("POST", "/v1/chat-messages?k=bad", {"Authorization": "Bearer app-nope"},
                         {"query": "hi", "user": "mallory"}, "", ""),
     "stock_dify": ("POST", "/v1/chat-messages?k=stock", {"Authorization": "Bearer app-k3yChat",
                                                          STOCK_HEADER: "1"},
                    {"query": "hi", "user": "alice@example.com"}, "", ""),
 }
-IDENTIFIED = ("service_api_post", "service_api_get", "console")
+IDENTIFIED = ("service_api_post", "service_api_get", "console", "no_end_user", "web_app")
 
 
 def send(base: str, method: str, path: str, headers: dict[str, str],
@@ -185,11 +190,6 @@ def test_what_dify_cannot_tell_is_flagged_not_invented(
         span = nginx_span(chain, logged[name]["request_id"])
         assert "user.id" not in span_tags(span)
         assert {"missing_field:user_id", "missing_field:app_id"} <= flags(span), name
-    # A service-API call without `user`: the owner's account, the app unknown.
-    span = nginx_span(chain, logged["no_end_user"]["request_id"])
-    assert span_tags(span)["user.id"] == f"account:{OWNER}"
-    assert "missing_field:app_id" in flags(span)
-    assert "missing_field:user_id" not in flags(span)
 
 
 def test_the_client_never_sees_the_identity_headers(chain: Chain) -> None:

@@ -2,14 +2,16 @@
 itself cannot run here (PostgreSQL, Redis, its images), so this stands in for it.
 
 What it copies from Dify 1.13.3, and what is real:
-- authentication as Dify does it (api/controllers/service_api/wraps.py): the service API reads
-  `Authorization: Bearer app-…`, the key names the app; the `user` of the JSON body (POST) or
-  the query (GET) names the end user; no `user` logs in the workspace owner's Account. The
-  console's session names an Account and the URL its app; an unknown key is answered 401 with
-  Dify's error body and no user;
+- authentication as Dify does it (api/controllers/service_api/wraps.py, web/wraps.py): the
+  service API reads `Authorization: Bearer app-…`, the key names the app; the `user` of the JSON
+  body (POST) or the query (GET) names the end user; no `user` logs in the workspace owner's
+  Account. A web app's passport names its app and (anonymous) end user; the console's session
+  names an Account and the URL its app; an unknown key is answered 401 with Dify's error body;
 - the identity headers come from the REAL patch: `audit_identity()` of
-  deploy/dify/api/audit_guard_gunicorn.py, given objects shaped like Dify's EndUser
-  (`session_id`, `app_id`) and Account (`id`), and the URL's view arguments;
+  deploy/dify/api/audit_guard_gunicorn.py, given what the patch sees in Dify (the logged-in
+  user, the passport's end user, the key's app) as objects shaped like Dify's EndUser
+  (`session_id`, `app_id`) and Account (`id`), and the URL's view arguments (the gunicorn side
+  of the patch runs in tests/unit/deploy/test_dify_api_patch.py);
 - a request carrying `X-Test-Double-Stock-Dify: 1` is answered like an unpatched Dify: the
   same answer, no identity headers.
 
@@ -31,13 +33,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from demo.procs import repo_root
 
-__all__ = ["APP_KEYS", "CONSOLE_SESSIONS", "OWNER", "STOCK_HEADER", "DifyApiDouble", "load_patch"]
+__all__ = ["APP_KEYS", "CONSOLE_SESSIONS", "OWNER", "PASSPORTS", "STOCK_HEADER", "DifyApiDouble",
+           "load_patch"]
 
 PATCH = repo_root() / "deploy" / "dify" / "api" / "audit_guard_gunicorn.py"
 # API key → app id (Dify: api_tokens.app_id), console session → account id.
 APP_KEYS = {"app-k3yChat": "6f1c2a4e-0b7d-4c55-9a0e-3f2b1d9e8a71",
             "app-k3yFlow": "b2d94e1f-6a3c-4f08-8e27-51c0a9d3f6b4"}
 CONSOLE_SESSIONS = {"console-session-ops": "0c8e3f5a-9d21-4b6e-a7f4-2e5d8c1b9a03"}
+# web app passport → (app id, the anonymous end user's session id)
+PASSPORTS = {"passport-web-1": ("b2d94e1f-6a3c-4f08-8e27-51c0a9d3f6b4",
+                                "4f6d1c2e-8a9b-4e3f-b1a2-c3d4e5f60718")}
 STOCK_HEADER = "X-Test-Double-Stock-Dify"
 OWNER = "7a1e9c3d-5b2f-4e80-9c6a-d4f3b2a1e0c9"  # the workspace owner's account id
 _CONSOLE_APP = re.compile(r"^/console/api/apps/(?P<app_id>[0-9a-f-]{36})(?:/|$)")
@@ -70,25 +76,31 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # quiet
         pass
 
-    def _login(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, Any] | None]:
-        """(status, Dify's request user or None, view args) as Dify would resolve them."""
+    def _login(self, body: dict[str, Any]) -> tuple[int, list[Any], dict[str, Any], object]:
+        """(status, [logged-in user, passport end user], view args, the key's app) as the patch
+        would find them in Dify."""
         url = urlsplit(self.path)
-        auth = self.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return 401, None, None
-        console = _CONSOLE_APP.match(url.path)
+            return 401, [], {}, None
         if url.path.startswith("/console/api/"):
             if token not in CONSOLE_SESSIONS:
-                return 401, None, None
-            return 200, Account(CONSOLE_SESSIONS[token]), console.groupdict() if console else {}
+                return 401, [], {}, None
+            console = _CONSOLE_APP.match(url.path)
+            view_args = console.groupdict() if console else {}
+            return 200, [Account(CONSOLE_SESSIONS[token])], view_args, None
+        if url.path.startswith("/api/"):  # web app: the passport, nobody logged in
+            if token not in PASSPORTS:
+                return 401, [], {}, None
+            app_id, session = PASSPORTS[token]
+            return 200, [None, EndUser(session, app_id)], {}, None
         if token not in APP_KEYS:
-            return 401, None, None
+            return 401, [], {}, None
         user = body.get("user") if self.command == "POST" else (
             parse_qs(url.query).get("user", [None])[0])
         if user:
-            return 200, EndUser(str(user), APP_KEYS[token]), {}
-        return 200, Account(OWNER), {}  # validate_app_token without a user: the owner
+            return 200, [EndUser(str(user), APP_KEYS[token])], {}, APP_KEYS[token]
+        return 200, [Account(OWNER)], {}, APP_KEYS[token]  # no user: the owner
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -98,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = {}
-        status, user, view_args = self._login(body if isinstance(body, dict) else {})
+        status, users, view_args, key_app = self._login(body if isinstance(body, dict) else {})
         if status == 401:
             payload = {"code": "unauthorized", "message": "Access token is invalid",
                        "status": 401}
@@ -109,7 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if not self.headers.get(STOCK_HEADER):
-            user_header, app_header = self.server.patch.audit_identity(user, view_args)
+            user_header, app_header = self.server.patch.audit_identity(
+                users, view_args, key_app)
             if user_header:
                 self.send_header(self.server.patch.USER_HEADER, user_header)
             if app_header:

@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 from demo.procs import ManagedProcess, free_port, port_open, repo_root, wait_until
-from tests.support.dify_flask_double import ACCOUNT_ID, APP_ID, APP_KEY, CONSOLE_TOKEN, OWNER_ID
+from tests.support.dify_flask_double import (
+    ACCOUNT_ID,
+    APP_ID,
+    APP_KEY,
+    CONSOLE_TOKEN,
+    OWNER_ID,
+    PASSPORT,
+    WEB_APP_ID,
+    WEB_SESSION,
+)
 
 REPO = repo_root()
 PATCH = REPO / "deploy" / "dify" / "api" / "audit_guard_gunicorn.py"
@@ -44,6 +53,7 @@ def identity(base: str, method: str, path: str, token: str,
 
 
 def gunicorn(tmp_path: Path, name: str, patched: bool) -> tuple[ManagedProcess, str]:
+    """Dify's entrypoint command (sync worker) on a free loopback port."""
     port = free_port()
     dify_conf = tmp_path / "dify-gunicorn.conf.py"
     dify_conf.write_text(STAND_IN_DIFY_CONF)
@@ -68,6 +78,8 @@ def patched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         yield base, tmp
     finally:
         proc.stop()
+        # Both Dify functions were found and wrapped (else the worker says which was not).
+        assert "audit-guard identity patch" not in proc.log_path.read_text()
 
 
 def test_service_api_end_user_and_app(patched: tuple[str, Path]) -> None:
@@ -77,9 +89,18 @@ def test_service_api_end_user_and_app(patched: tuple[str, Path]) -> None:
         200, "end_user:alice@example.com", APP_ID)
 
 
-def test_service_api_without_user_is_the_owners_account(patched: tuple[str, Path]) -> None:
+def test_service_api_without_user_is_the_owners_account_and_the_keys_app(
+    patched: tuple[str, Path],
+) -> None:
     base, _ = patched
-    assert identity(base, "GET", "/v1/parameters", APP_KEY) == (200, f"account:{OWNER_ID}", None)
+    assert identity(base, "GET", "/v1/parameters", APP_KEY) == (
+        200, f"account:{OWNER_ID}", APP_ID)
+
+
+def test_web_app_passport_end_user_and_app(patched: tuple[str, Path]) -> None:
+    base, _ = patched
+    assert identity(base, "GET", "/api/parameters", PASSPORT) == (
+        200, f"end_user:{WEB_SESSION}", WEB_APP_ID)
 
 
 def test_console_account_and_the_urls_app(patched: tuple[str, Path]) -> None:
