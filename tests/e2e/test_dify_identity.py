@@ -4,14 +4,16 @@
              the overlay's conf.d file and proxy template, the shipped snippets; rendered by
              Dify's entrypoint steps from the compose-merged service)
            → TEST DOUBLE of Dify's API (tests/support/dify_api_double.py: Dify's auth routes,
-             identity headers from the real patch deploy/dify/api/audit_guard_gunicorn.py)
-    nginx's JSON access log + error log → real collector (collector-config/audit-guard.yaml)
-           → `audit-guard serve` → real Jaeger.
+             identity headers from the real patch deploy/dify/api/audit_guard_gunicorn.py, and
+             Dify's own JSON request-log line per request, as with request logging + OTel on)
+    nginx's JSON access log + error log, the api's log → real collector
+           (collector-config/audit-guard.yaml) → `audit-guard serve` → real Jaeger.
 
 Checked as an operator would look, in Jaeger: the nginx span of every authenticated request
 carries user.id and app.id and no missing_field flag for them; the client never sees the
 identity headers; the app got nginx's trace context. Controls: the same request to an unpatched
-(stock) Dify, and an unauthenticated one, are flagged missing_field:user_id.
+(stock) Dify, and an unauthenticated one, are flagged missing_field:user_id. Dify's own request
+log (the complementary route) joins each trace as the nginx span's child, with what it can say.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tests.support.dify_api_double import (
     PASSPORTS,
     STOCK_HEADER,
     DifyApiDouble,
+    EndUser,
 )
 from tests.support.dify_nginx import DifyNginx, merged_model, render_dify_nginx
 
@@ -68,6 +71,13 @@ REQUESTS: dict[str, tuple[str, str, dict[str, str], dict[str, Any] | None, str, 
                                                          STOCK_HEADER: "1"},
                    {"query": "hi", "user": "alice@example.com"}, "", ""),
 }
+# What Dify's own request-log line names (its ids; nobody for a web-app passport or a 401).
+DIFY_LOGGED_USER = {
+    "service_api_post": EndUser("alice@example.com", CHAT).id,
+    "service_api_get": EndUser("bob", FLOW).id,
+    "console": ACCOUNT, "no_end_user": OWNER, "web_app": None, "unauthenticated": None,
+    "stock_dify": EndUser("alice@example.com", CHAT).id,
+}
 IDENTIFIED = ("service_api_post", "service_api_get", "console", "no_end_user", "web_app")
 
 
@@ -89,7 +99,9 @@ class Chain:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: list[ManagedProcess] = []
-        self.api = DifyApiDouble().__enter__()
+        (workdir / "api").mkdir()
+        self.app_log = workdir / "api" / "dify-api.json.log"
+        self.api = DifyApiDouble(app_log=self.app_log).__enter__()
         self.nginx: DifyNginx | None = None
         self.jaeger: JaegerClient | None = None
         self.answers: dict[str, tuple[int, dict[str, str]]] = {}
@@ -105,7 +117,7 @@ class Chain:
         processor_port = free_port()
         collector, _ = start_collector(
             wd / "collector", access_log=self.nginx.access_log,
-            nginx_error_log=self.nginx.error_log,
+            nginx_error_log=self.nginx.error_log, app_log=self.app_log,
             processor_endpoint=f"127.0.0.1:{processor_port}",
             traces_endpoint=ports.otlp_endpoint, vts_target=f"127.0.0.1:{free_port()}")
         self.procs.append(collector)
@@ -209,3 +221,18 @@ def test_dify_gets_nginx_s_trace_context(
         assert headers["traceparent"] == f"00-{rid}-{rid[:16]}-01"
         # Dify's own proxy.conf headers are still sent (the include did not drop them).
         assert headers["x-forwarded-proto"] == "http" and "x-forwarded-for" in headers
+
+
+@pytest.mark.parametrize("name", list(REQUESTS))
+def test_difys_own_request_log_joins_the_trace(
+    name: str, chain: Chain, logged: dict[str, dict[str, Any]]
+) -> None:
+    assert chain.jaeger is not None
+    rid = logged[name]["request_id"]
+    spans = chain.jaeger.wait_for_spans(lambda s: True, timeout=60, trace_id=rid, min_count=2)
+    (app,) = [s for s in spans if s["process"]["serviceName"] == "app"]
+    assert [r["spanID"] for r in app.get("references", [])] == [rid[:16]]
+    assert span_tags(app).get("user.id") == DIFY_LOGGED_USER[name]
+    # Dify's log names no app: its records on audited paths say so.
+    assert "missing_field:app_id" in flags(app)
+    assert not any("missing_record" in flags(s) for s in spans)

@@ -16,6 +16,11 @@ What it copies from Dify 1.13.3, and what is real:
   same answer, no identity headers.
 
 Every request's headers are kept (`seen`), to check what nginx sent upstream (traceparent).
+With `app_log`, every request also gets the line Dify writes with ENABLE_REQUEST_LOGGING=true,
+LOG_OUTPUT_FORMAT=json and ENABLE_OTEL=true (extensions/ext_request_logging.py,
+core/logging/structured_formatter.py and filters.py): its Flask server span continues nginx's
+`traceparent`, and `identity` is the logged-in user only (Dify's IdentityContextFilter reads
+`current_user`: nobody for a web app's passport or a refused request).
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import secrets
 import threading
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -33,8 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from demo.procs import repo_root
 
-__all__ = ["APP_KEYS", "CONSOLE_SESSIONS", "OWNER", "PASSPORTS", "STOCK_HEADER", "DifyApiDouble",
-           "load_patch"]
+__all__ = ["APP_KEYS", "CONSOLE_SESSIONS", "OWNER", "PASSPORTS", "STOCK_HEADER", "TENANT",
+           "DifyApiDouble", "EndUser", "load_patch"]
 
 PATCH = repo_root() / "deploy" / "dify" / "api" / "audit_guard_gunicorn.py"
 # API key → app id (Dify: api_tokens.app_id), console session → account id.
@@ -58,10 +67,17 @@ def load_patch(path: Path = PATCH) -> ModuleType:
     return module
 
 
+TENANT = "e8c1d2f3-4a5b-4c6d-8e9f-a0b1c2d3e4f5"
+
+
 @dataclass(frozen=True)
 class EndUser:  # the attributes of Dify's models.model.EndUser the patch reads
     session_id: str
     app_id: str
+
+    @property
+    def id(self) -> str:  # Dify's own end-user id (end_users.id), what its logs name
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.app_id}/{self.session_id}"))
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,31 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, [EndUser(str(user), APP_KEYS[token])], {}, APP_KEYS[token]
         return 200, [Account(OWNER)], {}, APP_KEYS[token]  # no user: the owner
 
+    def _request_log(self, status: int, users: list[Any], started: float) -> None:
+        """Dify's JSON request-log line for this request (see the module docstring)."""
+        parts = self.headers.get("traceparent", "").split("-")
+        trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+        path = urlsplit(self.path).path
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        line: dict[str, Any] = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "severity": "INFO", "service": "langgenius/dify", "caller": "ext_request_logging.py:79",
+            "message": f"{self.command} {path} {status} {duration_ms} {trace_id}",
+        }
+        if trace_id:
+            line |= {"trace_id": trace_id, "span_id": secrets.token_hex(8)}
+        user = users[0] if users else None
+        if isinstance(user, EndUser):
+            line["identity"] = {"tenant_id": TENANT, "user_id": user.id,
+                                "user_type": "service-api"}
+        elif isinstance(user, Account):
+            line["identity"] = {"tenant_id": TENANT, "user_id": user.id, "user_type": "account"}
+        assert self.server.app_log is not None
+        with self.server.log_lock, self.server.app_log.open("a") as log:
+            log.write(json.dumps(line, separators=(",", ":")) + "\n")
+
     def _answer(self) -> None:
+        started = time.perf_counter()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         self.server.seen.append((self.command, self.path, dict(self.headers.items())))
@@ -117,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             payload = {"event": "message", "answer": "ok", "id": "msg-1"}
         data = json.dumps(payload).encode()
+        if self.server.app_log is not None:  # Dify logs in request_finished, before the body
+            self._request_log(status, users, started)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -138,8 +180,10 @@ class DifyApiDouble(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, app_log: Path | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.app_log = app_log
+        self.log_lock = threading.Lock()
         self.patch = load_patch()
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
