@@ -32,6 +32,7 @@ from .config_otlp import (
     MIN_TOKEN_CHARS,
     ClientTLSConfig,
     ExporterConfig,
+    FindingsConfig,
     Seconds,
     ServerConfig,
     ServerTLSConfig,
@@ -248,6 +249,7 @@ class Settings(BaseSettings):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
+    findings: FindingsConfig = Field(default_factory=FindingsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-__all__ = ["MIN_TOKEN_CHARS", "ClientTLSConfig", "ExporterConfig", "ServerConfig",
+__all__ = ["MIN_TOKEN_CHARS", "ClientTLSConfig", "ExporterConfig", "FindingsConfig",
+           "LogsExporterConfig", "ServerConfig",
            "Seconds", "ServerTLSConfig", "bearer_token", "check_hostport", "redact_input"]
 
 _HOSTPORT = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
@@ -234,3 +235,33 @@ class ExporterConfig(BaseModel):
             raise ValueError(f"unknown gRPC status code(s) {bad}; use names such as "
                              f"INVALID_ARGUMENT, PERMISSION_DENIED")
         return value
+
+
+class LogsExporterConfig(ExporterConfig):
+    """Where findings go as OTLP log records (findings.output logs or both)."""
+
+    endpoint: str = Field(
+        "127.0.0.1:4417",
+        description="Where log records go: the collector's otlp/egress receiver, whose logs "
+        "pipeline routes them (a JSON-lines file by default; Loki, Elasticsearch/OpenSearch, "
+        "Splunk: collector-config/examples/findings-routes.yaml), or any OTLP/gRPC logs "
+        "receiver. A log request refused for good is not spooled: the Export is not "
+        "acknowledged and the collector keeps the data.")
+    permanent_codes: list[str] = Field(
+        default_factory=lambda: ["INVALID_ARGUMENT"],
+        description="gRPC codes (by name) meaning \"this request will never be accepted\": "
+        "not retried, and not acknowledged upstream either (log records have no dead-letter "
+        "spool), so the collector keeps the data and the cause must be fixed. An unknown name "
+        "stops start-up.")
+
+
+class FindingsConfig(BaseModel):
+    """What the processor emits for each audit record: a span, an OTLP log record, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+    output: Literal["spans", "logs", "both"] = Field(
+        "spans", description="spans: to `exporter` (Tempo, Jaeger); logs: one OTLP log record "
+        "per span (same attributes, flags, rule names, trace and span ids) to "
+        "`findings.logs_exporter`; both: each Export is acknowledged upstream only after both "
+        "outputs accepted it (docs/collector.md#findings-as-log-records).")
+    logs_exporter: LogsExporterConfig = Field(default_factory=LogsExporterConfig)

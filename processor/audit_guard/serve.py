@@ -130,7 +130,6 @@ class Service:
 def build_service(settings: Settings) -> Service:
     """Every part, constructed (nothing started); StartupError names what is wrong."""
     from .admin import AdminState, bind_admin_socket, create_app
-    from .otlp.exporter import SpanExporter
     from .otlp.server import OtlpServer
     from .pipeline import Pipeline
     from .rules import RuleError
@@ -153,7 +152,7 @@ def build_service(settings: Settings) -> Service:
         raise StartupError(f"deadletter.dir={settings.deadletter_dir()}: cannot keep the "
                            f"dead-letter spool there: {exc}") from None
     meter_provider = _meter_provider(settings)
-    server = OtlpServer(settings.server, pipeline, SpanExporter(settings.exporter, spool=spool),
+    server = OtlpServer(settings.server, pipeline, _findings_exporter(settings, spool),
                         Telemetry(meter_provider))
     admin_state = AdminState(settings.admin.flags_buffer, settings.admin.requests_kept,
                              settings.admin.records_per_request)
@@ -176,6 +175,19 @@ def build_service(settings: Settings) -> Service:
         app.state.key_id = integrity.digests.key.key_id
     return Service(settings, pipeline, server, admin_state, app, admin_socket, meter_provider,
                    spool, integrity)
+
+
+def _findings_exporter(settings: Settings, spool: DeadLetterSpool | None) -> Any:
+    """The span exporter (findings.output spans), or spans and/or log records behind one
+    export() (audit_guard.audit_logs): an Export is acknowledged once every output took it."""
+    from .audit_logs import FindingsExporter
+    from .otlp.exporter import SpanExporter
+
+    output = settings.findings.output
+    spans = SpanExporter(settings.exporter, spool=spool) if output != "logs" else None
+    if output == "spans":
+        return spans
+    return FindingsExporter(spans, SpanExporter(settings.findings.logs_exporter, logs=True))
 
 
 def _integrity(settings: Settings) -> Integrity | None:

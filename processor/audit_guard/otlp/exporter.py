@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -44,6 +45,9 @@ __all__ = ["DownstreamRejected", "DownstreamUnavailable", "ExportOutcome", "Span
 log = logging.getLogger(__name__)
 
 _METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# The logs output (audit_guard.audit_logs) goes through the same loop: ExportLogsServiceRequest
+# has the trace request's field numbers (resource, scope, items = 1, 1, 2), so it splits alike.
+_LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
 
 def _retry_delay(error: grpc.RpcError) -> float | None:
@@ -63,9 +67,17 @@ def _retry_delay(error: grpc.RpcError) -> float | None:
 
 
 class SpanExporter:
-    def __init__(self, config: ExporterConfig, spool: DeadLetterSpool | None = None) -> None:
+    """`logs=True`: the same exporter for log records (LogsService; never spooled: the spool
+    and `resend` hold span requests, so a log request refused for good raises
+    DownstreamRejected and is not acknowledged). Messages say "span(s)" for both."""
+
+    def __init__(self, config: ExporterConfig, spool: DeadLetterSpool | None = None,
+                 *, logs: bool = False) -> None:
+        if logs and spool is not None:
+            raise ValueError("the logs exporter has no dead-letter spool (it holds spans)")
         self._config = config
         self.spool = spool
+        self._logs = logs
         self._permanent = frozenset(grpc.StatusCode[name] for name in config.permanent_codes)
         # Our own requests are at most max_request_bytes; relayed ones (TraceService) may be
         # larger before they are split, so the channel itself does not cap them.
@@ -80,9 +92,10 @@ class SpanExporter:
             )
         # Requests arrive already serialized (bytes pass through untouched).
         self._call = self._channel.unary_unary(
-            _METHOD,
+            _LOGS_METHOD if logs else _METHOD,
             request_serializer=None,
-            response_deserializer=ExportTraceServiceResponse.FromString,
+            response_deserializer=(ExportLogsServiceResponse if logs
+                                   else ExportTraceServiceResponse).FromString,
         )
         metadata = {k.lower(): v for k, v in config.headers.items()}
         token = config.token()
@@ -164,7 +177,9 @@ class SpanExporter:
                 if self._shutdown.wait(delay):
                     raise DownstreamUnavailable("exporter is shutting down") from None
                 continue
-            rejected = min(response.partial_success.rejected_spans, spans)
+            partial = response.partial_success
+            rejected = min(partial.rejected_log_records if self._logs else partial.rejected_spans,
+                           spans)
             if rejected:
                 log.error("downstream %s rejected %d of %d spans: %s", cfg.endpoint, rejected,
                           spans, response.partial_success.error_message)

@@ -231,7 +231,8 @@ def test_fragment_leaves_the_users_config_as_it_was(tmp_path: Path) -> None:
     assert users_part(merged, load(FRAGMENT)) == alone
     assert merged["service"]["extensions"] == alone["service"]["extensions"] + OUR_EXTENSIONS
     assert set(merged["service"]["pipelines"]) - set(alone["service"]["pipelines"]) == {
-        "logs/audit_guard", "metrics/audit_guard_nginx", "traces/audit_guard_egress"}
+        "logs/audit_guard", "metrics/audit_guard_nginx", "traces/audit_guard_egress",
+        "logs/audit_guard_egress"}
     # the order of the --config files does not matter: no key is set by both
     assert effective(FRAGMENT, user_path, env=env) == merged
 

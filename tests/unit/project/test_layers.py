@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "spans": 5, "span_encoding": 5, "telemetry": 5,
     "integrity": 5,  # chains and digests over the built spans (issue #14)
     "pipeline": 6,
+    "audit_logs": 5,  # findings as OTLP log records, from the built spans (issue #15)
     "completeness": 7, "replay": 7, "doctor": 7,
     "otlp": 8, "admin": 8,
     "serve": 9,
