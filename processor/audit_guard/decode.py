@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from itertools import accumulate
 from typing import Any
 
@@ -189,12 +190,23 @@ def _add_journal_entries(groups: dict[str, SourceRows], records: Any) -> None:
     """Journal entries (Docker's journald driver): pieces recombined, an unfinished line
     flagged partial; the observed time is the entry's own (see sources.journald)."""
     lines = journald.recombine((j, _journal_fields(r)) for j, r in enumerate(records))
-    rows, first = _app_rows(groups, len(lines))
+    rows, first = _app_rows(groups, 0)
+    # The entry's journal cursor stands for a file offset: the same entry read again is the
+    # same record (same spans), not a duplicate (see correlate.duplicates).
+    rows.offsets += [None] * (first - len(rows.offsets))
+    rows.offsets += [_cursor_id(line.cursor) for line in lines]
     for j, line in enumerate(lines):
         rows.bodies.append(line.content)
         rows.observed.append(line.observed_time_unix_nano)
         if line.partial:
             rows.partial.add(first + j)
+
+
+def _cursor_id(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    digest = blake2b(cursor.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest) >> 1  # an int64, as a file offset is
 
 
 def _add_syslog_messages(groups: dict[str, SourceRows], records: Any) -> None:

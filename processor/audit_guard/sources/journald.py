@@ -36,6 +36,7 @@ backlog) is a delay of the pipeline, not an app that held its output back (`dela
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -45,6 +46,7 @@ from .container import ContainerLine
 
 __all__ = [
     "JOURNAL_KEYS",
+    "JournalLine",
     "decode_entry",
     "detect_format",
     "message_text",
@@ -54,17 +56,25 @@ __all__ = [
 
 MESSAGE = "MESSAGE"
 REALTIME = "__REALTIME_TIMESTAMP"
+CURSOR = "__CURSOR"
 SOURCE_REALTIME = "_SOURCE_REALTIME_TIMESTAMP"
 PARTIAL_MESSAGE = "CONTAINER_PARTIAL_MESSAGE"
 PARTIAL_ID = "CONTAINER_PARTIAL_ID"
 PARTIAL_ORDINAL = "CONTAINER_PARTIAL_ORDINAL"
 PARTIAL_LAST = "CONTAINER_PARTIAL_LAST"
 # Fields every `journalctl -o json` line has (detection of a journal export in replay).
-JOURNAL_KEYS = frozenset({REALTIME, "__CURSOR", "__MONOTONIC_TIMESTAMP"})
+JOURNAL_KEYS = frozenset({REALTIME, CURSOR, "__MONOTONIC_TIMESTAMP"})
 # Kept on each line (`ContainerLine.attrs`): what names the container the line came from.
 _NAMING_FIELDS = ("CONTAINER_NAME", "CONTAINER_TAG", "CONTAINER_ID", "_SYSTEMD_UNIT")
 _STDERR_PRIORITIES = frozenset({"0", "1", "2", "3"})  # Docker: stderr → PriErr (3)
 _US = 1000
+
+
+@dataclass(slots=True)
+class JournalLine(ContainerLine):
+    # The `__CURSOR` of the line's last entry: its place in the journal. The same entry read
+    # again (a collector that stopped before it saved its cursor) has the same one.
+    cursor: str | None = None
 
 
 def message_text(value: object) -> str | None:
@@ -133,7 +143,8 @@ def _ordinal(fields: Mapping[str, Any]) -> int | None:
 class _Run:
     """The pieces of one logical line not yet completed."""
 
-    __slots__ = ("line", "observed", "attrs", "stream", "pieces", "next_ordinal", "gap")
+    __slots__ = ("line", "observed", "attrs", "stream", "pieces", "next_ordinal", "gap",
+                 "cursor")
     gap: bool
 
     def __init__(self, line: int, fields: Mapping[str, Any]) -> None:
@@ -154,10 +165,11 @@ class _Run:
                 self.gap = True  # the first pieces are missing
             self.next_ordinal = ordinal + 1
         self.pieces.append(text)
+        self.cursor = message_text(fields.get(CURSOR))
 
-    def emit(self, partial: bool) -> ContainerLine:
-        return ContainerLine(self.line, "".join(self.pieces), self.stream, self.observed,
-                             partial or self.gap, self.attrs)
+    def emit(self, partial: bool) -> JournalLine:
+        return JournalLine(self.line, "".join(self.pieces), self.stream, self.observed,
+                           partial or self.gap, self.attrs, cursor=self.cursor)
 
 
 def _key(fields: Mapping[str, Any]) -> tuple[str, ...]:
@@ -178,15 +190,16 @@ def _is_last(fields: Mapping[str, Any]) -> bool:
     return message_text(fields.get(PARTIAL_LAST)) != "false"
 
 
-def recombine(entries: Iterable[tuple[int, Mapping[str, Any] | None]]) -> list[ContainerLine]:
+def recombine(entries: Iterable[tuple[int, Mapping[str, Any] | None]]) -> list[JournalLine]:
     """Journal entries `(line number or position, fields)` → logical lines (see the module
     doc). `fields` None: a line that was not a journal entry (kept, malformed, empty text)."""
-    out: list[ContainerLine] = []
+    out: list[JournalLine] = []
     pending: dict[tuple[str, ...], _Run] = {}
     for number, fields in entries:
         if fields is None or MESSAGE not in fields:
-            out.append(ContainerLine(number, "", "", None if fields is None
-                                     else observed_ns(fields), malformed=True))
+            out.append(JournalLine(number, "", "", None, malformed=True) if fields is None else
+                       JournalLine(number, "", "", observed_ns(fields), malformed=True,
+                                   cursor=message_text(fields.get(CURSOR))))
             continue
         text = message_text(fields[MESSAGE])
         elided = text is None  # journalctl without --all prints a field over 4 KiB as null
@@ -196,8 +209,9 @@ def recombine(entries: Iterable[tuple[int, Mapping[str, Any] | None]]) -> list[C
         last = _is_last(fields)
         if run is None:
             if last and _ordinal(fields) in (None, 1):  # the common case: a whole line
-                out.append(ContainerLine(number, text, _stream(fields), observed_ns(fields),
-                                         elided, _naming(fields)))
+                out.append(JournalLine(number, text, _stream(fields), observed_ns(fields),
+                                       elided, _naming(fields),
+                                       cursor=message_text(fields.get(CURSOR))))
                 continue
             run = pending[key] = _Run(number, fields)
         run.add(fields, text)

@@ -135,3 +135,37 @@ def test_decode_makes_journal_entries_app_rows() -> None:
     assert rows.observed == [(T_US - 7) * 1000, (T_US + 1) * 1000, T_US * 1000]
     assert rows.partial == {1}
     assert set(groups) == {APP}
+
+
+def test_an_entry_read_again_is_the_same_record_a_line_written_twice_a_duplicate() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from audit_guard.config import load_settings
+    from audit_guard.pipeline import Pipeline
+
+    line = ('{"ts":"2025-12-02T11:30:00Z","message":"m","trace_id":"' + "ab" * 16 + '",'
+            '"user_id":"u","app_id":"a","method":"GET","path":"/v1/x","status":200}')
+    other = line.replace("ab" * 16, "cd" * 16)
+    pipeline = Pipeline(load_settings())
+
+    def spans(*entries: dict[str, Any]) -> dict[str, tuple[bytes, bool]]:
+        """As serve computes them: trace id → (span id, flagged duplicate)."""
+        data, _ = pipeline.process_logs(receiver_request(*entries), T_US * 1000)
+        out = {}
+        for rs in ExportTraceServiceRequest.FromString(data).resource_spans:
+            for span in (s for ss in rs.scope_spans for s in ss.spans):
+                flags = [v.string_value for a in span.attributes if a.key == "audit.flags"
+                         for v in a.value.array_value.values]
+                out[span.trace_id.hex()] = (span.span_id, "duplicate" in flags)
+        return out
+
+    (first,) = spans(entry(line, __CURSOR="s=1;i=1")).values()
+    assert not first[1]
+    # The collector read it again (its cursor was not saved), in another request.
+    again = spans(entry(other, __CURSOR="s=1;i=0"), entry(line, __CURSOR="s=1;i=1"))
+    assert again["ab" * 16] == first
+    # The app wrote the same line twice: another entry, another cursor.
+    (twice,) = spans(entry(line, __CURSOR="s=1;i=2")).values()
+    assert twice[1] and twice[0] != first[0]
