@@ -32,9 +32,8 @@ from functools import wraps
 from types import ModuleType
 from typing import Any
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, abort, current_app, jsonify, request
 from flask_login import LoginManager
-from werkzeug.exceptions import Unauthorized
 
 __all__ = ["ACCOUNT_ID", "APP_ID", "APP_KEY", "CONSOLE_TOKEN", "OWNER_ID", "PASSPORT",
            "WEB_APP_ID", "WEB_SESSION", "app"]
@@ -101,13 +100,13 @@ def _token() -> str:
 
 def _validate_and_get_api_token(scope: str | None = None) -> ApiToken:
     if _token() != APP_KEY:
-        raise Unauthorized("Access token is invalid")
+        abort(401, "Access token is invalid")  # werkzeug's Unauthorized, as Dify raises
     return ApiToken(app_id=APP_ID)
 
 
 def _decode_jwt_token() -> tuple[App, EndUser]:
     if _token() != PASSPORT:
-        raise Unauthorized("App token is missing.")
+        abort(401, "App token is missing.")
     return App(WEB_APP_ID), EndUser(id="eu-web-1", session_id=WEB_SESSION, app_id=WEB_APP_ID)
 
 
@@ -166,7 +165,7 @@ def web_parameters(app_model: App, end_user: EndUser) -> Any:
 @app.get("/console/api/apps/<uuid:app_id>/workflows/draft")
 def draft(app_id: Any) -> Any:
     if _token() != CONSOLE_TOKEN:
-        raise Unauthorized("Invalid session")
+        abort(401, "Invalid session")
     _login(Account(id=ACCOUNT_ID))
     return jsonify(graph={})
 
