@@ -530,6 +530,9 @@ def test_batching_happens_after_the_persistent_queues() -> None:
     for name, pipe in cfg["service"]["pipelines"].items():
         assert pipe["processors"] == ["memory_limiter"], name
     for name, exporter in cfg["exporters"].items():
+        if name.split("/")[0] == "file":  # findings' JSON lines: written, unbuffered, before
+            assert "sending_queue" not in exporter, name  # the egress receiver answers
+            continue
         queue = exporter["sending_queue"]
         assert queue["storage"] == "file_storage" and queue["block_on_overflow"] is True, name
         assert queue["batch"]["sizer"] == "bytes", name
