@@ -32,7 +32,7 @@ class IntegrityConfig(BaseModel):
     public_key_dir: Path | None = Field(
         None, description="Every public key that ever signed, as <key id>.pub: the current one "
         "is added at start. Keep the old ones after a rotation so old digests stay verifiable "
-        "(audit-guard verify --public-key-dir). Unset: <state_dir>/public-keys.")
+        "(audit-guard verify --public-key DIR). Unset: <state_dir>/public-keys.")
     digest_interval_s: Seconds = Field(
         60.0, description="How often a signed digest is emitted (and once at shutdown).")
 

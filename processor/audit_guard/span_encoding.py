@@ -210,6 +210,6 @@ def encode_events(found: list[tuple[int, str, dict[str, str | int]]], max_bytes:
         Span.Event(time_unix_nano=when if 0 <= when <= MAX_UINT64 else 0,
                    name=clean(cut(name)),  # type: ignore[arg-type]
                    attributes=[KeyValue(key=clean(k), value=any_value(cut(v)))
-                               for k, v in attrs.items()])
+                               for k, v in sorted(attrs.items())])
         for when, name, attrs in found
     ]).SerializeToString()

@@ -224,7 +224,7 @@ class SpanBuilder:
         for i, attrs in enumerate(batch.attributes):
             parts = []
             if attrs:
-                for key, value in attrs.items():
+                for key, value in sorted(attrs.items()):  # by key: integrity.encoding
                     cache = self._cache(key)
                     parts.append(cache.one(value))
                     if cache.last_capped:

@@ -56,7 +56,7 @@ def run_verify(args: argparse.Namespace) -> int:
     import orjson
 
     from .keys import KeyFileError, load_public_keys
-    from .readers import ReaderError, ReadSpan, read_jaeger, read_otlp_json
+    from .readers import JaegerLookup, ReaderError, ReadSpan, read_jaeger, read_otlp_json
     from .verify import verify
 
     if not args.file and not args.jaeger:
@@ -82,7 +82,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
     try:
         # Files without --since: the whole trail, so every chain and digest starts at 1.
-        report = verify(spans(), keys, from_start=args.since is None and not args.jaeger)
+        report = verify(spans(), keys, from_start=args.since is None and not args.jaeger,
+                        lookup=JaegerLookup(args.jaeger) if args.jaeger else None)
     except ReaderError as exc:
         print(f"audit-guard verify: {exc}", file=sys.stderr)
         return 2

@@ -26,16 +26,15 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ..span_encoding import END_TAG, START_TAG, AttrValue, encode_attribute
-from .encoding import BACKEND_KEYS, CHAIN_KEYS
+from .encoding import BACKEND_KEYS, CHAIN_KEYS, builder_rank
 
-__all__ = ["ReadSpan", "ReaderError", "read_jaeger", "read_otlp_json", "spans_of_request"]
+__all__ = ["JaegerLookup", "ReadSpan", "ReaderError", "read_jaeger", "read_otlp_json",
+           "spans_of_request"]
 
 _KINDS = {name: number for number, name in enumerate(
     ("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
      "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"))}
 _CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
-
-
 class ReaderError(Exception):
     """The input cannot be read (usage error: exit 2); the message says which and why."""
 
@@ -123,11 +122,10 @@ class _Encoder:
         parts.append(Span(kind=kind).SerializeToString() + START_TAG + start.to_bytes(8, "little")
                      + END_TAG + end.to_bytes(8, "little"))
         for kv in raw.get("attributes") or ():
-            key = kv["key"]
-            value = _value(kv.get("value"))
-            attrs[key] = value
-            if key not in CHAIN_KEYS and key not in BACKEND_KEYS:
-                parts.append(self.attribute(key, value))
+            attrs[kv["key"]] = _value(kv.get("value"))
+        parts += [self.attribute(key, attrs[key]) for key in sorted(attrs, key=builder_rank)
+                  if key not in CHAIN_KEYS and key not in BACKEND_KEYS
+                  and not key.startswith("@jaeger@")]
         parts.append(_tail(raw))
         return ReadSpan(where, service, (raw.get("traceId") or "").lower(),
                         (raw.get("spanId") or "").lower(), raw.get("name", ""), start, attrs,
@@ -144,7 +142,8 @@ def _tail(raw: dict[str, Any]) -> bytes:
     span = Span(events=[
         Span.Event(time_unix_nano=int(e.get("timeUnixNano", 0)), name=e.get("name", ""),
                    attributes=[KeyValue(key=a["key"], value=_any(_value(a.get("value"))))
-                               for a in e.get("attributes") or ()])
+                               for a in sorted(e.get("attributes") or (),
+                                               key=lambda a: str(a["key"]))])
         for e in events or ()])
     if code or status.get("message"):
         span.status.CopyFrom(Status(code=code, message=status.get("message", "")))  # type: ignore[arg-type]
@@ -184,7 +183,7 @@ def read_otlp_json(path: Path) -> Iterator[ReadSpan]:
 
 
 def read_jaeger(base_url: str, services: list[str] | None, since_s: float, until_s: float,
-                page: int = 2000, timeout: float = 30) -> Iterator[ReadSpan]:
+                page: int = 1000, timeout: float = 30) -> Iterator[ReadSpan]:
     """The spans of `services` (default: every service Jaeger knows) started in
     [since_s, until_s], from `/api/v3/traces`; a window that fills a page is halved."""
     base = base_url.rstrip("/")
@@ -207,6 +206,33 @@ def read_jaeger(base_url: str, services: list[str] | None, since_s: float, until
                 if span.service == service:
                     span.where = f"jaeger trace {span.trace_id}"
                     yield span
+
+
+class JaegerLookup:
+    """One chain link looked up by its attributes, whatever its time: a record whose event time
+    is outside the range read (a late record) is not a deleted one. Legacy tag search for the
+    trace ids, then the trace in OTLP JSON from /api/v3/traces/{id}."""
+
+    def __init__(self, base_url: str, timeout: float = 30) -> None:
+        self._base = base_url.rstrip("/")
+        self._timeout = timeout
+        self._encoder = _Encoder()
+
+    def __call__(self, service: str, chain_id: str, seq: int) -> list[ReadSpan]:
+        params = urllib.parse.urlencode({
+            "service": service, "start": 1, "end": int((time.time() + 3600) * 1e6),
+            "limit": 20, "tags": json.dumps({"audit.chain.id": chain_id,
+                                             "audit.chain.seq": str(seq)})})
+        found = (_get(f"{self._base}/api/traces?{params}", self._timeout) or {}).get("data")
+        out = []
+        for trace in found or ():
+            body = _get(f"{self._base}/api/v3/traces/{trace['traceID']}", self._timeout)
+            for span in spans_of_request((body or {}).get("result") or {}, "", self._encoder):
+                if span.attrs.get("audit.chain.id") == chain_id and \
+                        span.attrs.get("audit.chain.seq") == seq:
+                    span.where = f"jaeger trace {span.trace_id}"
+                    out.append(span)
+        return out
 
 
 def _rfc3339(t: float) -> str:

@@ -19,7 +19,7 @@ spans that are not chained (missing_record markers, error-log-only events).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +54,20 @@ def _problem(kind: str, detail: str, r: Record | None = None, **extra: Any) -> P
     return Problem(kind, detail, r.chain, r.seq, r.where, r.trace_id, r.span_id)
 
 
+# (service, chain id, seq) → the spans holding that link, wherever their time (a backend's
+# attribute search: records whose event time is outside the range read).
+Lookup = Callable[[str, str, int], list[ReadSpan]]
+_MAX_LOOKUPS = 10_000
+
+
 def verify(spans: Iterable[ReadSpan], keys: dict[str, Ed25519PublicKey],
-           from_start: bool = False) -> Report:
+           from_start: bool = False, lookup: Lookup | None = None) -> Report:
     """`from_start`: the spans are the whole trail (no time range), so chains and digests
-    must start at seq 1."""
+    must start at seq 1. `lookup`: asked for each seq missing from the spans read before it
+    is reported deleted."""
     report = Report()
     chains: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    services: dict[str, str] = {}
     digests: list[Digest] = []
     synthetic = 0
     for span in spans:
@@ -72,6 +80,7 @@ def verify(spans: Iterable[ReadSpan], keys: dict[str, Ed25519PublicKey],
         record = _record(span, report)
         if record is not None:
             chains[record.chain][record.seq].append(record)
+            services.setdefault(record.chain, span.service)
             report.records += 1
         elif (a.get("audit.source") in SYNTHETIC_SOURCES
               or SYNTHETIC_FLAGS.intersection(a.get("audit.flags") or ())):
@@ -83,12 +92,35 @@ def verify(spans: Iterable[ReadSpan], keys: dict[str, Ed25519PublicKey],
                 trace_id=span.trace_id, span_id=span.span_id))
     report.digests = len(digests)
     signed = check_digests(digests, keys, report.problems, from_start)
+    if lookup is not None:
+        _look_up_gaps(chains, services, signed, lookup, report, from_start)
     for chain_id, by_seq in sorted(chains.items()):
         _check_chain(chain_id, by_seq, signed, report, from_start)
     if synthetic:
         report.warnings.append(f"{synthetic} finding span(s) (missing_record markers, "
                                "error-log events) are not chained and were not checked")
     return report
+
+
+def _missing(by_seq: dict[int, list[Record]], heads: list[Signed], first: int) -> list[int]:
+    top = max([max(by_seq), *(h.last_seq for h in heads)])
+    start = min([first, *(h.first_seq for h in heads if h.first_seq is not None)])
+    return [seq for seq in range(start, top + 1) if seq not in by_seq]
+
+
+def _look_up_gaps(chains: dict[str, dict[int, list[Record]]], services: dict[str, str],
+                  signed: dict[str, list[Signed]], lookup: Lookup, report: Report,
+                  from_start: bool) -> None:
+    budget = _MAX_LOOKUPS
+    for chain_id, by_seq in chains.items():
+        first = 1 if from_start else min(by_seq)
+        for seq in _missing(by_seq, signed.get(chain_id, []), first)[:budget]:
+            budget -= 1
+            for span in lookup(services[chain_id], chain_id, seq):
+                record = _record(span, report)
+                if record is not None and record.chain == chain_id and record.seq == seq:
+                    by_seq[seq].append(record)
+                    report.records += 1
 
 
 def _record(span: ReadSpan, report: Report) -> Record | None:
@@ -173,16 +205,12 @@ def _reordered(chain_id: str, by_seq: dict[int, list[Record]], bad: list[Record]
 def _check_gaps(chain_id: str, seqs: list[int], heads: list[Signed], report: Report,
                 first: int) -> None:
     last_signed = max((h.last_seq for h in heads), default=0)
-    top = max(seqs[-1], last_signed)
-    present = set(seqs)
-    start = min([first, *(h.first_seq for h in heads if h.first_seq is not None)])
     run: list[int] = []
-    for seq in range(start, top + 1):
-        if seq not in present:
-            run.append(seq)
-            continue
-        _report_gap(chain_id, run, report)
-        run = []
+    for seq in _missing({s: [] for s in seqs}, heads, first):
+        if run and seq != run[-1] + 1:
+            _report_gap(chain_id, run, report)
+            run = []
+        run.append(seq)
     _report_gap(chain_id, run, report)
     if seqs[-1] > last_signed:
         report.warnings.append(f"chain {chain_id}: seq {max(last_signed + 1, seqs[0])}.."

@@ -98,6 +98,13 @@ def check_digests(digests: list[Digest], keys: dict[str, Ed25519PublicKey],
 def _continuity(instance: str, by_seq: dict[int, list[tuple[Digest, dict[str, Any]]]],
                 problems: list[Problem], from_start: bool) -> None:
     seqs = sorted(by_seq)
+    for seq in seqs:  # the same seq signed again by the same key is a retried digest
+        signers = {d.key_id for d, _ in by_seq[seq]}
+        if len(signers) > 1:
+            for d, _ in by_seq[seq]:
+                problems.append(_problem(
+                    "digest_forged", f"digest {instance}#{seq} exists signed by different keys "
+                    f"({', '.join(sorted(signers))}): at most one of them is genuine", d.where))
     for seq in range(1 if from_start else seqs[0], seqs[-1] + 1):
         if seq not in by_seq:
             problems.append(_problem("digest_missing", f"digest {instance}#{seq} is missing "

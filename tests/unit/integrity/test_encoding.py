@@ -13,6 +13,7 @@ from audit_guard.integrity.encoding import (
     CHAIN_ID,
     CHAIN_SEQ,
     ChainAttributes,
+    builder_rank,
     genesis,
     link,
     span_content,
@@ -87,3 +88,23 @@ def test_content_ignores_chain_and_backend_attributes() -> None:
     assert span_content(span) == blob
     span.attributes[0].value.string_value = "tampered"
     assert span_content(span) != blob
+
+
+def test_the_builder_writes_attributes_in_builder_order() -> None:
+    # Backends may sort attributes (Jaeger does); the verifier restores this order.
+    for blob in SpanBuilder(max_attribute_bytes=256).spans(_varied_batch(), now_ns=42):
+        keys = [kv.key for kv in Span.FromString(blob).attributes]
+        assert keys == sorted(keys, key=builder_rank), keys
+        assert len(keys) == len(set(keys))
+
+
+def test_content_is_the_same_whatever_order_a_backend_returns() -> None:
+    blob = SpanBuilder().spans(_varied_batch(), now_ns=42)[1]  # with events and extras
+    span = Span.FromString(blob)
+    shuffled = Span()
+    shuffled.CopyFrom(span)
+    del shuffled.attributes[:]
+    shuffled.attributes.extend(sorted(span.attributes, key=lambda kv: kv.key))
+    for event in shuffled.events:
+        event.attributes.sort(key=lambda kv: kv.key, reverse=True)
+    assert span_content(shuffled) == blob
