@@ -310,14 +310,17 @@ class Pipeline:
                     event.at = error_rows.offsets[event.line - 1]
             self.errors.on_events(events, now_ns)
         for source, rows in groups.items():
-            spans = SpanBatch(self.service_names[source])
-            for start in range(0, len(rows.bodies), CHUNK_ROWS):
-                end = min(start + CHUNK_ROWS, len(rows.bodies))
-                spans.spans += self._isolated(source, rows, start, end, read_ns, stats)
-            parts += spans.request_parts()
+            # One resource per origin (the collector's resource attributes and file), so a
+            # span says which host, container and file its record came from.
+            for first, last, origin in rows.runs():
+                spans = SpanBatch(self.service_names[source], origin)
+                for start in range(first, last, CHUNK_ROWS):
+                    end = min(start + CHUNK_ROWS, last)
+                    spans.spans += self._isolated(source, rows, start, end, read_ns, stats)
+                parts += spans.request_parts()
+                if stats is not None:
+                    stats.spans += len(spans.spans)
             count += len(rows.bodies)
-            if stats is not None:
-                stats.spans += len(spans.spans)
         extra += self.errors.expired_batches(now_ns)
         for batch in extra:
             if self.redact.active:

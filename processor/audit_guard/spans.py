@@ -72,9 +72,12 @@ Truncated = dict[int, list[tuple[str, int]]]
 class SpanBatch:
     """Serialized spans of one resource (service), turned into an ExportTraceServiceRequest."""
 
-    def __init__(self, service_name: str) -> None:
+    def __init__(self, service_name: str, origin: tuple[bytes, ...] = ()) -> None:
+        """`origin`: serialized KeyValues the collector gave about where the records came from
+        (its resource attributes, `log.file.path`), kept beside `service.name` as they came."""
         resource = Resource(
-            attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service_name))]
+            attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service_name)),
+                        *map(KeyValue.FromString, origin)]
         )
         scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
         self._resource = ResourceSpans(resource=resource).SerializeToString()
