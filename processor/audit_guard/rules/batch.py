@@ -66,7 +66,7 @@ class BatchColumns:
         self.batch = batch
         self.base = {"source": batch.source}
         self._flags: list[tuple[str, ...]] | None = None
-        self._ages: list[float | None] | None = None
+        self._ages: list[int | None] | None = None
         self._views: dict[int, dict[str, Any]] = {}
         self._distinct: dict[str, set[Any] | None] = {}
 

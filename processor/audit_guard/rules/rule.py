@@ -4,10 +4,11 @@ YAML.
 A rule file is a YAML list of `{name, description, when, severity, labels}`. A rule matches a
 record when `when` is truthy in JMESPath's sense (not false, null, '', [] or {}) over the record
 view (`record_view`): user_id, app_id, method, path, route, status, source, flags, fields, and
-age_s: seconds from the record's own time to when audit-guard received it (serve: when the
-collector read the request; replay: the event-time clock), negative for a record stamped ahead of
-that, null when either time is unknown. JMESPath has no arithmetic, so the one comparison a
-freshness rule needs is made here (the seed article's §4.4: `age_s > `35` || age_s < `-5``).
+age_s: whole seconds (rounded away from zero) from the record's own time to when audit-guard
+received it (serve: when the collector read the request; replay: the event-time clock), negative
+for a record stamped ahead of that, null when either time is unknown. JMESPath has no arithmetic,
+so the one subtraction a freshness rule needs is made here (the seed article's §4.4:
+`age_s > `35` || age_s < `-5``).
 
 Loading is all or nothing: a set with ANY error (bad YAML, a missing key, a bad severity, a
 duplicate name, an expression that does not compile) is refused as a whole with a RuleError
@@ -90,15 +91,18 @@ def record_view(record: AuditRecord) -> dict[str, Any]:
     }
 
 
-def age_s(received_unix_nano: int | None, time_unix_nano: int | None) -> float | None:
-    """Seconds from a record's time to its receive time (an exact integer difference, then one
-    correctly rounded division: exactly 35 s is `35.0`, one nanosecond more is above it)."""
+def age_s(received_unix_nano: int | None, time_unix_nano: int | None) -> int | None:
+    """Whole seconds from a record's time to its receive time, rounded AWAY from zero: then
+    `age_s > N` is exactly "more than N s old" and `age_s < -N` exactly "more than N s ahead"
+    for a whole N (35 s is 35, 35 s + 1 ns is 36; -5 s is -5, -5 s - 1 ns is -6), and a batch
+    has few distinct ages, so a rule on age_s is evaluated per distinct age, memoised."""
     if received_unix_nano is None or not time_unix_nano:
         return None
-    return (received_unix_nano - time_unix_nano) / 1_000_000_000
+    diff = received_unix_nano - time_unix_nano
+    return -(-diff // 1_000_000_000) if diff >= 0 else diff // 1_000_000_000
 
 
-def batch_ages(batch: RecordBatch) -> list[float | None]:
+def batch_ages(batch: RecordBatch) -> list[int | None]:
     """The `age_s` column of a batch."""
     received = batch.received_unix_nano
     if received is None:

@@ -58,9 +58,11 @@ RECEIVED = T0 * NS + 100 * NS
     (35 * NS, False),  # exactly 35 s old: not older than now − 35 s
     (35 * NS + 1, True),  # one nanosecond more is
     (34 * NS + 999_999_999, False),
+    (36 * NS, True),
     (90 * NS, True),
     (-5 * NS, False),  # 5 s ahead: within the clock-drift tolerance
     (-5 * NS - 1, True),  # beyond it: the writer's clock is ahead, the time is not trusted
+    (-4 * NS - 999_999_999, False),
     (-60 * NS, True),
 ])
 def test_stale_event_edges(age_ns: int, stale: bool) -> None:
@@ -85,7 +87,9 @@ def test_age_s_in_the_record_view_and_in_a_batch_without_receive_time() -> None:
     batch = RecordBatch(APP, 2, time_unix_nano=[T0 * NS, None])
     assert batch_record_view(batch, 0)["age_s"] is None  # nothing received it
     batch.received_unix_nano = T0 * NS + 36 * NS + 500_000_000
-    assert batch_record_view(batch, 0)["age_s"] == 36.5
+    assert batch_record_view(batch, 0)["age_s"] == 37  # whole seconds, away from zero
+    batch.received_unix_nano = T0 * NS - 500_000_000
+    assert batch_record_view(batch, 0)["age_s"] == -1
     assert batch_record_view(batch, 1)["age_s"] is None
     assert batch.slice(1, 2).received_unix_nano == batch.received_unix_nano
 
