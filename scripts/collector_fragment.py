@@ -343,10 +343,68 @@ VARIANTS = (
 )
 
 
+SECURE = "audit-guard-secure.yaml"
+SECURE_FRAGMENT = "audit-guard-fragment-secure.yaml"
+SECURE_INTRO = """
+# The secure variant of audit-guard-fragment.yaml: mutual TLS and a bearer token on both hops
+# that carry audit records (otlp_grpc/audit_guard_processor, otlp/audit_guard_egress), for a
+# collector you already run.
+# GENERATED from {secure} by scripts/collector_fragment.py: do not edit by hand,
+# edit {secure} and run `.venv/bin/python scripts/collector_fragment.py`.
+#
+# It sets no `service.extensions` (a list there would replace yours).
+# 1. Add the extensions to YOUR `service.extensions` list, in your own file:
+#    service:
+#      extensions: [health_check, file_storage, file_storage/audit_guard,
+#                   bearertokenauth/audit_guard_processor, bearertokenauth/audit_guard_egress]
+#    (yours first, unchanged; both tokens are required: a receiver or exporter naming an
+#    authenticator that is not running refuses to start).
+# 2. Merge it after the fragment, check, run (the processor's side: docs/hardening.md):
+#      otelcol-contrib validate --config your-config.yaml --config audit-guard-fragment.yaml \\
+#        --config {fragment}
+#      otelcol-contrib --config your-config.yaml --config audit-guard-fragment.yaml \\
+#        --config {fragment} --feature-gates=stanza.synchronousLogEmitter
+"""
+
+
+def render_secure(standalone_text: str, secure_text: str) -> str:
+    """The secure overlay under the fragment's ids, without its `service` section; checked
+    against the rewrite of the parsed YAML, as the fragments are."""
+    secure = yaml.safe_load(secure_text)
+    ids = id_map(yaml.safe_load(standalone_text), prefixed)
+    ids |= {cid: prefixed(cid) for section in COMPONENT_SECTIONS
+            for cid in (secure.get(section) or {})}
+    header, sections = _split_standalone(secure_text)
+    env = [_keep_columns(line, _rename_text(line, ids))
+           for line in _header_block(header, "# Environment", "")]
+    intro = SECURE_INTRO.strip("\n").replace("{secure}", SECURE).replace(
+        "{fragment}", SECURE_FRAGMENT)
+    body = [_wrap_comments(_rename_text(sections[s], ids))
+            for s in COMPONENT_SECTIONS if s in sections]
+    text = "\n".join([intro, "#", *env, "", *body]).rstrip("\n") + "\n"
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {ids.get(k, k): walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return ids.get(node, node) if isinstance(node, str) else node
+
+    expected = walk({k: v for k, v in secure.items() if k != "service"})
+    if yaml.safe_load(text) != expected:
+        raise ValueError(f"{SECURE_FRAGMENT}: the text rewrite of {SECURE} does not parse to "
+                         "the rewritten data (an id referenced in a way _rename_text misses?)")
+    return text
+
+
 def fragments(config_dir: Path | None = None) -> dict[str, str]:
     """File name → the text this script writes for it."""
-    standalone = ((config_dir or CONFIG_DIR) / STANDALONE).read_text(encoding="utf-8")
-    return {v.filename: render(v, standalone) for v in VARIANTS}
+    directory = config_dir or CONFIG_DIR
+    standalone = (directory / STANDALONE).read_text(encoding="utf-8")
+    out = {v.filename: render(v, standalone) for v in VARIANTS}
+    secure = (directory / SECURE).read_text(encoding="utf-8")
+    out[SECURE_FRAGMENT] = render_secure(standalone, secure)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,11 +35,13 @@ import yaml
 from demo.backends import COLLECTOR_FEATURE_GATES, CollectorEndpoints
 from demo.procs import ManagedProcess, free_port, http_ok, tool_path, wait_until
 from tests.e2e.test_collector_config import FakeProcessor, metric_value, scrape
+from tests.support.tls_certs import make_pki
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO / "collector-config"
 FRAGMENT = CONFIG_DIR / "audit-guard-fragment.yaml"
 LEGACY = CONFIG_DIR / "audit-guard-fragment-legacy.yaml"
+SECURE_FRAGMENT = CONFIG_DIR / "audit-guard-fragment-secure.yaml"
 STANDALONE = CONFIG_DIR / "audit-guard.yaml"
 SECTIONS = ("extensions", "receivers", "processors", "exporters", "connectors")
 OUR_EXTENSIONS = ["file_storage/audit_guard", "health_check/audit_guard"]
@@ -66,7 +68,7 @@ def load(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- static checks
 
 
-@pytest.mark.parametrize("name", [FRAGMENT.name, LEGACY.name])
+@pytest.mark.parametrize("name", [FRAGMENT.name, LEGACY.name, SECURE_FRAGMENT.name])
 def test_checked_in_fragment_is_what_the_generator_writes(name: str) -> None:
     expected = GENERATOR.fragments()[name]
     assert (CONFIG_DIR / name).read_text() == expected, (
@@ -77,10 +79,13 @@ def test_checked_in_fragment_is_what_the_generator_writes(name: str) -> None:
 
 def test_generator_check_reports_drift_and_rewrites(tmp_path: Path) -> None:
     (tmp_path / STANDALONE.name).write_text(STANDALONE.read_text())
+    secure = CONFIG_DIR / "audit-guard-secure.yaml"
+    (tmp_path / secure.name).write_text(secure.read_text())
     assert GENERATOR.main(["--check", "--config-dir", str(tmp_path)]) == 1  # none written yet
     assert GENERATOR.main(["--config-dir", str(tmp_path)]) == 0
     assert GENERATOR.main(["--check", "--config-dir", str(tmp_path)]) == 0
     assert (tmp_path / FRAGMENT.name).read_text() == FRAGMENT.read_text()
+    assert (tmp_path / SECURE_FRAGMENT.name).read_text() == SECURE_FRAGMENT.read_text()
 
 
 def test_generator_refuses_a_reference_it_cannot_rewrite() -> None:
@@ -319,3 +324,45 @@ def test_fragment_and_user_config_run_side_by_side(tmp_path: Path) -> None:
                     / "receiver_filelog_audit_guard_nginx_access").exists()
         finally:
             proc.stop()
+
+
+@pytest.mark.e2e
+def test_secure_fragment_secures_both_hops_and_leaves_the_users_config(tmp_path: Path) -> None:
+    """The secure fragment merged after the fragment: `validate` passes once the two token
+    extensions are in the user's list; our two hops get mutual TLS and a bearer token; the
+    user's own part is what it was."""
+    pki = make_pki(tmp_path / "pki")
+    user = user_config(tmp_path)
+    user["service"]["extensions"] += ["bearertokenauth/audit_guard_processor",
+                                      "bearertokenauth/audit_guard_egress"]
+    user_path = write(tmp_path, "user.yaml", user)
+    before = copy.deepcopy(user)
+    before["service"]["extensions"] = before["service"]["extensions"][:-4]  # before step 1
+    alone = effective(write(tmp_path, "before.yaml", before))
+    env = {**fragment_env(tmp_path), "AUDIT_GUARD_PROCESSOR_TOKEN": "p-token",
+           "AUDIT_GUARD_EGRESS_TOKEN": "e-token", "AUDIT_GUARD_TLS_CA": str(pki.ca),
+           "AUDIT_GUARD_COLLECTOR_TLS_CERT": str(pki.server_cert),
+           "AUDIT_GUARD_COLLECTOR_TLS_KEY": str(pki.server_key),
+           "AUDIT_GUARD_PROCESSOR_TLS_NAME": "audit-guard"}
+    result = otelcol("validate", "--config", user_path, "--config", FRAGMENT,
+                     "--config", SECURE_FRAGMENT, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    merged = effective(user_path, FRAGMENT, SECURE_FRAGMENT, env=env)
+    to_processor = merged["exporters"]["otlp_grpc/audit_guard_processor"]
+    assert to_processor["auth"]["authenticator"] == "bearertokenauth/audit_guard_processor"
+    assert to_processor["tls"]["ca_file"] == str(pki.ca)
+    assert to_processor["tls"]["cert_file"] == str(pki.server_cert)  # mutual TLS
+    egress = merged["receivers"]["otlp/audit_guard_egress"]["protocols"]["grpc"]
+    assert egress["auth"]["authenticator"] == "bearertokenauth/audit_guard_egress"
+    assert egress["tls"]["client_ca_file"] == str(pki.ca)
+    ours = load(FRAGMENT)
+    ours["extensions"] |= load(SECURE_FRAGMENT)["extensions"]
+    assert users_part(merged, ours) == alone
+    # left out of the user's list, the collector refuses at start (an unknown authenticator)
+    without = copy.deepcopy(user)
+    without["service"]["extensions"] = without["service"]["extensions"][:-2]
+    without_path = write(tmp_path, "without.yaml", without)
+    result = otelcol("--config", without_path, "--config", FRAGMENT, "--config", SECURE_FRAGMENT,
+                     env=env)
+    assert result.returncode != 0
+    assert "bearertokenauth/audit_guard" in result.stderr
