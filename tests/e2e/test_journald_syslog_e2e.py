@@ -6,7 +6,7 @@ entries Docker's journald driver writes: a whole line, a line split in 16 KiB pi
 line journald itself stored late, an invalid record, another container's line) is read by the
 real collector's journald receiver with the shipped overlay → `audit-guard serve` → a recording
 backend. The flags must be the ones the same records get from a Docker json-file log, and the
-same again from `audit-guard replay` of `journalctl -o json --all` output.
+same again from `audit-guard replay` of `journalctl -o json --all` and `-o export` output.
 
 syslog: the real `logger` (util-linux) sends RFC 5424 octet-counted over TCP and RFC 3164 over
 UDP (and TCP) to the collector's syslog receivers (shipped overlay) → serve: a whole record, an
@@ -231,11 +231,12 @@ def test_journal_entries_get_the_flags_of_json_file(tmp_path: Path) -> None:
     assert by_record(served) == EXPECTED_JOURNAL
     assert len(served) == len(EXPECTED_JOURNAL), "the other container's line was read"
 
-    exported = tmp_path / "journal.json"
-    with exported.open("wb") as fh:
-        subprocess.run(["journalctl", "--directory", str(directory), "-o", "json", "--all",
-                        "CONTAINER_NAME=app"], stdout=fh, check=True, timeout=30)
-    assert by_record(replayed_flags(exported)) == EXPECTED_JOURNAL
+    for output in ("json", "export"):  # journalctl's two machine-readable outputs
+        exported = tmp_path / f"journal.{output}"
+        with exported.open("wb") as fh:
+            subprocess.run(["journalctl", "--directory", str(directory), "-o", output, "--all",
+                            "CONTAINER_NAME=app"], stdout=fh, check=True, timeout=30)
+        assert by_record(replayed_flags(exported)) == EXPECTED_JOURNAL, output
 
 
 # ---------------------------------------------------------------------------------- syslog
@@ -258,7 +259,6 @@ def logger(port: int, *args: str) -> None:
 def test_logger_messages_over_tcp_and_udp(tmp_path: Path) -> None:
     ports = {"SYSLOG_RFC5424_TCP": free_port(), "SYSLOG_RFC3164_TCP": free_port(),
              "SYSLOG_UDP": free_port()}
-    now = time.time()
     with serving(tmp_path) as (otlp, downstream):
         collector, _ = start_collector(
             tmp_path / "collector", access_log=tmp_path / "none.log",
@@ -266,6 +266,9 @@ def test_logger_messages_over_tcp_and_udp(tmp_path: Path) -> None:
             vts_target=f"127.0.0.1:{free_port()}", overlays=[SYSLOG_OVERLAY],
             extra_env={k: f"127.0.0.1:{p}" for k, p in ports.items()})
         try:
+            # The app's time, once the chain is up: logger stamps RFC 5424 with its send time,
+            # and a record sent > lag_threshold_s after its own time is (rightly) delayed.
+            now = time.time()
             tcp5424 = ("--tcp", "--rfc5424", "--octet-count", "--size", "200000")
             logger(ports["SYSLOG_RFC5424_TCP"], *tcp5424, app_line(S_TCP5424, now))
             logger(ports["SYSLOG_UDP"], "--udp", "--rfc3164", app_line(S_UDP3164, now))

@@ -11,7 +11,7 @@ from typing import IO
 from .. import flags
 from ..pipeline import CHUNK_ROWS, Pipeline
 from ..record import RecordBatch
-from ..sources import container, detect
+from ..sources import container, detect, journald
 
 __all__ = ["SOURCES", "ReplayError", "batches", "detect_file", "overrides",
            "parse_source_options", "read_lines"]
@@ -120,7 +120,15 @@ def batches(path: Path, found: detect.Detection, pipeline: Pipeline) -> Iterator
         for numbers, lines in _chunks(path):
             yield pipeline.parse(source, lines, numbers=numbers)
         return
-    entries = detect.recombine(source, list(read_lines(path)))
+    if source == detect.JOURNALD:  # JSON lines or export format (binary-safe: not by line)
+        with _open(path) as fh:
+            try:
+                data = fh.read()
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                raise ReplayError(f"cannot read {path}: {exc}") from None
+        entries = journald.recombine(journald.entries(data))
+    else:
+        entries = detect.recombine(source, list(read_lines(path)))
     inner = found.inner or "app"  # an empty wrapped sample: the lines after it are read as app
     for start in range(0, len(entries), CHUNK_ROWS):
         chunk = entries[start:start + CHUNK_ROWS]

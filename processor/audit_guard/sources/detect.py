@@ -49,7 +49,7 @@ JOURNALD = "journald"
 FORMATS = (NGINX, NGINX_ERROR, APP, PGAUDIT, container.DOCKER, container.CRI, JOURNALD)
 CONTENT_FORMATS = (NGINX, APP)
 WRAPPER_NAMES = {container.DOCKER: "Docker json-file", container.CRI: "CRI",
-                 JOURNALD: "journal (journalctl -o json)"}
+                 JOURNALD: "journal (journalctl -o json or export)"}
 _FORCED_LABELS = {NGINX: "nginx access", APP: "app", PGAUDIT: "PostgreSQL (pgaudit)",
                   NGINX_ERROR: "nginx error log"}
 
@@ -222,7 +222,7 @@ def recombine(wrapper: str, numbered: list[tuple[int, bytes]]) -> list[container
     if wrapper == container.DOCKER:
         return container.recombine_docker(numbered)
     if wrapper == JOURNALD:
-        return journald.recombine((n, journald.decode_entry(raw)) for n, raw in numbered)
+        return journald.recombine(journald.sample_entries(numbered))
     return container.recombine_cri(numbered)
 
 

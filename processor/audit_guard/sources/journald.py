@@ -12,7 +12,10 @@ stdout and 3 for stderr. A line longer than Docker's 16 KiB buffer is sent as se
   container and stream.
 
 Entries arrive as the collector's `journald` receiver emits them (the body is the map of the
-entry's fields, as `journalctl -o json` prints them) or as lines of `journalctl -o json` (replay).
+entry's fields, as `journalctl -o json` prints them) or, in replay, as lines of
+`journalctl -o json` or as journal export format (`journalctl -o export`: `KEY=value` lines, a
+binary value as `KEY`, its 64-bit little-endian length and the bytes; an empty line ends an
+entry).
 Both spell a field that is not valid UTF-8 text as an array of byte values; it is decoded with
 U+FFFD for the invalid bytes, never dropped.
 
@@ -35,6 +38,7 @@ backlog) is a delay of the pipeline, not an app that held its output back (`dela
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +53,10 @@ __all__ = [
     "JournalLine",
     "decode_entry",
     "detect_format",
+    "entries",
+    "is_export",
+    "parse_export",
+    "sample_entries",
     "message_text",
     "observed_ns",
     "recombine",
@@ -120,10 +128,98 @@ def decode_entry(raw: bytes | str) -> dict[str, Any] | None:
 
 
 def detect_format(sample_lines: list[bytes]) -> bool:
-    """Are most non-empty sample lines `journalctl -o json` entries?"""
+    """Are most non-empty sample lines `journalctl -o json` entries, or is the sample journal
+    export format?"""
     lines = [raw for raw in sample_lines if raw.strip()]
     hits = sum(1 for raw in lines if raw.lstrip()[:1] == b"{" and decode_entry(raw) is not None)
-    return bool(lines) and hits * 2 > len(lines)
+    return bool(lines) and (hits * 2 > len(lines) or is_export(lines))
+
+
+_EXPORT_FIELD = re.compile(rb"[A-Z0-9_]{1,64}=")
+
+
+def is_export(sample_lines: list[bytes]) -> bool:
+    """Journal export format: its entries start with `__CURSOR=` (journalctl) or carry
+    `__REALTIME_TIMESTAMP=`, and most lines are `KEY=value` (a binary value's bytes are not)."""
+    lines = [raw for raw in sample_lines if raw]
+    if not lines or not any(raw.startswith((b"__CURSOR=", b"__REALTIME_TIMESTAMP="))
+                            for raw in lines):
+        return False
+    return sum(1 for raw in lines if _EXPORT_FIELD.match(raw)) * 2 > len(lines)
+
+
+def _add_field(fields: dict[str, Any], key: bytes, value: bytes) -> None:
+    name = key.decode("ascii", "replace")
+    text = value.decode("utf-8", "replace")
+    if name in fields:  # a field given more than once: every value kept
+        kept = fields[name]
+        fields[name] = [*kept, text] if isinstance(kept, list) else [kept, text]
+    else:
+        fields[name] = text
+
+
+def parse_export(data: bytes) -> list[tuple[int, dict[str, Any]]]:
+    """Journal export format → (the entry's first line number, its fields). A binary field cut
+    short by the end of the data keeps what is there (the entry is still read)."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    fields: dict[str, Any] = {}
+    pos, line, first = 0, 1, 1
+    end = len(data)
+    while pos < end:
+        nl = data.find(b"\n", pos)
+        nl = end if nl < 0 else nl
+        text = data[pos:nl]
+        if not text:  # an empty line ends the entry
+            if fields:
+                out.append((first, fields))
+                fields = {}
+            pos, line = nl + 1, line + 1
+            first = line
+            continue
+        eq = text.find(b"=")
+        if eq >= 0:
+            _add_field(fields, text[:eq], text[eq + 1:])
+            pos, line = nl + 1, line + 1
+            continue
+        size = int.from_bytes(data[nl + 1:nl + 9], "little")  # a binary field
+        value = data[nl + 9:nl + 9 + size]
+        _add_field(fields, text, value)
+        pos = nl + 9 + size + 1
+        line += 2 + value.count(b"\n")
+    if fields:
+        out.append((first, fields))
+    return out
+
+
+def entries(data: bytes) -> list[tuple[int, dict[str, Any] | None]]:
+    """A whole `journalctl -o json` or `-o export` output → (line number, fields); a JSON
+    line that is not an entry gives None (kept as a malformed line by `recombine`)."""
+    head = data[:4096].split(b"\n")
+    if is_export(head[:-1] or head):
+        return list(parse_export(data))
+    return [(n, decode_entry(raw)) for n, raw in enumerate(data.split(b"\n"), 1)
+            if raw.strip()]
+
+
+def sample_entries(lines: list[tuple[int, bytes]]) -> list[tuple[int, dict[str, Any] | None]]:
+    """Sampled lines (empty ones left out) → entries: export format's entries are told apart
+    again where a field repeats (journalctl starts each with `__CURSOR=`)."""
+    if not is_export([raw for _, raw in lines]):
+        return [(n, decode_entry(raw)) for n, raw in lines]
+    out: list[tuple[int, dict[str, Any] | None]] = []
+    current: dict[str, Any] = {}
+    first = lines[0][0] if lines else 1
+    for n, raw in lines:
+        key, eq, value = raw.partition(b"=")
+        if not eq or not _EXPORT_FIELD.match(raw):
+            continue  # a binary field's bytes: not read from a sample
+        if key.decode("ascii", "replace") in current:
+            out.append((first, current))
+            current, first = {}, n
+        _add_field(current, key, value)
+    if current:
+        out.append((first, current))
+    return out
 
 
 def _stream(fields: Mapping[str, Any]) -> str:

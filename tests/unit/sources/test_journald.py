@@ -169,3 +169,27 @@ def test_an_entry_read_again_is_the_same_record_a_line_written_twice_a_duplicate
     # The app wrote the same line twice: another entry, another cursor.
     (twice,) = spans(entry(line, __CURSOR="s=1;i=2")).values()
     assert twice[1] and twice[0] != first[0]
+
+
+def test_export_format_with_a_binary_field_a_repeated_one_and_a_cut_end() -> None:
+    binary = b"a\nb\xff"
+    data = (b"__CURSOR=s=1\n__REALTIME_TIMESTAMP=1\nMESSAGE\n" + len(binary).to_bytes(8, "little")
+            + binary + b"\nTAG=x\nTAG=y\n\n__CURSOR=s=2\n__REALTIME_TIMESTAMP=2\nMESSAGE=two\n\n"
+            + b"__CURSOR=s=3\nMESSAGE\n" + (100).to_bytes(8, "little") + b"cut")
+    (n1, e1), (n2, e2), (n3, e3) = journald.parse_export(data)
+    assert (n1, e1["MESSAGE"], e1["TAG"]) == (1, "a\nb\ufffd", ["x", "y"])
+    assert (n2, e2["MESSAGE"]) == (9, "two")
+    assert (n3, e3["MESSAGE"]) == (13, "cut")  # the end of the data: what is there is kept
+    assert journald.entries(data) == journald.parse_export(data)
+    assert journald.is_export(data.split(b"\n")[:3])
+    assert not journald.is_export([b'{"__REALTIME_TIMESTAMP":"1"}', b"PLAIN=1"])
+
+
+def test_an_export_sample_is_split_into_its_entries_for_detection() -> None:
+    lines = [b"__CURSOR=s=1", b"__REALTIME_TIMESTAMP=1", b'MESSAGE={"level":"info","msg":"a"}',
+             b"__CURSOR=s=2", b"__REALTIME_TIMESTAMP=2", b'MESSAGE={"level":"info","msg":"b"}']
+    sampled = journald.sample_entries(list(enumerate(lines, 1)))
+    assert [(n, e and e["MESSAGE"]) for n, e in sampled] == [
+        (1, '{"level":"info","msg":"a"}'), (4, '{"level":"info","msg":"b"}')]
+    found = detect.detect(lines)
+    assert (found.format, found.inner) == ("journald", "app")
