@@ -1,7 +1,7 @@
 """The findings routes (collector-config/examples/findings-routes*.yaml) checked by the project's
 real collector build: `validate` over the shipped config, as the files' headers say to run them.
-The contrib file's two exporters (elasticsearch, splunk_hec) are validated when the build has
-them; when it does not, the file must fail on those alone and validate with them taken out."""
+The contrib file's exporters (elasticsearch, splunk_hec, clickhouse) are validated when the build
+has them; when it does not, the file must fail on those alone and validate with them taken out."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "collector-config" / "audit-guard.yaml"
 EXAMPLES = REPO / "collector-config" / "examples"
-CONTRIB = {"elasticsearch", "splunk_hec"}
+CONTRIB = {"elasticsearch", "splunk_hec", "clickhouse"}
 
 
 def otelcol(*args: str | Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
