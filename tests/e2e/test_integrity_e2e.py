@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
 from demo.backends import start_collector
-from demo.procs import free_port, wait_until
+from demo.procs import ManagedProcess, free_port, port_open, wait_until
 from demo.stack import Stack
 from demo.traffic import DemoRequest, send
 from tests.support.integrity_trail import (
@@ -35,8 +36,10 @@ from tests.support.integrity_trail import (
     chained,
     edit_spans,
     logs_request,
+    otlp_json_line,
     set_attr,
 )
+from tests.support.otlp_doubles import RecordingDownstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -244,3 +247,99 @@ def _instance(path: Path) -> str:
         if s["name"] == "audit.digest":
             return str(attr(s, "audit.digest.instance"))
     raise AssertionError("no digest in the egress file")
+
+
+def test_chain_and_digests_survive_kill_9(tmp_path: Path) -> None:
+    """serve killed (SIGKILL) while an Export's spans were handed on but not acknowledged: the
+    restarted serve continues the chains and the digests from the state files, and the resent
+    Export carries the very chain values the backend already got. The whole backend content
+    then verifies intact."""
+    downstream = RecordingDownstream()
+    downstream.server.start()
+    state = tmp_path / "state"
+    env = {"AUDIT_GUARD_INTEGRITY__ENABLED": "true",
+           "AUDIT_GUARD_INTEGRITY__DIGEST_INTERVAL_S": "1",
+           "AUDIT_GUARD_INTEGRITY__STATE_DIR": str(state),
+           "AUDIT_GUARD_RECONCILE__ENABLED": "false",
+           "AUDIT_GUARD_EXPORTER__ENDPOINT": f"127.0.0.1:{downstream.port}"}
+    first = _serve(tmp_path, env, "serve-1")
+    try:
+        _export(first.port, [access_line(i) for i in range(5)])
+        wait_until(lambda: _digests(downstream) >= 1, 20, "a digest")
+        downstream.delay = 4.0  # the next hand-off is slow: kill -9 while it is in flight
+        in_flight = logs_request([access_line(i) for i in range(5, 9)], first_offset=5000)
+        sender = futures.ThreadPoolExecutor(1).submit(_export_request, first.port, in_flight)
+        time.sleep(1.5)  # computed and handed on: the downstream holds it for 4 s
+        first.proc.kill()  # SIGKILL
+        first.proc.wait(10)
+        with pytest.raises(grpc.RpcError):
+            sender.result(30)
+        wait_until(lambda: _chained(downstream) == 9, 10, "the in-flight spans to land")
+    finally:
+        first.stop()
+    downstream.delay = 0.0
+    handed_on = _chain_values(downstream)
+    digests_before = _digests(downstream)
+    second = _serve(tmp_path, env, "serve-2")
+    try:
+        _export_request(second.port, in_flight)  # the collector resends what was not acked
+        _export(second.port, [access_line(i) for i in range(9, 12)], first_offset=9000)
+        wait_until(lambda: _digests(downstream) > digests_before, 20, "a digest after restart")
+    finally:
+        second.stop()  # SIGTERM: the final digest
+    values = _chain_values(downstream)
+    resent = values[9:13]
+    assert resent == handed_on[5:9]  # identical chain values for the re-sent records
+    assert [v[1] for v in values[13:16]] == [10, 11, 12]  # the chain continued
+    path = tmp_path / "backend.json"
+    path.write_text("".join(otlp_json_line(r.SerializeToString()) + "\n"
+                            for r in downstream.requests))
+    code, report = verify("--file", str(path), "--public-key", str(state / "public-keys"))
+    assert code == 0, json.dumps(report)
+    payloads = [orjson.loads(attr_pb(s, "audit.digest.payload")) for s in downstream.spans()
+                if s.name == "audit.digest"]
+    assert [p["seq"] for p in payloads] == list(range(1, len(payloads) + 1))
+    assert payloads[-1]["final"] is True
+    assert payloads[-1]["chains"][resent[0][0]]["last_seq"] == 12
+    downstream.server.stop(0)
+
+
+def _serve(tmp_path: Path, env: dict[str, str], name: str) -> ManagedProcess:
+    port = free_port()
+    proc = ManagedProcess(name, [sys.executable, "-m", "audit_guard.cli", "serve"],
+                          log_dir=tmp_path, env={
+                              **env, "AUDIT_GUARD_SERVER__LISTEN": f"127.0.0.1:{port}",
+                              "AUDIT_GUARD_ADMIN__LISTEN": f"127.0.0.1:{free_port()}"}).start()
+    proc.port = port  # type: ignore[attr-defined]
+    proc.wait_ready(lambda: port_open(port), timeout=60)
+    return proc
+
+
+def _export(port: int, bodies: list[str], first_offset: int = 0) -> None:
+    _export_request(port, logs_request(bodies, first_offset))
+
+
+def _export_request(port: int, request: Any) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        logs_service_pb2_grpc.LogsServiceStub(channel).Export(request, timeout=30)
+
+
+def attr_pb(span: Any, key: str) -> Any:
+    for kv in span.attributes:
+        if kv.key == key:
+            return getattr(kv.value, kv.value.WhichOneof("value"))
+    return None
+
+
+def _chain_values(downstream: RecordingDownstream) -> list[tuple[str, int, str]]:
+    return [(attr_pb(s, "audit.chain.id"), attr_pb(s, "audit.chain.seq"),
+             attr_pb(s, "audit.chain.hash"))
+            for s in downstream.spans() if attr_pb(s, "audit.chain.seq") is not None]
+
+
+def _chained(downstream: RecordingDownstream) -> int:
+    return len(_chain_values(downstream))
+
+
+def _digests(downstream: RecordingDownstream) -> int:
+    return sum(1 for s in downstream.spans() if s.name == "audit.digest")

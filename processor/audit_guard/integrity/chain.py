@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha256
+from itertools import islice, repeat
 from pathlib import Path
 from struct import Struct
 
@@ -54,9 +54,10 @@ class ChainStage:
             state_dir.mkdir(parents=True, exist_ok=True)
         self.heads: dict[str, ChainHead] = {}  # chain id → committed head
         self._pending: dict[str, ChainHead] = {}  # chain id → head since the last commit
-        # (source, trace id + span id) → (chain id, seq, hash): records seen recently.
-        self._seen: OrderedDict[tuple[str, bytes], tuple[str, int, bytes]] = OrderedDict()
-        self._undo: list[tuple[str, bytes]] = []
+        # source → trace id + span id → (seq, hash): the records chained recently, oldest
+        # first; `_undo`: the keys each call added since the last commit.
+        self._seen: dict[str, dict[bytes, tuple[int, bytes]]] = {}
+        self._undo: list[tuple[str, list[bytes]]] = []
         self._remember = remember
         self._attrs: dict[str, ChainAttributes] = {}
         self.instance_id = self._load(instance_id)
@@ -85,7 +86,10 @@ class ChainStage:
         pending, undo = savepoint if savepoint is not None else ({}, 0)
         self._pending = dict(pending)
         while len(self._undo) > undo:
-            self._seen.pop(self._undo.pop(), None)
+            source, keys = self._undo.pop()
+            seen = self._seen[source]
+            for key in keys:
+                seen.pop(key, None)
 
     def commit(self) -> None:
         """Make the pending heads durable (before the Export is acknowledged)."""
@@ -97,8 +101,10 @@ class ChainStage:
         self.heads = heads
         self._pending = {}
         self._undo.clear()
-        while len(self._seen) > self._remember:
-            self._seen.popitem(last=False)
+        for seen in self._seen.values():
+            if len(seen) > self._remember:
+                for key in list(islice(seen, len(seen) - self._remember)):
+                    del seen[key]
 
     def _write(self, heads: dict[str, ChainHead]) -> None:
         if self._path is None:
@@ -120,7 +126,8 @@ class ChainStage:
     def __call__(self, batch: RecordBatch, spans: list[bytes], again: Sequence[int] = ()
                  ) -> list[bytes]:
         """The batch's spans with their chain attributes appended; `again`: rows that are
-        records seen before (they keep their first chain values when still remembered)."""
+        records seen before (they keep their first chain values when still remembered).
+        Column by column, as the span builder: only the links themselves are a Python loop."""
         source = batch.source
         chain_id = self.chain_id(source)
         attrs = self._attrs.get(chain_id)
@@ -129,31 +136,37 @@ class ChainStage:
         head = self.head(chain_id)
         seq, prev = head.seq, head.hash
         keys = list(map(bytes.__add__, batch.trace_id, batch.span_id))
-        repeated = set(again)
-        seen, undo = self._seen, self._undo
-        out: list[bytes] = []
-        append = out.append
-        for i, (content, key) in enumerate(zip(spans, keys, strict=True)):
-            if repeated and i in repeated:
-                known = seen.get((source, key))
-                if known is not None:
-                    append(content + self._attrs_of(known))
-                    continue
+        seen = self._seen.setdefault(source, {})
+        known: dict[int, tuple[int, bytes]] = {}  # rows re-emitted with their first values
+        for i in again:
+            first = seen.get(keys[i])
+            if first is not None:
+                known[i] = first
+        new_rows = [i for i in range(len(spans)) if i not in known] if known else None
+        fresh = spans if new_rows is None else [spans[i] for i in new_rows]
+        hashes = []
+        for content in fresh:  # the one sequential part: each link needs the one before
             seq += 1
             prev = sha256(b"".join((prev, _SEQ(seq), sha256(content).digest()))).digest()
-            seen[(source, key)] = (chain_id, seq, prev)
-            undo.append((source, key))
-            append(content + attrs(seq, prev))
-        if seq != head.seq:
+            hashes.append(prev)
+        seqs = range(seq - len(hashes) + 1, seq + 1)
+        suffixes = list(map(b"".join, zip(repeat(attrs.id_bytes), map(attrs.seq, seqs),
+                                          repeat(attrs.hash_prefix),
+                                          map(str.encode, map(bytes.hex, hashes)))))
+        new_keys = keys if new_rows is None else [keys[i] for i in new_rows]
+        seen.update(zip(new_keys, zip(seqs, hashes, strict=True), strict=True))
+        self._undo.append((source, new_keys))
+        if hashes:
             self._pending[chain_id] = ChainHead(seq, prev)
+        if new_rows is None:
+            return list(map(bytes.__add__, spans, suffixes))
+        out = list(spans)
+        for i, suffix in zip(new_rows, suffixes, strict=True):
+            out[i] = spans[i] + suffix
+        for i, (first_seq, first_hash) in known.items():
+            out[i] = spans[i] + attrs(first_seq, first_hash)
         return out
 
-    def _attrs_of(self, known: tuple[str, int, bytes]) -> bytes:
-        chain_id, seq, digest = known
-        attrs = self._attrs.get(chain_id)
-        if attrs is None:
-            attrs = self._attrs[chain_id] = ChainAttributes(chain_id)
-        return attrs(seq, digest)
 
 
 class NoChain:

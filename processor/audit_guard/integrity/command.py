@@ -5,6 +5,7 @@ found, 2 usage or input error."""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Iterator
@@ -80,6 +81,9 @@ def run_verify(args: argparse.Namespace) -> int:
         if args.jaeger:
             yield from read_jaeger(args.jaeger, args.service or None, since, until)
 
+    # Millions of small containers, none cyclic: the cyclic GC would only rescan them
+    # (measured: 3x the JSON parse time).
+    gc.disable()
     try:
         # Files without --since: the whole trail, so every chain and digest starts at 1.
         report = verify(spans(), keys, from_start=args.since is None and not args.jaeger,

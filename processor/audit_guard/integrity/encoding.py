@@ -118,7 +118,7 @@ class ChainAttributes:
     def __init__(self, chain_id: str) -> None:
         self.id_bytes = encode_attribute(CHAIN_ID, chain_id)
         sample = encode_attribute(CHAIN_HASH, "0" * 64)
-        self._hash_prefix = sample[:-64]
+        self.hash_prefix = sample[:-64]
         key = CHAIN_SEQ.encode()
         self._seq_key = b"\x0a" + varint(len(key)) + key + b"\x12"
 
@@ -132,5 +132,5 @@ class ChainAttributes:
         return b"\x4a" + bytes((len(kv),)) + kv  # both under 128 bytes: one length byte
 
     def __call__(self, seq: int, digest: bytes) -> bytes:
-        return b"".join((self.id_bytes, self.seq(seq), self._hash_prefix,
+        return b"".join((self.id_bytes, self.seq(seq), self.hash_prefix,
                          digest.hex().encode()))

@@ -95,6 +95,9 @@ class _Encoder:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, Any], bytes] = {}
+        # The attribute keys as read → those hashed, in the builder's order (key sets repeat).
+        self._orders: dict[tuple[str, ...], list[str]] = {}
+        self._kinds: dict[Any, bytes] = {}
 
     def attribute(self, key: str, value: AttrValue | None) -> bytes:
         cache_key = (key, value.__class__, value)
@@ -111,24 +114,42 @@ class _Encoder:
             self._cache[cache_key] = blob
         return blob
 
+    def _order(self, keys: tuple[str, ...]) -> list[str]:
+        order = self._orders.get(keys)
+        if order is None:
+            order = self._orders[keys] = [
+                k for k in sorted(keys, key=builder_rank)
+                if k not in CHAIN_KEYS and k not in BACKEND_KEYS and not k.startswith("@jaeger@")]
+        return order
+
+    def _kind(self, kind: Any) -> bytes:
+        blob = self._kinds.get(kind)
+        if blob is None:
+            number = _KINDS.get(kind, 0) if isinstance(kind, str) else int(kind)
+            blob = self._kinds[kind] = Span(kind=number).SerializeToString() + START_TAG
+        return blob
+
     def span(self, raw: dict[str, Any], service: str, where: str) -> ReadSpan:
-        attrs: dict[str, AttrValue | None] = {}
-        parts = [Span(trace_id=_id(raw.get("traceId")), span_id=_id(raw.get("spanId")),
-                      parent_span_id=_id(raw.get("parentSpanId")),
-                      name=raw.get("name", "")).SerializeToString()]
-        kind = raw.get("kind", 0)
-        kind = _KINDS.get(kind, 0) if isinstance(kind, str) else int(kind)
+        trace_id, span_id = raw.get("traceId") or "", raw.get("spanId") or ""
+        parent = raw.get("parentSpanId")
+        name = raw.get("name", "")
+        parts = [Span(trace_id=_id(trace_id), span_id=_id(span_id),
+                      parent_span_id=_id(parent), name=name).SerializeToString()]
         start, end = int(raw.get("startTimeUnixNano", 0)), int(raw.get("endTimeUnixNano", 0))
-        parts.append(Span(kind=kind).SerializeToString() + START_TAG + start.to_bytes(8, "little")
-                     + END_TAG + end.to_bytes(8, "little"))
+        parts.append(self._kind(raw.get("kind", 0)) + start.to_bytes(8, "little") + END_TAG
+                     + end.to_bytes(8, "little"))
+        attrs: dict[str, AttrValue | None] = {}
         for kv in raw.get("attributes") or ():
-            attrs[kv["key"]] = _value(kv.get("value"))
-        parts += [self.attribute(key, attrs[key]) for key in sorted(attrs, key=builder_rank)
-                  if key not in CHAIN_KEYS and key not in BACKEND_KEYS
-                  and not key.startswith("@jaeger@")]
-        parts.append(_tail(raw))
-        return ReadSpan(where, service, (raw.get("traceId") or "").lower(),
-                        (raw.get("spanId") or "").lower(), raw.get("name", ""), start, attrs,
+            v = kv.get("value")
+            if v and "stringValue" in v:  # the usual case, inline
+                attrs[kv["key"]] = v["stringValue"]
+            else:
+                attrs[kv["key"]] = _value(v)
+        attribute = self.attribute
+        parts += [attribute(key, attrs[key]) for key in self._order(tuple(attrs))]
+        if "events" in raw or "status" in raw:
+            parts.append(_tail(raw))
+        return ReadSpan(where, service, trace_id.lower(), span_id.lower(), name, start, attrs,
                         sha256(b"".join(parts)).digest())
 
 
