@@ -241,19 +241,34 @@ def test_journal_entries_get_the_flags_of_json_file(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------- syslog
 
-S_TCP5424, S_UDP3164, S_TCP3164, S_INVALID, S_OVER_OCTETS, S_OVER_UDP = range(20, 26)
+S_TCP5424, S_UDP3164, S_TCP3164, S_INVALID, S_OVER_OCTETS, S_OVER_UDP, S_HELD = range(20, 27)
 EXPECTED_SYSLOG = {
     S_TCP5424: (), S_UDP3164: (), S_TCP3164: (), S_OVER_OCTETS: (),
     S_INVALID: EXPECTED_JOURNAL[INVALID],
+    # RFC 5424's TIMESTAMP is logger's send time: 10 s after the app's own.
+    S_HELD: EXPECTED_JOURNAL[HELD],
     # logger cuts a UDP message at its --size (1 KiB by default): kept, said to be cut.
     S_OVER_UDP: ("missing_field:app_id", "missing_field:user_id", "rule:unknown_user",
                  "truncated:json_cut", "truncated:size_limit"),
 }
 
 
-def logger(port: int, *args: str) -> None:
+def logger(port: int, *args: str) -> float:
+    """Send the last argument with the real logger; returns when it was sent."""
+    sent = time.time()
     subprocess.run(["logger", "--server", "127.0.0.1", "--port", str(port), "-t",
                     "app/0123456789ab", *args], check=True, timeout=30)
+    return sent
+
+
+def as_json_file(path: Path, sent: dict[int, tuple[str, float]]) -> Path:
+    """The same lines as Docker's json-file driver would have written them when sent."""
+    path.write_text("".join(orjson.dumps({
+        "log": line + "\n", "stream": "stdout",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+        + f".{int(at * 1e9) % 1_000_000_000:09d}Z"}).decode() + "\n"
+        for line, at in sent.values()))
+    return path
 
 
 def test_logger_messages_over_tcp_and_udp(tmp_path: Path) -> None:
@@ -270,13 +285,19 @@ def test_logger_messages_over_tcp_and_udp(tmp_path: Path) -> None:
             # and a record sent > lag_threshold_s after its own time is (rightly) delayed.
             now = time.time()
             tcp5424 = ("--tcp", "--rfc5424", "--octet-count", "--size", "200000")
-            logger(ports["SYSLOG_RFC5424_TCP"], *tcp5424, app_line(S_TCP5424, now))
-            logger(ports["SYSLOG_UDP"], "--udp", "--rfc3164", app_line(S_UDP3164, now))
-            logger(ports["SYSLOG_RFC3164_TCP"], "--tcp", "--rfc3164",
-                   app_line(S_TCP3164, now))
-            logger(ports["SYSLOG_RFC5424_TCP"], *tcp5424, app_line(S_INVALID, now, user=""))
-            logger(ports["SYSLOG_RFC5424_TCP"], *tcp5424,
-                   app_line(S_OVER_OCTETS, now, padding=20_000))  # over the default 8192
+            whole = {  # record → (its line, port, logger's options)
+                S_TCP5424: (app_line(S_TCP5424, now), "SYSLOG_RFC5424_TCP", tcp5424),
+                S_UDP3164: (app_line(S_UDP3164, now), "SYSLOG_UDP", ("--udp", "--rfc3164")),
+                S_TCP3164: (app_line(S_TCP3164, now), "SYSLOG_RFC3164_TCP",
+                            ("--tcp", "--rfc3164")),
+                S_INVALID: (app_line(S_INVALID, now, user=""), "SYSLOG_RFC5424_TCP", tcp5424),
+                # over the receiver's default max_octets (8192)
+                S_OVER_OCTETS: (app_line(S_OVER_OCTETS, now, padding=20_000),
+                                "SYSLOG_RFC5424_TCP", tcp5424),
+                S_HELD: (app_line(S_HELD, now - 10), "SYSLOG_RFC5424_TCP", tcp5424),
+            }
+            sent = {i: (line, logger(ports[port], *options, line))
+                    for i, (line, port, options) in whole.items()}
             logger(ports["SYSLOG_UDP"], "--udp", "--rfc3164",
                    app_line(S_OVER_UDP, now, padding=3000))
             wait_until(lambda: len(downstream.spans()) >= len(EXPECTED_SYSLOG), 60,
@@ -287,6 +308,10 @@ def test_logger_messages_over_tcp_and_udp(tmp_path: Path) -> None:
     served = served_flags(downstream)
     assert by_record(served) == EXPECTED_SYSLOG
     assert len(served) == len(EXPECTED_SYSLOG)
+    # The whole lines get the flags they get from a json-file log (RFC 3164 aside: its time
+    # carries no lag, and none of its lines here was held back).
+    reference = by_record(replayed_flags(as_json_file(tmp_path / "c1-json.log", sent)))
+    assert reference == {i: EXPECTED_SYSLOG[i] for i in whole}
 
 
 def test_the_overlays_validate_over_the_base_config_together() -> None:
