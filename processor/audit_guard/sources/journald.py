@@ -105,7 +105,7 @@ def message_text(value: object) -> str | None:
 
 def _microseconds_ns(value: object) -> int | None:
     text = message_text(value)
-    if text is None or not text.isdigit() or not text.isascii():
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 20:
         return None
     ns = int(text) * _US
     return ns if ranges.time_ok(ns) else None
@@ -233,7 +233,9 @@ def _naming(fields: Mapping[str, Any]) -> dict[str, str] | None:
 
 def _ordinal(fields: Mapping[str, Any]) -> int | None:
     text = message_text(fields.get(PARTIAL_ORDINAL))
-    return int(text) if text is not None and text.isdigit() and len(text) < 10 else None
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 9:
+        return None
+    return int(text)
 
 
 class _Run:

@@ -34,10 +34,10 @@ __all__ = ["SIZE_CAPS", "SyslogMessage", "parse_message"]
 # of exactly one of these lengths was most likely cut there.
 SIZE_CAPS = frozenset({1024, 2048, 4096, 8192, 65507})
 
-_OCTET_COUNT = re.compile(r"(\d{1,9}) (?=<)")
-_PRI = re.compile(r"<(\d{1,3})>")
+_OCTET_COUNT = re.compile(r"(\d{1,9}) (?=<)", re.ASCII)
+_PRI = re.compile(r"<(\d{1,3})>", re.ASCII)
 _RFC5424_HEAD = re.compile(r"1 (\S+) (\S+) (\S+) (\S+) (\S+) ")
-_RFC3164_HEAD = re.compile(r"([A-Z][a-z]{2}) ([ \d]\d) (\d\d:\d\d:\d\d) (\S+) ")
+_RFC3164_HEAD = re.compile(r"([A-Z][a-z]{2}) ([ \d]\d) (\d\d:\d\d:\d\d) (\S+) ", re.ASCII)
 _RFC3164_TAG = re.compile(r"([^\s\[:]{1,128})(?:\[([^\]\s]*)\])?: ?")
 _BOM = "\ufeff"
 

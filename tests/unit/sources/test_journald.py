@@ -193,3 +193,23 @@ def test_an_export_sample_is_split_into_its_entries_for_detection() -> None:
         (1, '{"level":"info","msg":"a"}'), (4, '{"level":"info","msg":"b"}')]
     found = detect.detect(lines)
     assert (found.format, found.inner) == ("journald", "app")
+
+
+def test_no_field_value_fails_the_request() -> None:
+    odd: list[Any] = ["", "²", "9" * 5000, "-1", "true", "false", "\udcff", [], [300], [1.5],
+                      ["x", 1], None, "1" * 9, "0"]
+    keys = [journald.MESSAGE, journald.REALTIME, journald.SOURCE_REALTIME,
+            journald.PARTIAL_MESSAGE, journald.PARTIAL_ID, journald.PARTIAL_ORDINAL,
+            journald.PARTIAL_LAST, journald.CURSOR, "PRIORITY", "CONTAINER_ID"]
+    entries = [{key: odd[(i + k) % len(odd)] for k, key in enumerate(keys)}
+               for i in range(len(odd) * 3)]
+    for fields in entries:  # alone and all together
+        journald.recombine([(1, fields)])
+    def carried(value: Any) -> bool:  # what an OTLP map body can hold (no lone surrogates)
+        if isinstance(value, list):
+            return all(isinstance(b, (int, float)) for b in value)
+        return value is None or value.isascii() or "\udcff" not in value
+
+    rows = group_logs(receiver_request(*[{k: v for k, v in e.items() if carried(v)}
+                                         for e in entries]))[APP]
+    assert len(rows.bodies) == len(rows.observed)

@@ -71,3 +71,13 @@ def test_decode_makes_syslog_messages_app_rows_and_the_pipeline_flags_a_cut() ->
     (batch,) = Pipeline(load_settings()).records_from_logs(req)
     assert "truncated:size_limit" in batch.flags[1] and "truncated:json_cut" in batch.flags[1]
     assert not any(f.startswith("truncated:") for f in batch.flags[0])
+
+
+@pytest.mark.parametrize("raw", [
+    "", "<", "<999>", "<13>1", "<13>1 " + "- " * 5, "99999999999 <13>x", "٣ <13>1 - - - - - -",
+    "<13>1 - - - - - [unclosed", '<13>1 - - - - - [a b="\\', "<13>Dec 99 99:99:99 h t[: x",
+    "<13>1 9999-99-99T99:99:99Z h a - - - x", b"\xff\xfe", "\x00" * 10,
+])
+def test_no_message_fails_to_parse(raw: str | bytes) -> None:
+    msg = parse_message(raw)
+    assert isinstance(msg.message, str)
