@@ -5,7 +5,9 @@ A log record is made from the record's SPAN, not a second time from the record: 
 one place that decides what a record says, and the log record cannot tell a different story
 (same flags, same rule names, same trace and span ids, same times). Every span the processor
 hands on passes here — request records, `missing_record` spans, unjoined error-log events,
-unprocessable records — so the logs output is complete exactly when the spans output is.
+unprocessable records — so the logs output is complete exactly when the spans output is. Spans
+an app sends to audit-guard's own TraceService are relayed as spans only (`relay`): they are not
+audit findings.
 
 One span → one log record:
 - `time_unix_nano`: the span's end (the record's own time: nginx `$msec`, the app's `time`);
@@ -15,8 +17,8 @@ One span → one log record:
 - attributes: the span's (normalized audit fields, `audit.flags`, `audit.rules`, `audit.source`,
   …) plus `audit.parent_span_id` and `audit.duration_ns`, which a log record has no field for.
 
-`FindingsExporter` hands a request on to the spans output, the logs output or both (`findings.
-output`) and returns only when every output accepted it (or spooled it): an Export is
+`FindingsExporter` hands findings on to the spans output, the logs output or both (`findings.
+output`) and returns only when every output accepted them (or spooled them): an Export is
 acknowledged upstream only then, and a retry sends both again, identically.
 """
 
@@ -95,32 +97,33 @@ class FindingsExporter:
     """The spans output, the logs output, or both, behind the span exporter's interface (the
     OTLP server, completeness and integrity hand on through it unchanged).
 
+    `spans` is the span exporter, there in every mode: spans relayed from an app (`relay`) are
+    not findings and always go to it as spans. `findings_as_spans` False (output `logs`): the
+    findings go as log records only.
+
     Both: spans first, then logs; a failure of either raises (nothing is acknowledged) and the
     retry re-sends both — the spans already accepted go again with the same ids, which a trace
     backend takes as a re-send. The outcome counted is the spans' (the logs' in `logs` mode).
     """
 
-    spans: Sink | None
-    logs: Sink | None
-
-    def __post_init__(self) -> None:
-        if self.spans is None and self.logs is None:
-            raise ValueError("FindingsExporter needs the spans output, the logs output or both")
+    spans: Sink
+    logs: Sink
+    findings_as_spans: bool = True
 
     def export(self, request: bytes | ExportTraceServiceRequest, span_count: int,
                deadline: float | None = None) -> ExportOutcome:
         payload = request if isinstance(request, bytes) else request.SerializeToString()
         outcome = None
-        if self.spans is not None:
+        if self.findings_as_spans:
             outcome = self.spans.export(payload, span_count, deadline)
-        if self.logs is not None:
-            logs, count = logs_from_spans(payload)
-            logged = self.logs.export(logs, count, deadline)
-            outcome = outcome or logged
-        assert outcome is not None
-        return outcome
+        logs, count = logs_from_spans(payload)
+        logged = self.logs.export(logs, count, deadline)
+        return outcome or logged
+
+    def relay(self, request: bytes, span_count: int, deadline: float | None = None
+              ) -> ExportOutcome:
+        return self.spans.export(request, span_count, deadline)
 
     def shutdown(self) -> None:
-        for sink in (self.spans, self.logs):
-            if sink is not None:
-                sink.shutdown()
+        self.spans.shutdown()
+        self.logs.shutdown()

@@ -263,5 +263,7 @@ class FindingsConfig(BaseModel):
         "spans", description="spans: to `exporter` (Tempo, Jaeger); logs: one OTLP log record "
         "per span (same attributes, flags, rule names, trace and span ids) to "
         "`findings.logs_exporter`; both: each Export is acknowledged upstream only after both "
-        "outputs accepted it (docs/collector.md#findings-as-log-records).")
+        "outputs accepted it. Spans an app sends to audit-guard's TraceService are not "
+        "findings: they go to `exporter` as spans in every mode "
+        "(docs/collector.md#findings-as-log-records).")
     logs_exporter: LogsExporterConfig = Field(default_factory=LogsExporterConfig)

@@ -184,10 +184,11 @@ def _findings_exporter(settings: Settings, spool: DeadLetterSpool | None) -> Any
     from .otlp.exporter import SpanExporter
 
     output = settings.findings.output
-    spans = SpanExporter(settings.exporter, spool=spool) if output != "logs" else None
+    spans = SpanExporter(settings.exporter, spool=spool)  # also for spans relayed from apps
     if output == "spans":
         return spans
-    return FindingsExporter(spans, SpanExporter(settings.findings.logs_exporter, logs=True))
+    return FindingsExporter(spans, SpanExporter(settings.findings.logs_exporter, logs=True),
+                            findings_as_spans=output == "both")
 
 
 def _integrity(settings: Settings) -> Integrity | None:

@@ -128,6 +128,12 @@ class SpanExporter:
                 reasons.append(reason)
         return ExportOutcome(accepted, spooled, ",".join(dict.fromkeys(reasons)))
 
+    def relay(self, request: ExportTraceServiceRequest | bytes, span_count: int,
+              deadline: float | None = None) -> ExportOutcome:
+        """Spans that are not audit findings (an app's own, sent to audit-guard's
+        TraceService): `export`. FindingsExporter sends them as spans only."""
+        return self.export(request, span_count, deadline)
+
     def _keep(self, piece: bytes, spans: int, refused: int, reason: str) -> None:
         """Spool a request downstream refused spans of for good (all of it: a partial success
         does not say which; a resend re-sends the accepted ones unchanged). Without a spool,

@@ -134,8 +134,8 @@ class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
         try:
             count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
             try:
-                outcome = s.exporter.export(request.SerializeToString(), count,
-                                            _deadline(context))
+                outcome = s.exporter.relay(request.SerializeToString(), count,
+                                           _deadline(context))
             except (DownstreamUnavailable, DownstreamRejected) as exc:
                 failure = f"spans not handed on, keep and retry: {exc}"
             else:

@@ -124,15 +124,15 @@ def test_one_log_record_per_span_with_its_ids_flags_and_attributes() -> None:
     assert logs_from_spans(payload) == (logs_bytes, 3)  # a retry sends the very same bytes
 
 
-def _exporters(spans: RecordingDownstream | None, logs: RecordingLogs | None,
+def _exporters(spans: RecordingDownstream, logs: RecordingLogs, *, both: bool = True,
                **config: Any) -> FindingsExporter:
     settings = load_settings()
-    span_exporter = None if spans is None else SpanExporter(settings.exporter.model_copy(
+    span_exporter = SpanExporter(settings.exporter.model_copy(
         update={"endpoint": f"127.0.0.1:{spans.port}", "max_wait_s": 1.0}))
-    log_exporter = None if logs is None else SpanExporter(LogsExporterConfig(
+    log_exporter = SpanExporter(LogsExporterConfig(
         endpoint=f"127.0.0.1:{logs.port}", max_wait_s=1.0, retry_initial_backoff_s=0.05,
         **config), logs=True)
-    return FindingsExporter(span_exporter, log_exporter)
+    return FindingsExporter(span_exporter, log_exporter, findings_as_spans=both)
 
 
 def test_both_outputs_take_every_export(spans_backend: RecordingDownstream,
@@ -149,14 +149,19 @@ def test_both_outputs_take_every_export(spans_backend: RecordingDownstream,
                                                            spans_backend.spans()]
 
 
-def test_logs_only(logs_backend: RecordingLogs) -> None:
+def test_logs_only_and_relayed_spans(spans_backend: RecordingDownstream,
+                                     logs_backend: RecordingLogs) -> None:
+    """output `logs`: findings go as log records only; spans an app sent to audit-guard's
+    TraceService are not findings and still go to the trace backend as spans, never as logs."""
     payload, count = traces()
-    exporter = _exporters(None, logs_backend)
+    exporter = _exporters(spans_backend, logs_backend, both=False)
     try:
         assert exporter.export(payload, count).accepted == 3
+        assert spans_backend.spans() == []
+        assert exporter.relay(payload, count).accepted == 3
     finally:
         exporter.shutdown()
-    assert len(logs_backend.records()) == 3
+    assert len(logs_backend.records()) == 3 and len(spans_backend.spans()) == 3
 
 
 def test_a_logs_output_that_does_not_answer_fails_the_export(
@@ -180,14 +185,14 @@ def test_a_logs_output_that_does_not_answer_fails_the_export(
 
 @pytest.mark.parametrize("refusal", ["code", "partial_success"])
 def test_log_records_refused_for_good_are_never_acknowledged(
-        logs_backend: RecordingLogs, refusal: str) -> None:
+        spans_backend: RecordingDownstream, logs_backend: RecordingLogs, refusal: str) -> None:
     """No dead-letter spool for log records (it holds span requests for `resend`)."""
     if refusal == "code":
         logs_backend.fail_with = grpc.StatusCode.INVALID_ARGUMENT
     else:
         logs_backend.reject = 2
     payload, count = traces()
-    exporter = _exporters(None, logs_backend)
+    exporter = _exporters(spans_backend, logs_backend, both=False)
     try:
         with pytest.raises(DownstreamRejected) as raised:
             exporter.export(payload, count)
@@ -203,5 +208,3 @@ def test_the_output_setting() -> None:
         load_settings(findings={"output": "traces"})
     with pytest.raises(ValueError, match="no dead-letter spool"):
         SpanExporter(LogsExporterConfig(), spool=object(), logs=True)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="spans output, the logs output or both"):
-        FindingsExporter(None, None)
