@@ -104,6 +104,8 @@ class RecordIn(BaseModel):
     source: str | None = None
     flags: list[str] = Field(default_factory=list)
     fields: dict[str, Any] = Field(default_factory=dict)
+    age_s: int | None = Field(None, description="seconds from the record's time to its receipt "
+                              "(docs/rules.md, freshness)")
 
 
 class RuleTestIn(BaseModel):

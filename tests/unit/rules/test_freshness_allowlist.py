@@ -167,3 +167,24 @@ def test_allow_list_is_not_evaluated_on_nginx_records() -> None:
     rules = documented_allow_list()
     batch = RecordBatch("nginx", 1, fields=[{"event_type": "user.sudo"}])
     assert rules.evaluate(batch) == {}
+
+
+def test_the_admin_rule_test_takes_age_s() -> None:
+    """POST /api/rules/test evaluates a record as rules see it, age_s included."""
+    from fastapi.testclient import TestClient
+
+    from audit_guard.admin import AdminState, create_app
+    from audit_guard.rules import RuleRegistry
+
+    admin = load_settings().admin
+    app = create_app(AdminState(admin.flags_buffer, admin.requests_kept,
+                                admin.records_per_request),
+                     RuleRegistry(), token="t" * 32, rules_files=[], include_builtin=True)
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {'t' * 32}"}
+    record = {"source": "app", "fields": {"event_type": "user.login"}}
+    for age, stale in ((36, True), (35, False), (-6, True), (None, False)):
+        resp = client.post("/api/rules/test", headers=auth,
+                           json={"record": {**record, "age_s": age}})
+        assert resp.status_code == 200, resp.text
+        assert ("stale_event" in resp.json()["matches"]) is stale, age
