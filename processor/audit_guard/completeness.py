@@ -119,6 +119,7 @@ class Completeness:
         self._exporter = exporter
         self._telemetry = telemetry
         self._error_outcomes: dict[str, int] = {}  # error-log outcomes counted so far
+        self._resent_at: int | None = None  # when Nginx records last came again
         self._lock = lock or nullcontext()  # serialises span building with the OTLP server
         self._on_handed_on = on_handed_on  # the admin state, for the missing spans' flags
         self._on_status = on_status  # (source, completeness, silent) for the admin API
@@ -192,6 +193,8 @@ class Completeness:
             self._telemetry.inc("audit_reconcile_evicted_total", result.evicted)
         if stats.served:
             self.counters.add_records(stats.served)
+        if stats.resent:
+            self._resent_at = now_ns
         for source, n in stats.records.items():
             if n:
                 self.silence.on_records(source, now_ns)
@@ -280,7 +283,11 @@ class Completeness:
 
     def report_missing(self, now_ns: int) -> int:
         """Send a missing_record span for every request whose window passed; returns how many
-        were reported. Kept pending (retried next tick) when downstream is unavailable."""
+        were reported. Kept pending (retried next tick) when downstream is unavailable, and
+        while the collector is sending requests again (reconcile.resend_hold_s)."""
+        resent_at = self._resent_at
+        if resent_at is not None and now_ns - resent_at < self.config.resend_hold_s * _NS:
+            return 0
         due = self.requests.due(now_ns)
         if not due:
             return 0

@@ -159,6 +159,13 @@ class ReconcileConfig(BaseModel):
         200_000, ge=100,
         description="Requests tracked at once (≤ 300 bytes each); past it the oldest are "
         "evicted and counted (audit_reconcile_evicted_total).")
+    resend_hold_s: Seconds = Field(
+        60.0, description="While the collector sends requests again (Nginx records seen "
+        "before arrive), and this long after, no request is reported missing_record: the app "
+        "records may be queued behind the retried request — behind load_balancing, a request "
+        "split over instances is retried whole while one instance is down, and the healthy "
+        "instance's app records wait behind it (docs/scale-out.md). Reported once the hold "
+        "ends, if their app record still has not come.")
     state_dir: Path | None = Field(
         None, description="Where reconcile.sqlite (SQLite, WAL) keeps the pending requests and "
         "error-log events across restarts, so a restart neither forgets nor invents missing "

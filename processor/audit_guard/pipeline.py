@@ -224,7 +224,12 @@ class Pipeline:
         the collector may send a file's first records before the app's) and the record times per
         server (once nginx's counters were read, as they cost nothing before)."""
         if self.reconciler is not None and self.reconciler.holding(read_ns):
-            stats.expected += expectations(batch, expected_app_records(batch, self._audited))
+            rows = expected_app_records(batch, self._audited)
+            if self.again:  # sent again (a retried request): expected the first time already
+                seen = set(self.again)
+                rows = [i for i in rows if i not in seen]
+            stats.expected += expectations(batch, rows)
+        stats.resent += len(self.again)
         if self.counters is not None and self.counters.active:
             served_by_host(batch, stats.served, self.again)  # those were counted the first time
 

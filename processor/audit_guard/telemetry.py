@@ -191,6 +191,7 @@ class BatchStats:
     unprocessable: int = 0  # records the pipeline failed on (see Pipeline._isolated)
     error_join_ambiguous: int = 0  # records flagged by an error-log event with rivals
     spans: int = 0  # spans the Export produced
+    resent: int = 0  # Nginx records seen before: the collector is sending a request again
 
     def add_batch(self, batch: RecordBatch, rules: RuleSet | None = None) -> None:
         source = batch.source
