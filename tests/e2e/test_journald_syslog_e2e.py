@@ -41,6 +41,7 @@ JOURNALD_OVERLAY = ROOT / "collector-config" / "audit-guard-journald.yaml"
 SYSLOG_OVERLAY = ROOT / "collector-config" / "audit-guard-syslog.yaml"
 JOURNAL_REMOTE = Path("/lib/systemd/systemd-journal-remote")
 BOOT_ID = "0123456789abcdef0123456789abcdef"
+BOOTED_US = 1_700_000_000_000_000  # when that boot began (2023), in µs
 PIECE = 16 * 1024  # Docker's buffer: a longer line is sent in pieces of this size
 US = 1_000_000
 
@@ -93,8 +94,10 @@ class Journal:
 
     def add(self, message: str, stored: float, source: float | None = None,
             container: str = "app", **extra: str) -> None:
+        # One boot, so the monotonic clock runs with the wall clock: journalctl orders the
+        # entries of one boot in different files by it (and seeks a saved cursor by it).
         fields = {"__REALTIME_TIMESTAMP": str(int(stored * US)),
-                  "__MONOTONIC_TIMESTAMP": str(1000 + len(self.entries)),
+                  "__MONOTONIC_TIMESTAMP": str(int(stored * US) - BOOTED_US),
                   "_BOOT_ID": BOOT_ID, "MESSAGE": message, "PRIORITY": "6",
                   "CONTAINER_NAME": container, "CONTAINER_TAG": container,
                   "SYSLOG_IDENTIFIER": container, "CONTAINER_ID": "0123456789ab",
@@ -128,10 +131,10 @@ class Journal:
             "time": f"{stamp}.{int(read * 1e9) % 1_000_000_000:09d}Z"}).decode()
             for k in range(0, len(whole), PIECE)]
 
-    def write(self, directory: Path) -> None:
-        directory.mkdir(parents=True)
+    def write(self, directory: Path, name: str = "remote.journal") -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         export = b"".join(export_entry(e) for e in self.entries)
-        subprocess.run([str(JOURNAL_REMOTE), "-o", str(directory / "remote.journal"), "-"],
+        subprocess.run([str(JOURNAL_REMOTE), "-o", str(directory / name), "-"],
                        input=export, check=True, capture_output=True, timeout=30)
 
 
@@ -237,6 +240,39 @@ def test_journal_entries_get_the_flags_of_json_file(tmp_path: Path) -> None:
             subprocess.run(["journalctl", "--directory", str(directory), "-o", output, "--all",
                             "CONTAINER_NAME=app"], stdout=fh, check=True, timeout=30)
         assert by_record(replayed_flags(exported)) == EXPECTED_JOURNAL, output
+
+
+def test_a_restart_goes_on_from_the_saved_cursor(tmp_path: Path) -> None:
+    t0 = time.time() - 600
+    before, after = Journal(), Journal()
+    for i in range(30, 40):
+        before.line(app_line(i, t0 + i), t0 + i + 0.05)
+    for i in range(40, 45):
+        after.line(app_line(i, t0 + i), t0 + i + 0.05)
+    directory = tmp_path / "journal"
+    before.write(directory)
+    with serving(tmp_path) as (otlp, downstream):
+
+        def run(expected: int) -> None:
+            collector, _ = start_collector(
+                tmp_path / "collector", access_log=tmp_path / "none.log",
+                processor_endpoint=f"127.0.0.1:{otlp}",
+                traces_endpoint=f"127.0.0.1:{free_port()}",
+                vts_target=f"127.0.0.1:{free_port()}", storage_dir=tmp_path / "storage",
+                overlays=[JOURNALD_OVERLAY], extra_env={"JOURNALD_DIRECTORY": str(directory)})
+            try:
+                wait_until(lambda: len(downstream.spans()) >= expected, 60,
+                           f"{expected} spans at the backend")
+                time.sleep(2)  # a re-read of the journal's start would be here by now
+            finally:
+                collector.stop()
+
+        run(10)
+        after.write(directory, "later.journal")  # written while the collector was down
+        run(15)
+    traces = [span.trace_id.hex() for span in downstream.spans()]
+    assert sorted(set(traces)) == sorted(rid(i) for i in range(30, 45))
+    assert len(traces) == 15, "entries read before the restart were read again"
 
 
 # ---------------------------------------------------------------------------------- syslog
