@@ -119,7 +119,8 @@ class Completeness:
         self._exporter = exporter
         self._telemetry = telemetry
         self._error_outcomes: dict[str, int] = {}  # error-log outcomes counted so far
-        self._resent_at: int | None = None  # when Nginx records last came again
+        self._resent_at: int | None = None  # when Nginx records last came again (or start)
+        self._hold_ns = 0  # how long after _resent_at missing_record reports are held
         self._lock = lock or nullcontext()  # serialises span building with the OTLP server
         self._on_handed_on = on_handed_on  # the admin state, for the missing spans' flags
         self._on_status = on_status  # (source, completeness, silent) for the admin API
@@ -159,6 +160,9 @@ class Completeness:
         elif restored:
             log.info("reconcile: %d tracked requests restored from %s", restored,
                      self.config.state_dir)
+            if self.config.restart_hold_s:
+                self._resent_at = now  # see report_missing
+                self._hold_ns = int(self.config.restart_hold_s * _NS)
         self._thread = threading.Thread(target=self._run, name="completeness", daemon=True)
         self._thread.start()
 
@@ -195,6 +199,7 @@ class Completeness:
             self.counters.add_records(stats.served)
         if stats.resent:
             self._resent_at = now_ns
+            self._hold_ns = int(self.config.resend_hold_s * _NS)
         for source, n in stats.records.items():
             if n:
                 self.silence.on_records(source, now_ns)
@@ -286,7 +291,7 @@ class Completeness:
         were reported. Kept pending (retried next tick) when downstream is unavailable, and
         while the collector is sending requests again (reconcile.resend_hold_s)."""
         resent_at = self._resent_at
-        if resent_at is not None and now_ns - resent_at < self.config.resend_hold_s * _NS:
+        if resent_at is not None and now_ns - resent_at < self._hold_ns:
             return 0
         due = self.requests.due(now_ns)
         if not due:

@@ -166,6 +166,12 @@ class ReconcileConfig(BaseModel):
         "split over instances is retried whole while one instance is down, and the healthy "
         "instance's app records wait behind it (docs/scale-out.md). Reported once the hold "
         "ends, if their app record still has not come.")
+    restart_hold_s: float = Field(
+        0.0, ge=0, description="After a restart that restored waiting requests, hold "
+        "missing_record reports this long (as resend_hold_s does). 0: a restored request only "
+        "gets a fresh window_s. Behind load_balancing set it to resend_hold_s: an instance that "
+        "was down comes back to requests whose app records are still in the collector's queue, "
+        "retried with back-off up to 30 s apart (docs/scale-out.md).")
     state_dir: Path | None = Field(
         None, description="Where reconcile.sqlite (SQLite, WAL) keeps the pending requests and "
         "error-log events across restarts, so a restart neither forgets nor invents missing "

@@ -89,3 +89,42 @@ def test_the_truly_missing_are_reported_when_the_hold_ends(service, downstream) 
     server.completeness.tick(now + (HOLD_S + 1) * S)
     (span,) = downstream.spans()[before:]
     assert span.trace_id.hex() == dropped
+
+
+def _restarted(settings, state_dir) -> tuple[Completeness, list]:
+    """A Completeness started on the saved state, its missing spans collected."""
+    settings = load_settings(reconcile={"window_s": 2, "state_dir": str(state_dir),
+                                        **settings})
+    state = CompletenessState(settings.reconcile)
+    pipeline = Pipeline(settings, reconciler=state.requests, counters=state.counters)
+    sent: list = []
+
+    class Sink:
+        def export(self, traces: bytes, count: int):
+            sent.append(count)
+            return type("Outcome", (), {"accepted": count, "spooled": 0, "reason": ""})()
+
+    completeness = Completeness(settings.reconcile, state, pipeline, Sink(), Telemetry())
+    return completeness, sent
+
+
+@pytest.mark.parametrize("hold_s", [0, HOLD_S])
+def test_restart_hold(service, tmp_path, hold_s) -> None:
+    """Behind load_balancing an instance that was down comes back to requests whose app records
+    are still in the collector's queue: reconcile.restart_hold_s holds their reports (0, the
+    default: a fresh window only, as for one instance)."""
+    server, stub, _ = service
+    stub.Export(logs("app", app_line(rid())), timeout=10)
+    stub.Export(logs("nginx", nginx_line(rid())), timeout=10)  # waits for its app record
+    server.stop()
+    server.completeness.requests.close(time.time_ns())
+    completeness, sent = _restarted({"restart_hold_s": hold_s}, tmp_path)
+    now = time.time_ns()
+    completeness.start(now)  # its own ticker sees real time: within the window for a while
+    try:
+        completeness.report_missing(now + 3 * S)  # past the fresh window
+        assert sent == ([] if hold_s else [1])
+        completeness.report_missing(now + (HOLD_S + 3) * S)
+        assert sent == [1]
+    finally:
+        completeness.stop()
