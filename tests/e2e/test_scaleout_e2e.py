@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 SCALEOUT = repo_root() / "collector-config" / "audit-guard-scaleout.yaml"
 WINDOW_S = 5
+RESEND_HOLD_S = 20
 SCENARIOS = [
     DemoRequest("POST", "/v1/chat-messages", body={"query": "hi"}),
     DemoRequest("GET", "/v1/datasets/ds-7/documents", user="u2", app="a2"),
@@ -77,6 +78,15 @@ class Chain:
     app_log: Path
     backend: RecordingDownstream
     instances: list[Instance]
+    processors: list[ManagedProcess]
+
+    def stop_instance(self, index: int) -> None:
+        self.processors[index].stop()
+
+    def start_instance(self, index: int) -> None:
+        """Start it again: the same ports and state dir."""
+        self.processors[index] = _start_processor(
+            self.workdir, index, self.instances[index], f"127.0.0.1:{self.backend.port}")
 
 
 def _start_processor(wd: Path, index: int, instance: Instance, backend: str) -> ManagedProcess:
@@ -89,6 +99,9 @@ def _start_processor(wd: Path, index: int, instance: Instance, backend: str) -> 
         "AUDIT_GUARD_RECONCILE__WINDOW_S": str(WINDOW_S),
         "AUDIT_GUARD_ERROR_JOIN_WINDOW_S": str(WINDOW_S),
         "AUDIT_GUARD_ERROR_JOIN_UNJOINED": "drop",
+        # The collector's retries are at most ~8 s apart in these tests' outages.
+        "AUDIT_GUARD_RECONCILE__RESEND_HOLD_S": str(RESEND_HOLD_S),
+        "AUDIT_GUARD_RECONCILE__RESTART_HOLD_S": str(RESEND_HOLD_S),
     }).start()
     proc.wait_ready(lambda: port_open(instance.otlp_port), timeout=60)
     return proc
@@ -100,12 +113,14 @@ def chain(tmp_path_factory) -> Iterator[Chain]:
     backend = RecordingDownstream()
     backend.server.start()
     procs: list[ManagedProcess] = []
+    processors: list[ManagedProcess] = []
     try:
         nginx_port, upstream_port, status_port = free_port(), free_port(), free_port()
         paths = render_nginx_conf(wd / "nginx", nginx_port, upstream_port, status_port)
         instances = [Instance(), Instance()]
         endpoint = f"127.0.0.1:{backend.port}"
-        procs += [_start_processor(wd, i, inst, endpoint) for i, inst in enumerate(instances)]
+        for i, inst in enumerate(instances):
+            processors.append(_start_processor(wd, i, inst, endpoint))
         app_log = wd / "app.log"
         collector, _ = start_collector(
             wd / "collector", access_log=paths.access_log, nginx_error_log=paths.error_log,
@@ -123,9 +138,9 @@ def chain(tmp_path_factory) -> Iterator[Chain]:
         nginx = ManagedProcess("nginx", nginx_argv(paths.conf), log_dir=wd).start()
         procs.append(nginx)
         nginx.wait_ready(lambda: port_open(nginx_port), timeout=30)
-        yield Chain(wd, paths, nginx_port, app_log, backend, instances)
+        yield Chain(wd, paths, nginx_port, app_log, backend, instances, processors)
     finally:
-        for proc in reversed(procs):
+        for proc in [*reversed(procs), *processors]:  # front to back; a restarted one too
             proc.stop()
         backend.server.stop(0)
 
@@ -180,10 +195,22 @@ def _replay_verdicts(chain: Chain) -> Verdicts:
     return out
 
 
+Outcome = tuple[Verdicts, Verdicts, dict[str, list[bytes]]]
+
+
 @pytest.fixture(scope="module")
-def verdicts(chain) -> tuple[Verdicts, Verdicts, dict[str, list[bytes]]]:
+def verdicts(chain) -> Outcome:
+    return drive(chain)
+
+
+def drive(chain: Chain, halfway: Callable[[], None] = lambda: None,
+          after: Callable[[], None] = lambda: None) -> Outcome:
+    """Send the traffic (`halfway` runs in the middle of it, `after` once it was sent), add the
+    odd lines, wait until everything went through; the service's verdicts and replay's."""
     requests = [SCENARIOS[i % len(SCENARIOS)] for i in range(REQUESTS)]
-    for req in requests:
+    for n, req in enumerate(requests):
+        if n == len(requests) // 2:
+            halfway()
         send(f"http://127.0.0.1:{chain.nginx_port}", req)
     access = chain.nginx.access_log
     wait_until(lambda: len(_lines(access)) >= REQUESTS, 60, "nginx to log every request")
@@ -195,6 +222,7 @@ def verdicts(chain) -> tuple[Verdicts, Verdicts, dict[str, list[bytes]]]:
     with chain.app_log.open("ab") as f:
         f.write(b"this is not an audit record\n")
         f.write(b'{"ts":"2025-11-26T14:00:01.251Z","trace_id":"' + b"cd" * 16 + b'","sev\n')
+    after()
     noaudit = sum("noaudit=1" in r.path for r in requests)
     expected_records = len(_lines(access)) + len(_lines(chain.app_log))
 
@@ -202,7 +230,7 @@ def verdicts(chain) -> tuple[Verdicts, Verdicts, dict[str, list[bytes]]]:
         got = _service_verdicts(chain.backend)
         return sum(got.records.values()) >= expected_records and len(got.missing) >= noaudit
 
-    wait_until(settled, 120, "every record and every missing_record through both instances")
+    wait_until(settled, 180, "every record and every missing_record through both instances")
     # Past the windows again: no false missing_record may come late, no orphan error span.
     time.sleep(2 * WINDOW_S + 2)
     files = {"access": _lines(access), "app": _lines(chain.app_log)}

@@ -94,6 +94,7 @@ def test_the_processor_environment_is_a_valid_configuration(monkeypatch) -> None
         monkeypatch.setenv(name, value)
     settings = load_settings()
     assert settings.error_join_unjoined == "drop"  # every pod gets every error-log event
+    assert settings.reconcile.restart_hold_s == settings.reconcile.resend_hold_s
 
 
 def _collector() -> dict[str, Any]:
