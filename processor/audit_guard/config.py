@@ -159,19 +159,10 @@ class ReconcileConfig(BaseModel):
         200_000, ge=100,
         description="Requests tracked at once (≤ 300 bytes each); past it the oldest are "
         "evicted and counted (audit_reconcile_evicted_total).")
-    resend_hold_s: Seconds = Field(
-        60.0, description="While the collector sends requests again (Nginx records seen "
-        "before arrive), and this long after, no request is reported missing_record: the app "
-        "records may be queued behind the retried request — behind load_balancing, a request "
-        "split over instances is retried whole while one instance is down, and the healthy "
-        "instance's app records wait behind it (docs/scale-out.md). Reported once the hold "
-        "ends, if their app record still has not come.")
-    restart_hold_s: float = Field(
-        0.0, ge=0, description="After a restart that restored waiting requests, hold "
-        "missing_record reports this long (as resend_hold_s does). 0: a restored request only "
-        "gets a fresh window_s. Behind load_balancing set it to resend_hold_s: an instance that "
-        "was down comes back to requests whose app records are still in the collector's queue, "
-        "retried with back-off up to 30 s apart (docs/scale-out.md).")
+    resend_hold_s: Seconds = Field(60.0, description="No missing_record while Nginx records "
+        "come again, nor this long after: app records may be behind them (docs/scale-out.md).")
+    restart_hold_s: float = Field(0.0, ge=0, description="Likewise after a restart that "
+        "restored waiting requests (0: a fresh window_s only; scale-out: resend_hold_s).")
     state_dir: Path | None = Field(
         None, description="Where reconcile.sqlite (SQLite, WAL) keeps the pending requests and "
         "error-log events across restarts, so a restart neither forgets nor invents missing "
@@ -302,12 +293,8 @@ class Settings(BaseSettings):
         30.0, description="How long an Nginx error-log event waits for its access record (and "
         "vice versa): how far apart the two may be.")
     error_join_unjoined: Literal["report", "drop"] = Field(
-        "report", description="What happens to an Nginx error-log event that meant a cut but "
-        "joined no access record within error_join_window_s: `report` it as a span of its own "
-        "(one instance: its request may be missing from the access log), or `drop` it, counted "
-        "in audit_error_events_total{outcome=\"dropped_unjoined\"} — behind the collector's "
-        "load_balancing every instance gets every event and only the one holding the access "
-        "record joins it (docs/scale-out.md).")
+        "report", description="An error-log event joining no access record in the window: "
+        "`report` (a span of its own) or `drop` (counted; docs/scale-out.md).")
     lag_threshold_s: Seconds = Field(
         5.0, description="An app record read more than this long after it was written is "
         "flagged delayed.")
