@@ -98,6 +98,7 @@ class _Encoder:
         # The attribute keys as read → those hashed, in the builder's order (key sets repeat).
         self._orders: dict[tuple[str, ...], list[str]] = {}
         self._kinds: dict[Any, bytes] = {}
+        self._names: dict[str, bytes] = {}
 
     def attribute(self, key: str, value: AttrValue | None) -> bytes:
         cache_key = (key, value.__class__, value)
@@ -122,6 +123,25 @@ class _Encoder:
                 if k not in CHAIN_KEYS and k not in BACKEND_KEYS and not k.startswith("@jaeger@")]
         return order
 
+    def _head(self, trace_id: str, span_id: str, parent: str | None, name: str) -> bytes:
+        """Ids and name as the stubs encode them; hex ids of the usual sizes framed by hand."""
+        if len(trace_id) == 32 and len(span_id) == 16 and (not parent or len(parent) == 16):
+            try:
+                head = b"\x0a\x10" + bytes.fromhex(trace_id) + b"\x12\x08" + bytes.fromhex(span_id)
+                if parent:
+                    head += b"\x22\x08" + bytes.fromhex(parent)
+            except ValueError:  # not hex: base64 ids, through the stubs
+                pass
+            else:
+                blob = self._names.get(name)
+                if blob is None:
+                    blob = Span(name=name).SerializeToString()
+                    if len(self._names) < 100_000:
+                        self._names[name] = blob
+                return head + blob
+        return Span(trace_id=_id(trace_id), span_id=_id(span_id), parent_span_id=_id(parent),
+                    name=name).SerializeToString()
+
     def _kind(self, kind: Any) -> bytes:
         blob = self._kinds.get(kind)
         if blob is None:
@@ -133,18 +153,16 @@ class _Encoder:
         trace_id, span_id = raw.get("traceId") or "", raw.get("spanId") or ""
         parent = raw.get("parentSpanId")
         name = raw.get("name", "")
-        parts = [Span(trace_id=_id(trace_id), span_id=_id(span_id),
-                      parent_span_id=_id(parent), name=name).SerializeToString()]
+        parts = [self._head(trace_id, span_id, parent, name)]
         start, end = int(raw.get("startTimeUnixNano", 0)), int(raw.get("endTimeUnixNano", 0))
         parts.append(self._kind(raw.get("kind", 0)) + start.to_bytes(8, "little") + END_TAG
                      + end.to_bytes(8, "little"))
         attrs: dict[str, AttrValue | None] = {}
         for kv in raw.get("attributes") or ():
-            v = kv.get("value")
-            if v and "stringValue" in v:  # the usual case, inline
-                attrs[kv["key"]] = v["stringValue"]
-            else:
-                attrs[kv["key"]] = _value(v)
+            try:  # the usual case, inline
+                attrs[kv["key"]] = kv["value"]["stringValue"]
+            except KeyError:
+                attrs[kv["key"]] = _value(kv.get("value"))
         attribute = self.attribute
         parts += [attribute(key, attrs[key]) for key in self._order(tuple(attrs))]
         if "events" in raw or "status" in raw:
