@@ -80,9 +80,11 @@ def check_digests(digests: list[Digest], keys: dict[str, Ed25519PublicKey],
     by_instance: dict[str, dict[int, list[tuple[Digest, dict[str, Any]]]]] = defaultdict(
         lambda: defaultdict(list))
     signed: dict[str, list[Signed]] = defaultdict(list)
+    present: dict[str, set[int]] = defaultdict(set)  # refused digests are there, not missing
     for d in digests:
         payload = _valid(d, keys, problems)
         if payload is None:
+            _note_present(d, present)
             continue
         instance, seq = str(payload["instance"]), int(payload["seq"])
         by_instance[instance][seq].append((d, payload))
@@ -91,12 +93,20 @@ def check_digests(digests: list[Digest], keys: dict[str, Ed25519PublicKey],
             signed[chain_id].append(Signed(c.get("first_seq"), int(c["last_seq"]),
                                            bytes.fromhex(c["head"]), where))
     for instance, by_seq in by_instance.items():
-        _continuity(instance, by_seq, problems, from_start)
+        _continuity(instance, by_seq, problems, from_start, present[instance])
     return signed
 
 
+def _note_present(d: Digest, present: dict[str, set[int]]) -> None:
+    try:
+        payload = orjson.loads(d.payload)
+        present[str(payload["instance"])].add(int(payload["seq"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+
+
 def _continuity(instance: str, by_seq: dict[int, list[tuple[Digest, dict[str, Any]]]],
-                problems: list[Problem], from_start: bool) -> None:
+                problems: list[Problem], from_start: bool, present: set[int]) -> None:
     seqs = sorted(by_seq)
     for seq in seqs:  # the same seq signed again by the same key is a retried digest
         signers = {d.key_id for d, _ in by_seq[seq]}
@@ -107,6 +117,8 @@ def _continuity(instance: str, by_seq: dict[int, list[tuple[Digest, dict[str, An
                     f"({', '.join(sorted(signers))}): at most one of them is genuine", d.where))
     for seq in range(1 if from_start else seqs[0], seqs[-1] + 1):
         if seq not in by_seq:
+            if seq in present:  # read, but refused (its problem is reported)
+                continue
             problems.append(_problem("digest_missing", f"digest {instance}#{seq} is missing "
                                      f"(between #{seq - 1} and the next one read)", ""))
             continue

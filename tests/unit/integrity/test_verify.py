@@ -174,3 +174,26 @@ def test_cli_exit_codes(trail_file: tuple[Path, Path], capsys: pytest.CaptureFix
     assert main(["verify", "--public-key", str(keys)]) == 2
     assert main(["verify", "--file", str(path.with_name("nope.json")),
                  "--public-key", str(keys)]) == 2
+
+
+def test_a_rotated_key_keeps_old_digests_verifiable(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    old = SigningKey.from_file(state / "old.pem", state / "keys")
+    trail = Trail(state, key=old)
+    trail.export([access_line(i) for i in range(4)])
+    trail.digest(now_ns=1)
+    # Rotation: a new key file, the same state directory (chains and digests continue).
+    new = SigningKey.from_file(state / "new.pem", state / "keys")
+    trail.digests.key = new
+    trail.export([access_line(i) for i in range(4, 8)], 10_000)
+    trail.digest(now_ns=2)
+    path = trail.write(tmp_path / "spans.json")
+    assert old.key_id != new.key_id
+    assert sorted(p.stem for p in (state / "keys").glob("*.pub")) == sorted(
+        [old.key_id, new.key_id])
+    report = check(path, state / "keys")
+    assert report.intact and report.digests == 2, report.as_dict()
+    only_new = tmp_path / "only-new"
+    only_new.mkdir()
+    (only_new / f"{new.key_id}.pub").write_bytes(new.public_pem)
+    assert kinds(check(path, only_new)) == ["digest_key_unknown"]
