@@ -35,6 +35,8 @@ _KINDS = {name: number for number, name in enumerate(
     ("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
      "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"))}
 _CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+# Jaeger's warning on a span whose end was not after its start (it adds 1 ns to the end).
+_SANITIZED = "Negative duration detected, sanitizing end timestamp"
 class ReaderError(Exception):
     """The input cannot be read (usage error: exit 2); the message says which and why."""
 
@@ -155,14 +157,16 @@ class _Encoder:
         name = raw.get("name", "")
         parts = [self._head(trace_id, span_id, parent, name)]
         start, end = int(raw.get("startTimeUnixNano", 0)), int(raw.get("endTimeUnixNano", 0))
-        parts.append(self._kind(raw.get("kind", 0)) + start.to_bytes(8, "little") + END_TAG
-                     + end.to_bytes(8, "little"))
         attrs: dict[str, AttrValue | None] = {}
         for kv in raw.get("attributes") or ():
             try:  # the usual case, inline
                 attrs[kv["key"]] = kv["value"]["stringValue"]
             except KeyError:
                 attrs[kv["key"]] = _value(kv.get("value"))
+        if end == start + 1 and _SANITIZED in str(attrs.get("@jaeger@warnings")):
+            end = start  # Jaeger moves a zero-duration span's end 1 ns on (and says so)
+        parts.append(self._kind(raw.get("kind", 0)) + start.to_bytes(8, "little") + END_TAG
+                     + end.to_bytes(8, "little"))
         attribute = self.attribute
         parts += [attribute(key, attrs[key]) for key in self._order(tuple(attrs))]
         if "events" in raw or "status" in raw:

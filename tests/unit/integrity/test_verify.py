@@ -197,3 +197,25 @@ def test_a_rotated_key_keeps_old_digests_verifiable(tmp_path: Path) -> None:
     only_new.mkdir()
     (only_new / f"{new.key_id}.pub").write_bytes(new.public_pem)
     assert kinds(check(path, only_new)) == ["digest_key_unknown"]
+
+
+def test_jaeger_sanitized_zero_duration_is_undone() -> None:
+    # Jaeger moves the end of a span that does not end after its start 1 ns on, and says so
+    # in @jaeger@warnings: the content is the one the processor hashed.
+    from audit_guard.integrity.readers import spans_of_request
+
+    span = {"traceId": "01" * 16, "spanId": "02" * 8, "name": "app record", "kind": 1,
+            "startTimeUnixNano": "1000", "endTimeUnixNano": "1000",
+            "attributes": [{"key": "audit.source", "value": {"stringValue": "app"}}]}
+    sanitized = {**span, "endTimeUnixNano": "1001", "attributes": [
+        *span["attributes"], {"key": "@jaeger@warnings", "value": {"arrayValue": {"values": [
+            {"stringValue": "Negative duration detected, sanitizing end timestamp. Original "
+                            "end timestamp: …"}]}}}]}
+    moved = {**span, "endTimeUnixNano": "1001"}
+
+    def digest(raw: dict[str, Any]) -> bytes:
+        request = {"resourceSpans": [{"scopeSpans": [{"spans": [raw]}]}]}
+        return next(spans_of_request(request, "")).digest
+
+    assert digest(sanitized) == digest(span)
+    assert digest(moved) != digest(span)  # without Jaeger's word for it, a change
