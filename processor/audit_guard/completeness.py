@@ -163,6 +163,7 @@ class Completeness:
             if self.config.restart_hold_s:
                 self._resent_at = now  # see report_missing
                 self._hold_ns = int(self.config.restart_hold_s * _NS)
+                self._pipeline.errors.hold_until_ns = now + self._hold_ns
         self._thread = threading.Thread(target=self._run, name="completeness", daemon=True)
         self._thread.start()
 
@@ -200,6 +201,7 @@ class Completeness:
         if stats.resent:
             self._resent_at = now_ns
             self._hold_ns = int(self.config.resend_hold_s * _NS)
+            errors.hold_until_ns = now_ns + self._hold_ns
         for source, n in stats.records.items():
             if n:
                 self.silence.on_records(source, now_ns)

@@ -81,6 +81,11 @@ class ErrorLogJoin:
         # unjoined (reported on their own), dropped_unjoined (left to the instance that has
         # the access record). Part of the savepoint: a retried Export counts once.
         self.outcomes: Counter[str] = Counter()
+        # Until then no event is given up and no joined one forgotten: set while the collector
+        # sends requests again (audit_guard.completeness), when an access row comes again
+        # after the window (it must be flagged again: the same span) or its first sending is
+        # still queued behind the retried request.
+        self.hold_until_ns = 0
         self._max_pending = max_pending
         self._pending: dict[Key, list[_Waiting]] = {}
         self._joined: dict[Key, list[_Waiting]] = {}
@@ -201,9 +206,10 @@ class ErrorLogJoin:
         """Events the join is done with: those whose request was handed on, once the access
         log is past them or their window ended (under that request), and those whose window
         passed without one (on their own). Joined events past their window are forgotten."""
-        out = [Decided(e, None) for e, deadline in self._unkeyed if deadline <= now_ns]
+        cutoff = now_ns if now_ns >= self.hold_until_ns else -1  # deadlines past it: over
+        out = [Decided(e, None) for e, deadline in self._unkeyed if deadline <= cutoff]
         if out:
-            self._unkeyed = [(e, d) for e, d in self._unkeyed if d > now_ns]
+            self._unkeyed = [(e, d) for e, d in self._unkeyed if d > cutoff]
         for key in list(self._pending):
             keep = []
             for waiting in self._pending[key]:
@@ -221,7 +227,8 @@ class ErrorLogJoin:
                     self._pending[key] = keep
                 else:
                     del self._pending[key]
-        self._forget_joined(now_ns)
+        if now_ns >= self.hold_until_ns:
+            self._forget_joined(now_ns)
         self.changed |= bool(out)
         for done in out:
             self.outcomes["joined" if done.parent is not None else (
@@ -234,7 +241,7 @@ class ErrorLogJoin:
         if fallback is not None and (settled or waiting.deadline <= now_ns):
             return Decided(waiting.event, (fallback.trace_id, fallback.span_id),
                            waiting.ambiguous)
-        if waiting.deadline <= now_ns:
+        if waiting.deadline <= now_ns and now_ns >= self.hold_until_ns:
             return Decided(waiting.event, None)
         return None
 

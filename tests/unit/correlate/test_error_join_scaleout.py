@@ -69,3 +69,25 @@ def test_a_retried_export_counts_once() -> None:
 def test_an_unknown_value_fails_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="error_join_unjoined"):
         load_settings(error_join_unjoined="ignore")
+
+
+def test_while_records_come_again_no_event_is_given_up() -> None:
+    """The collector retries a split request while another instance is down: the access record
+    may still be queued behind it (resend hold: audit_guard.completeness)."""
+    p = _instance("drop")
+    spans(p, request("nginx_error", ERROR))
+    p.errors.hold_until_ns = AFTER_WINDOW + 10 * 10**9
+    assert spans(p, request("nginx_access"), now=AFTER_WINDOW) == []
+    assert p.errors.outcomes == {"received": 1}  # still waiting
+    (span,) = spans(p, request("nginx_access", ACCESS), now=AFTER_WINDOW + 10**9)
+    assert "truncated:upstream_closed" in attrs(span)["audit.flags"]
+
+
+def test_a_row_sent_again_after_the_window_is_flagged_again_during_the_hold() -> None:
+    p = _instance("drop")
+    spans(p, request("nginx_error", ERROR))
+    (first,) = spans(p, request("nginx_access", ACCESS))
+    p.errors.hold_until_ns = AFTER_WINDOW + 10 * 10**9
+    spans(p, request("nginx_access"), now=AFTER_WINDOW)  # past the window: not forgotten
+    (again,) = spans(p, request("nginx_access", ACCESS), now=AFTER_WINDOW + 10**9)
+    assert again.SerializeToString() == first.SerializeToString()  # the same span, flagged
