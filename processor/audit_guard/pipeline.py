@@ -355,7 +355,7 @@ class Pipeline:
         source = batch.source
         if source == NGINX:
             self.errors.on_access(batch)
-        batch.received_unix_nano = read_ns  # for the rules' age_s (docs/rules.md#freshness)
+        batch.received_unix_nano = read_ns  # for the rules' age_s (docs/rules.md, freshness)
         batch = self.check(batch, content, offsets)
         if source == APP:
             self._note_app(batch, stats)
