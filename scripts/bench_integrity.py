@@ -40,8 +40,8 @@ BATCH = 2000
 
 
 def hot_path(rounds: int) -> tuple[float, float, float]:
-    plain, chained = Pipeline(Settings()), Pipeline(Settings())
-    chained.chain = ChainStage(None, instance_id="bench")
+    plain = Pipeline(Settings())
+    chained = Pipeline(Settings(), chain=ChainStage(None, instance_id="bench"))
     best = {id(plain): 1e9, id(chained): 1e9}
     first = 0
     for _ in range(rounds):

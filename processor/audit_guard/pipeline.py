@@ -74,9 +74,10 @@ class Pipeline:
         *,
         reconciler: RequestReconciler | None = None,
         counters: CounterReconciler | None = None,
+        chain: ChainStage | None = None,
     ) -> None:
-        """`reconciler` and `counters`: the stateful completeness stages (serve's Completeness
-        owns them; replay's engine its own reconciler), None when reconciliation is off."""
+        """The stateful stages serve's Completeness and Integrity own (replay: a reconciler of
+        its own), each None when off: `reconciler`, `counters`, the integrity `chain`."""
         self._settings = settings
         # Raises RuleError for a bad rule file: the caller fails fast at start-up.
         self.rules = rules or RuleRegistry(
@@ -103,12 +104,11 @@ class Pipeline:
             PGAUDIT: settings.pgaudit_service_name,
         }
         self.span_builder = SpanBuilder(settings.max_attribute_bytes)
-        # App records that come after their request was reported missing are flagged
-        # late_record; the counters learn the access records per zone.
+        # late_record for app records after a missing_record; access records per zone.
         self.reconciler = reconciler
         self.counters = counters
         self.redact = Redactor(settings.redaction)
-        self.chain: ChainStage | NoChain = NoChain()  # `serve`'s when integrity is on
+        self.chain: ChainStage | NoChain = chain if chain is not None else NoChain()
         # check → correlate → rules: a named list of stages, run in order by `check`.
         self.stages = self._check_stages()
 

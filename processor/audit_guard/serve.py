@@ -141,9 +141,11 @@ def build_service(settings: Settings) -> Service:
         raise StartupError(f"cannot serve the admin API and /metrics on admin.listen="
                            f"{settings.admin.listen}: {exc}") from None
     state = _completeness_state(settings)
+    integrity = _integrity(settings)
     try:
         pipeline = Pipeline(settings, reconciler=state.requests if state else None,
-                            counters=state.counters if state else None)
+                            counters=state.counters if state else None,
+                            chain=integrity.chain if integrity else None)
     except RuleError as exc:
         raise StartupError(f"audit rules refused, not starting:\n{exc}") from None
     try:
@@ -168,9 +170,7 @@ def build_service(settings: Settings) -> Service:
                      read_token_required=admin.read_token_required,
                      max_body_bytes=admin.max_body_bytes, allowed_hosts=admin.hosts(),
                      trace_url=admin.trace_url)
-    integrity = _integrity(settings)
     if integrity is not None:
-        pipeline.chain = integrity.chain
         app.state.public_key_pem = integrity.digests.key.public_pem  # GET /api/integrity/key
         app.state.key_id = integrity.digests.key.key_id
     return Service(settings, pipeline, server, admin_state, app, admin_socket, meter_provider,

@@ -68,8 +68,8 @@ class Trail:
 
     def __init__(self, state_dir: Path, key: SigningKey | None = None,
                  instance_id: str = "inst1") -> None:
-        self.pipeline = Pipeline(Settings())
-        self.pipeline.chain = ChainStage(state_dir, instance_id=instance_id)
+        self.pipeline = Pipeline(Settings(),
+                                 chain=ChainStage(state_dir, instance_id=instance_id))
         self.key = key or SigningKey.from_file(state_dir / "key.pem", state_dir / "keys")
         self.digests = DigestWriter(self.key, self.pipeline.chain.instance_id, state_dir)
         self.lines: list[str] = []
