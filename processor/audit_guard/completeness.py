@@ -185,13 +185,7 @@ class Completeness:
         """An Export's findings once its spans were handed on (before it is acknowledged)."""
         result = self.requests.commit(stats.expected, stats.app_seen, now_ns)
         errors = self._pipeline.errors
-        if self.store is not None and errors.changed:
-            self.store.put(_ERROR_EVENTS, errors.dump())
-        for outcome, total in errors.outcomes.items():
-            if total > self._error_outcomes.get(outcome, 0):
-                self._telemetry.inc("audit_error_events_total",
-                                    total - self._error_outcomes.get(outcome, 0), outcome=outcome)
-                self._error_outcomes[outcome] = total
+        self._commit_error_events()
         if result.late:
             self._telemetry.inc("audit_records_late_total", result.late, source="app")
         if result.evicted:
@@ -207,6 +201,17 @@ class Completeness:
                 self.silence.on_records(source, now_ns)
         if stats.expected:
             self.silence.on_expected(now_ns)
+
+    def _commit_error_events(self) -> None:
+        """The error-log join's waiting events persisted, its outcomes counted."""
+        errors = self._pipeline.errors
+        if self.store is not None and errors.changed:
+            self.store.put(_ERROR_EVENTS, errors.dump())
+        for outcome, total in errors.outcomes.items():
+            if total > self._error_outcomes.get(outcome, 0):
+                self._telemetry.inc("audit_error_events_total",
+                                    total - self._error_outcomes.get(outcome, 0), outcome=outcome)
+                self._error_outcomes[outcome] = total
 
     def on_metrics(self, request: ExportMetricsServiceRequest) -> int:
         """Metrics from the collector (its prometheus/nginx_vts receiver); returns how many
@@ -264,9 +269,13 @@ class Completeness:
         with self._lock:
             errors = self._pipeline.errors
             saved = errors.savepoint()
+            outcomes = sum(errors.outcomes.values())
             batches = errors.expired_batches(now_ns)
             if not batches:
-                errors.rollback(saved)  # forgetting joined events is no reason for a write
+                if sum(errors.outcomes.values()) == outcomes:
+                    errors.rollback(saved)  # forgetting joined events is no reason for a write
+                else:  # events dropped (error_join_unjoined: drop): nothing to hand on
+                    self._commit_error_events()
                 return 0
             for batch in batches:
                 if self._pipeline.redact.active:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from audit_guard.completeness import Completeness, CompletenessState
 from audit_guard.config import ConfigError, load_settings
 from audit_guard.pipeline import Pipeline
-from tests.unit.correlate.test_error_join import ACCESS, ERROR, NOW, attrs, request, spans
+from audit_guard.telemetry import BatchStats, Telemetry
+from tests.support.otlp_doubles import span_attributes
+from tests.unit.correlate.test_error_join import ACCESS, ERROR, NOW, request, spans
 
 AFTER_WINDOW = NOW + 6 * 10**9
 
@@ -21,7 +24,7 @@ def test_the_owner_joins_the_event_as_one_instance_does() -> None:
     owner = _instance("drop")
     assert spans(owner, request("nginx_error", ERROR)) == []
     (span,) = spans(owner, request("nginx_access", ACCESS))
-    assert "truncated:upstream_closed" in attrs(span)["audit.flags"]
+    assert "truncated:upstream_closed" in span_attributes(span)["audit.flags"]
     assert spans(owner, request("nginx_access"), now=AFTER_WINDOW) == []
     assert owner.errors.outcomes == {"received": 1, "joined": 1}
 
@@ -34,11 +37,30 @@ def test_the_other_instances_drop_it_quietly_and_count_it() -> None:
     assert other.errors.outcomes == {"received": 1, "dropped_unjoined": 1}
 
 
+def test_with_no_more_traffic_the_ticker_drops_it_and_counts_it(tmp_path) -> None:
+    """The other instance's event when no Export comes after it: the completeness ticker
+    decides it (no span to hand on), keeps the decision and counts it — it was rolled back
+    with the empty hand-off, so the event waited for ever and the count never came."""
+    settings = load_settings(error_join_window_s=5, error_join_unjoined="drop",
+                             reconcile={"state_dir": str(tmp_path)})
+    state = CompletenessState(settings.reconcile)
+    other = Pipeline(settings, reconciler=state.requests, counters=state.counters)
+    telemetry = Telemetry()
+    ticker = Completeness(settings.reconcile, state, other, exporter=None, telemetry=telemetry)
+    assert spans(other, request("nginx_error", ERROR)) == []
+    ticker.on_handed_on(BatchStats(), NOW)
+    assert ticker.report_error_events(AFTER_WINDOW) == 0
+    assert other.errors.outcomes == {"received": 1, "dropped_unjoined": 1}
+    assert telemetry.snapshot()["audit_error_events_total"] == 2  # received, dropped
+    assert ticker.report_error_events(AFTER_WINDOW + 10**9) == 0  # decided once
+    assert other.errors.outcomes == {"received": 1, "dropped_unjoined": 1}
+
+
 def test_one_instance_still_reports_an_event_nobody_joined() -> None:
     single = _instance("report")
     assert spans(single, request("nginx_error", ERROR)) == []
     (alone,) = spans(single, request("nginx_access"), now=AFTER_WINDOW)
-    assert attrs(alone)["audit.flags"] == ["truncated:upstream_closed"]
+    assert span_attributes(alone)["audit.flags"] == ["truncated:upstream_closed"]
     assert single.errors.outcomes == {"received": 1, "unjoined": 1}
 
 
@@ -80,7 +102,7 @@ def test_while_records_come_again_no_event_is_given_up() -> None:
     assert spans(p, request("nginx_access"), now=AFTER_WINDOW) == []
     assert p.errors.outcomes == {"received": 1}  # still waiting
     (span,) = spans(p, request("nginx_access", ACCESS), now=AFTER_WINDOW + 10**9)
-    assert "truncated:upstream_closed" in attrs(span)["audit.flags"]
+    assert "truncated:upstream_closed" in span_attributes(span)["audit.flags"]
 
 
 def test_a_row_sent_again_after_the_window_is_flagged_again_during_the_hold() -> None:
