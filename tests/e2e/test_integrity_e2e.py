@@ -39,7 +39,7 @@ from tests.support.integrity_trail import (
     otlp_json_line,
     set_attr,
 )
-from tests.support.otlp_doubles import RecordingDownstream
+from tests.support.otlp_doubles import RecordingDownstream, span_attributes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -296,8 +296,8 @@ def test_chain_and_digests_survive_kill_9(tmp_path: Path) -> None:
                             for r in downstream.requests))
     code, report = verify("--file", str(path), "--public-key", str(state / "public-keys"))
     assert code == 0, json.dumps(report)
-    payloads = [orjson.loads(attr_pb(s, "audit.digest.payload")) for s in downstream.spans()
-                if s.name == "audit.digest"]
+    payloads = [orjson.loads(span_attributes(s)["audit.digest.payload"])
+                for s in downstream.spans() if s.name == "audit.digest"]
     assert [p["seq"] for p in payloads] == list(range(1, len(payloads) + 1))
     assert payloads[-1]["final"] is True
     assert payloads[-1]["chains"][resent[0][0]]["last_seq"] == 12
@@ -324,17 +324,10 @@ def _export_request(port: int, request: Any) -> None:
         logs_service_pb2_grpc.LogsServiceStub(channel).Export(request, timeout=30)
 
 
-def attr_pb(span: Any, key: str) -> Any:
-    for kv in span.attributes:
-        if kv.key == key:
-            return getattr(kv.value, kv.value.WhichOneof("value"))
-    return None
-
-
 def _chain_values(downstream: RecordingDownstream) -> list[tuple[str, int, str]]:
-    return [(attr_pb(s, "audit.chain.id"), attr_pb(s, "audit.chain.seq"),
-             attr_pb(s, "audit.chain.hash"))
-            for s in downstream.spans() if attr_pb(s, "audit.chain.seq") is not None]
+    return [(span_attributes(s).get("audit.chain.id"), span_attributes(s).get("audit.chain.seq"),
+             span_attributes(s).get("audit.chain.hash"))
+            for s in downstream.spans() if span_attributes(s).get("audit.chain.seq") is not None]
 
 
 def _chained(downstream: RecordingDownstream) -> int:

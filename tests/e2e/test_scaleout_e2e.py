@@ -30,7 +30,7 @@ from demo.backends import repo_root, start_collector
 from demo.nginx import NginxPaths, nginx_argv, render_nginx_conf
 from demo.procs import ManagedProcess, free_port, port_open, wait_until
 from demo.traffic import DemoRequest, send
-from tests.support.otlp_doubles import RecordingDownstream
+from tests.support.otlp_doubles import RecordingDownstream, span_attributes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -149,15 +149,6 @@ def _lines(path: Path) -> list[bytes]:
     return [x for x in path.read_bytes().splitlines() if x.strip()]
 
 
-def _attrs(span) -> dict:
-    out = {}
-    for kv in span.attributes:
-        kind = kv.value.WhichOneof("value")
-        out[kv.key] = ([v.string_value for v in kv.value.array_value.values]
-                       if kind == "array_value" else getattr(kv.value, kind))
-    return out
-
-
 @dataclass
 class Verdicts:
     flags: dict[str, set[str]]  # trace id → every flag on any of its records
@@ -169,7 +160,7 @@ def _service_verdicts(backend: RecordingDownstream) -> Verdicts:
     spans = {(s.trace_id.hex(), s.span_id.hex()): s for s in backend.spans()}  # re-sends: once
     out = Verdicts({}, Counter(), set())
     for (trace, _), span in spans.items():
-        a = _attrs(span)
+        a = span_attributes(span)
         flags = set(a.get("audit.flags", []))
         out.flags.setdefault(trace, set()).update(flags)
         if a.get("audit.missing"):
@@ -259,11 +250,12 @@ def test_every_cut_stream_is_reported_once(chain, verdicts) -> None:
     assert len(cut_streams) == REQUESTS // len(SCENARIOS)
     flagged = Counter(s.trace_id.hex() for s in
                       {(s.trace_id, s.span_id): s for s in chain.backend.spans()}.values()
-                      if "truncated:upstream_closed" in _attrs(s).get("audit.flags", []))
+                      if "truncated:upstream_closed" in span_attributes(s).get("audit.flags", []))
     assert {rid: flagged[rid] for rid in cut_streams} == dict.fromkeys(cut_streams, 1)
     # and no error-log event reported on its own by an instance that did not hold its request
-    lone = [s for s in chain.backend.spans() if _attrs(s).get("audit.source") == "nginx_error"
-            and _attrs(s).get("audit.trace_id.generated")]
+    lone = [s for s in chain.backend.spans()
+            if span_attributes(s).get("audit.source") == "nginx_error"
+            and span_attributes(s).get("audit.trace_id.generated")]
     assert lone == []
 
 

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from audit_guard.decode import any_value_to_python
 from demo.procs import free_port
 
 __all__ = ["RecordingDownstream", "RecordingMetrics", "logs_request"]
@@ -108,3 +109,9 @@ class RecordingMetrics(metrics_service_pb2_grpc.MetricsServiceServicer):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def span_attributes(item) -> dict:  # noqa: ANN001 - a protobuf Span or LogRecord
+    """A span's (or log record's) attributes as plain Python values (the processor's own
+    decoding of an AnyValue: arrays as lists, maps as dicts)."""
+    return {kv.key: any_value_to_python(kv.value) for kv in item.attributes}

@@ -8,7 +8,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from audit_guard.config import load_settings
 from audit_guard.pipeline import Pipeline
-from tests.support.otlp_doubles import logs_request
+from tests.support.otlp_doubles import logs_request, span_attributes
 
 RID = "4bf92f3577b34da6a3ce929d0e0e4736"
 T = 1764165600  # 2025-11-26 14:00:00 UTC
@@ -35,20 +35,11 @@ def spans(pipeline: Pipeline, req: ExportLogsServiceRequest, now: int = NOW) -> 
             for ss in rs.scope_spans for s in ss.spans]
 
 
-def attrs(span) -> dict:
-    out = {}
-    for kv in span.attributes:
-        kind = kv.value.WhichOneof("value")
-        out[kv.key] = ([v.string_value for v in kv.value.array_value.values]
-                       if kind == "array_value" else getattr(kv.value, kind))
-    return out
-
-
 def test_error_first_flags_the_access_span() -> None:
     p = Pipeline(load_settings())
     assert spans(p, request("nginx_error", ERROR)) == []  # waits for its access record
     (span,) = spans(p, request("nginx_access", ACCESS))
-    a = attrs(span)
+    a = span_attributes(span)
     assert span.trace_id.hex() == RID
     assert "truncated:upstream_closed" in a["audit.flags"]
     assert a["nginx.error"].startswith("upstream prematurely closed connection")
@@ -65,7 +56,7 @@ def test_error_first_flags_the_access_span() -> None:
 def test_access_first_gives_a_flagged_child_span() -> None:
     p = Pipeline(load_settings())
     (root,) = spans(p, request("nginx_access", ACCESS))
-    assert "audit.flags" not in attrs(root)  # a cut stream looks whole in the access log
+    assert "audit.flags" not in span_attributes(root)  # a cut stream looks whole in the access log
     # A later request of connection 7 (the one cut) may still come: the event waits ...
     assert spans(p, request("nginx_error", ERROR)) == []
     # ... until the access log is past the event's second (or the window ends).
@@ -74,7 +65,7 @@ def test_access_first_gives_a_flagged_child_span() -> None:
     spans_now = spans(p, request("nginx_access", later))
     (child,) = [s for s in spans_now if s.parent_span_id]
     assert (child.trace_id, child.parent_span_id) == (root.trace_id, root.span_id)
-    a = attrs(child)
+    a = span_attributes(child)
     assert a["audit.flags"] == ["truncated:upstream_closed"] and a["audit.late_evidence"] is True
     assert "audit.error_join.ambiguous" not in a
 
@@ -98,7 +89,7 @@ def test_same_batch_either_order() -> None:
             kv.key, kv.value.string_value = "audit.source", source
             rl.scope_logs.add().log_records.add().body.string_value = body
         (span,) = spans(p, req)
-        assert "truncated:upstream_closed" in attrs(span)["audit.flags"]
+        assert "truncated:upstream_closed" in span_attributes(span)["audit.flags"]
 
 
 def test_unjoined_event_is_reported_after_the_window() -> None:
@@ -106,7 +97,7 @@ def test_unjoined_event_is_reported_after_the_window() -> None:
     other = ERROR.replace("*7 ", "*99 ")
     assert spans(p, request("nginx_error", other)) == []
     (alone,) = spans(p, request("nginx_access"), now=NOW + 6 * 10**9)
-    a = attrs(alone)
+    a = span_attributes(alone)
     assert a["audit.flags"] == ["truncated:upstream_closed"]
     assert a["audit.trace_id.generated"] is True and a["nginx.connection"] == 99
 

@@ -25,8 +25,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from audit_guard.config import load_settings
 from audit_guard.pipeline import Pipeline
 from demo.procs import free_port, port_open, wait_until
-from tests.support.otlp_doubles import RecordingDownstream, logs_request
-from tests.unit.correlate.test_error_join import ACCESS, ERROR, attrs
+from tests.support.otlp_doubles import RecordingDownstream, logs_request, span_attributes
+from tests.unit.correlate.test_error_join import ACCESS, ERROR
 
 OTHER = ACCESS.replace("4bf92f3577b34da6a3ce929d0e0e4736", "5bf92f3577b34da6a3ce929d0e0e4736"
                        ).replace('"connection":7', '"connection":8')
@@ -77,7 +77,7 @@ def serve(downstream: RecordingDownstream, tmp_path: Path) -> Iterator[Serve]:
 
 
 def flags_of(downstream: RecordingDownstream) -> list[list[str]]:
-    return [attrs(s).get("audit.flags", []) for s in downstream.spans()]
+    return [span_attributes(s).get("audit.flags", []) for s in downstream.spans()]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
@@ -130,11 +130,11 @@ def test_state_disk_full_answers_unavailable_then_recovers(downstream, tmp_path)
         filler.unlink()
         serve.export("nginx_access", ACCESS,
                      *[OTHER.replace("5bf9", f"{i:04x}") for i in range(300)])
-        nginx = [s for s in downstream.spans() if attrs(s)["audit.source"] == "nginx"]
+        nginx = [s for s in downstream.spans() if span_attributes(s)["audit.source"] == "nginx"]
         # Both tries were handed on (the state write fails after the hand-off): the same
         # 301 spans twice, none flagged duplicate.
         assert len(nginx) == 602 and len({s.SerializeToString() for s in nginx}) == 301
-        assert not any("duplicate" in attrs(s).get("audit.flags", []) for s in nginx)
+        assert not any("duplicate" in span_attributes(s).get("audit.flags", []) for s in nginx)
     finally:
         serve.stop(signal.SIGKILL)
         subprocess.run(["umount", str(mount)], check=False)
@@ -174,7 +174,7 @@ def test_a_record_the_pipeline_fails_on_is_flagged_not_a_failed_batch(monkeypatc
     spans = [s for rs in ExportTraceServiceRequest.FromString(payload).resource_spans
              for ss in rs.scope_spans for s in ss.spans]
     assert count == 3 and len(spans) == 3
-    assert [attrs(s).get("audit.flags", []) for s in spans] == [
+    assert [span_attributes(s).get("audit.flags", []) for s in spans] == [
         [], ["invalid_field:record"], ["duplicate"]]
-    assert attrs(spans[1])["audit.raw"] == OTHER
+    assert span_attributes(spans[1])["audit.raw"] == OTHER
     assert spans[1].name == "unprocessable nginx record"

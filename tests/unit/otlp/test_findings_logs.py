@@ -26,7 +26,7 @@ from audit_guard.handoff import DownstreamRejected, DownstreamUnavailable
 from audit_guard.otlp.exporter import SpanExporter
 from audit_guard.pipeline import Pipeline
 from demo.procs import free_port
-from tests.support.otlp_doubles import RecordingDownstream, logs_request
+from tests.support.otlp_doubles import RecordingDownstream, logs_request, span_attributes
 
 NOW = 1_764_165_600 * 1_000_000_000
 
@@ -87,15 +87,6 @@ def traces() -> tuple[bytes, int]:
     return Pipeline(load_settings()).process_logs(logs_request(*lines), NOW)
 
 
-def attributes(item: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kv in item.attributes:
-        kind = kv.value.WhichOneof("value")
-        out[kv.key] = ([v.string_value for v in kv.value.array_value.values]
-                       if kind == "array_value" else getattr(kv.value, kind))
-    return out
-
-
 def test_one_log_record_per_span_with_its_ids_flags_and_attributes() -> None:
     payload, count = traces()
     spans = ExportTraceServiceRequest.FromString(payload)
@@ -113,12 +104,12 @@ def test_one_log_record_per_span_with_its_ids_flags_and_attributes() -> None:
         assert record.time_unix_nano == span.end_time_unix_nano
         assert record.body.string_value == span.name
         assert record.event_name == "audit.record"
-        extra = attributes(record)
+        extra = span_attributes(record)
         assert extra.pop("audit.duration_ns") == span.end_time_unix_nano - span.start_time_unix_nano
-        assert extra == attributes(span)
+        assert extra == span_attributes(span)
         flagged = bool(extra.get("audit.flags"))
         assert record.severity_text == ("WARN" if flagged else "INFO")
-    flags = [attributes(r).get("audit.flags", []) for _, r in flat_logs]
+    flags = [span_attributes(r).get("audit.flags", []) for _, r in flat_logs]
     assert flags[0] == [] and "rule:unknown_user" in flags[1]
     assert "rule:dataset_access_denied" in flags[2]
     assert logs_from_spans(payload) == (logs_bytes, 3)  # a retry sends the very same bytes
