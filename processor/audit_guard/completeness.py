@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 from .config import CounterTarget, ReconcileConfig
 from .correlate.counters import CounterReconciler
-from .correlate.reconcile import RequestReconciler, missing_spans_batch
+from .correlate.membership import Change, MembershipWatch, Resolver, resolve_addresses
+from .correlate.reconcile import Due, RequestReconciler, missing_spans_batch
 from .correlate.silence import WATCHED, SilenceWatch
 from .correlate.state import StateStore, StateWriteError
 from .handoff import DownstreamRejected, DownstreamUnavailable, SpanSink
@@ -87,9 +88,11 @@ def read_status(url: str, deadline_s: float = _SCRAPE_TIMEOUT_S,
 
 class CompletenessState:
     """The completeness stages' state, made before the pipeline that feeds them (which is
-    handed `requests` and `counters`) and the Completeness loop that drives them."""
+    handed `requests` and `counters`) and the Completeness loop that drives them (`membership`:
+    the admin API's POST /api/membership-change reaches it too)."""
 
-    def __init__(self, config: ReconcileConfig) -> None:
+    def __init__(self, config: ReconcileConfig, resolver: Resolver = resolve_addresses
+                 ) -> None:
         # One state file for the reconciler and the error-log events waiting for their access
         # record (both are written before an Export is acknowledged).
         self.store = (StateStore(Path(config.state_dir) / STATE_FILE)
@@ -98,7 +101,13 @@ class CompletenessState:
             window_s=config.window_s, late_horizon_s=config.late_horizon_s,
             max_pending=config.max_pending, store=self.store,
         )
-        self.counters = CounterReconciler(config.settle_s, config.completeness_span_s)
+        self.counters = CounterReconciler(config.settle_s, config.completeness_span_s,
+                                          count_zones=config.zone_counts_max > 0)
+        # A report can come a window after its request, later while a hold lasts.
+        keep_s = config.window_s + max(config.resend_hold_s, config.restart_hold_s)
+        self.membership = MembershipWatch(config.grace_s(), keep_s,
+                                          dns_name=config.membership_dns,
+                                          poll_s=config.membership_poll_s, resolver=resolver)
 
 
 class Completeness:
@@ -125,6 +134,8 @@ class Completeness:
         self._on_handed_on = on_handed_on  # the admin state, for the missing spans' flags
         self._on_status = on_status  # (source, completeness, silent) for the admin API
         self.store, self.requests, self.counters = state.store, state.requests, state.counters
+        self.membership = state.membership
+        self.membership.on_change = self._count_change
         if self.store is not None and self.store.corrupt_moved_to is not None:
             telemetry.inc("audit_state_corrupt_total")
         self.silence = SilenceWatch(int(config.silence_threshold_s * _NS),
@@ -166,8 +177,10 @@ class Completeness:
                 self._pipeline.errors.hold_until_ns = now + self._hold_ns
         self._thread = threading.Thread(target=self._run, name="completeness", daemon=True)
         self._thread.start()
+        self.membership.start()
 
     def stop(self) -> None:
+        self.membership.stop()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -179,6 +192,9 @@ class Completeness:
                 self.tick(time.time_ns())
             except Exception:  # keep ticking: a bug here must not end reconciliation for good
                 log.exception("completeness check failed; retrying next second")
+
+    def _count_change(self, change: Change) -> None:
+        self._telemetry.inc("audit_membership_changes_total", trigger=change.trigger)
 
     # -- inputs ----------------------------------------------------------------------------
     def on_handed_on(self, stats: BatchStats, now_ns: int) -> None:
@@ -249,6 +265,7 @@ class Completeness:
     # -- the ticker ------------------------------------------------------------------------
     def tick(self, now_ns: int) -> None:
         self.report_missing(now_ns)
+        self.membership.expire(now_ns)
         self.report_error_events(now_ns)
         if self.config.counter_targets and now_ns >= self._next_scrape:
             self._next_scrape = now_ns + int(self.config.scrape_interval_s * _NS)
@@ -307,6 +324,9 @@ class Completeness:
         due = self.requests.due(now_ns)
         if not due:
             return 0
+        due = self._keep_back(due, now_ns)
+        if not due:
+            return 0
         batch = missing_spans_batch(due, self.requests.window_s)
         with self._lock:
             traces = self._pipeline.to_traces(batch, now_ns)
@@ -333,6 +353,23 @@ class Completeness:
         log.warning("%d audited requests have no app audit record after %.0f s "
                     "(missing_record spans sent)", changed, self.requests.window_s)
         return changed
+
+    def _keep_back(self, due: list[Due], now_ns: int) -> list[Due]:
+        """The due requests to report: those logged within the grace of a membership change
+        (audit_guard.correlate.membership) are counted instead and leave the pending set as
+        if reported (a late app record is still recognised) — no span, no missing count."""
+        due, kept = self.membership.split(due, now_ns)
+        if kept:
+            try:
+                self.requests.declare_missing([d.trace_id for d in kept], now_ns)
+            except StateWriteError as exc:  # kept back again at the next tick
+                self._telemetry.inc("audit_state_write_errors_total")
+                log.error("%s: retrying at the next tick", exc)
+                return due
+            self.membership.count(kept, now_ns)
+            self._telemetry.inc("audit_missing_suppressed_total", len(kept),
+                                reason="membership_change")
+        return due
 
     def _report_gauges(self, now_ns: int) -> None:
         t = self._telemetry

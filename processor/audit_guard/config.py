@@ -39,11 +39,13 @@ from .config_otlp import (
     check_hostport,
     redact_input,
 )
+from .config_reconcile import CounterTarget, ReconcileConfig
 from .grammar.timestamps import naive_zone
 
 __all__ = [
-    "AdminConfig", "ClientTLSConfig", "ConfigError", "DeadLetterConfig", "ExporterConfig",
-    "ServerConfig", "ServerTLSConfig", "Settings", "TelemetryConfig", "load_settings",
+    "AdminConfig", "ClientTLSConfig", "ConfigError", "CounterTarget", "DeadLetterConfig",
+    "ExporterConfig", "ReconcileConfig", "ServerConfig", "ServerTLSConfig", "Settings",
+    "TelemetryConfig", "load_settings",
 ]
 
 
@@ -124,74 +126,6 @@ class TelemetryConfig(BaseModel):
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         return None if value is None else check_hostport(value)
-
-
-class CounterTarget(BaseModel):
-    """An nginx status endpoint audit-guard reads itself (VTS Prometheus metrics usually come
-    through the collector instead: its prometheus/nginx_vts receiver)."""
-
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(description="http:// or https:// URL, e.g. "
-                     "http://127.0.0.1:8081/stub_status.")
-    format: Literal["stub_status", "vts_json", "vts_prometheus"] = Field(
-        description="What the endpoint serves: stub_status, VTS JSON or VTS Prometheus text.")
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
-        return value
-
-
-class ReconcileConfig(BaseModel):
-    """Completeness: Nginx requests ⇄ app records, Nginx counters ⇄ access log, silence."""
-
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(
-        True, description="All completeness checks: request, counter and silence level.")
-    window_s: Seconds = Field(
-        30.0, description="An audited, proxied Nginx request waits this long for its app record.")
-    late_horizon_s: Seconds = Field(
-        3600.0, description="How long a request reported missing is remembered, to count a "
-        "late app record as late. At least window_s.")
-    max_pending: int = Field(
-        200_000, ge=100,
-        description="Requests tracked at once (≤ 300 bytes each); past it the oldest are "
-        "evicted and counted (audit_reconcile_evicted_total).")
-    resend_hold_s: Seconds = Field(60.0, description="No missing_record while Nginx records "
-        "come again, nor this long after: app records may be behind them (docs/scale-out.md).")
-    restart_hold_s: float = Field(0.0, ge=0, description="Likewise after a restart that "
-        "restored waiting requests (0: a fresh window_s only; scale-out: resend_hold_s).")
-    state_dir: Path | None = Field(
-        None, description="Where reconcile.sqlite (SQLite, WAL) keeps the pending requests and "
-        "error-log events across restarts, so a restart neither forgets nor invents missing "
-        "records; compose mounts a volume at /var/lib/audit-guard. Unset: kept in memory only "
-        "(a warning says so at start-up).")
-    counter_targets: list[CounterTarget] = Field(
-        default_factory=list,
-        description="Nginx status endpoints read by audit-guard itself, every "
-        "scrape_interval_s, e.g. [{\"url\": \"http://127.0.0.1:8081/stub_status\", "
-        "\"format\": \"stub_status\"}].")
-    scrape_interval_s: Seconds = Field(
-        15.0, description="How often the counter_targets are read.")
-    settle_s: Seconds = Field(
-        10.0, description="A counter interval is compared with the access log only this long "
-        "after it closed, so records still on their way (collector batching, ingest lag) are "
-        "counted in it.")
-    completeness_span_s: Seconds = Field(
-        300.0, description="audit_log_completeness_ratio covers the decisions of this last "
-        "span of time.")
-    silence_threshold_s: Seconds = Field(
-        120.0, description="A source that sent records and then none for this long while "
-        "traffic continued is silent (audit_stream_silent).")
-
-    @model_validator(mode="after")
-    def _horizon(self) -> ReconcileConfig:
-        if self.late_horizon_s < self.window_s:
-            raise ValueError(f"late_horizon_s ({self.late_horizon_s}) must be at least "
-                             f"window_s ({self.window_s})")
-        return self
 
 
 class DeadLetterConfig(BaseModel):

@@ -155,7 +155,7 @@ def build_service(settings: Settings) -> Service:
                            f"dead-letter spool there: {exc}") from None
     meter_provider = _meter_provider(settings)
     server = OtlpServer(settings.server, pipeline, _findings_exporter(settings, spool),
-                        Telemetry(meter_provider))
+                        Telemetry(meter_provider, settings.reconcile.zone_counts_max))
     admin_state = AdminState(settings.admin.flags_buffer, settings.admin.requests_kept,
                              settings.admin.records_per_request)
     server.on_handed_on = admin_state.record
@@ -170,6 +170,7 @@ def build_service(settings: Settings) -> Service:
                      read_token_required=admin.read_token_required,
                      max_body_bytes=admin.max_body_bytes, allowed_hosts=admin.hosts(),
                      trace_url=admin.trace_url)
+    app.state.membership = state.membership if state is not None else None  # POST /api/...
     if integrity is not None:
         app.state.public_key_pem = integrity.digests.key.public_pem  # GET /api/integrity/key
         app.state.key_id = integrity.digests.key.key_id

@@ -80,6 +80,21 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "requests with no app record in the window (each also a missing_record span); "
                "source=nginx, requests nginx counted (VTS / stub_status) beyond the access-log "
                "records received", ("source",)),
+    Instrument("audit_nginx_records_by_zone_total", "counter", "{record}",
+               "Nginx access-log records received per server zone ($server_name, else the "
+               "Host; \"-\" when neither), each counted once (not again when re-sent); at "
+               "most reconcile.zone_counts_max zones, the rest as zone=\"other\". Summed over "
+               "instances and compared with nginx's VTS counters by the Prometheus rule "
+               "audit:nginx_records_shortfall (docs/scale-out.md)", ("zone",)),
+    Instrument("audit_missing_suppressed_total", "counter", "{request}",
+               "requests whose missing_record was not reported: reason=membership_change, "
+               "the Nginx record was logged within reconcile.membership_grace_s of a "
+               "membership change (its app record may have gone to another instance)",
+               ("reason",)),
+    Instrument("audit_membership_changes_total", "counter", "{change}",
+               "membership changes of the scale-out ring seen by this instance: trigger=dns "
+               "(reconcile.membership_dns resolved to another set of addresses) or api (POST "
+               "/api/membership-change)", ("trigger",)),
     Instrument("audit_records_late_total", "counter", "{record}",
                "records that arrived after their request was reported missing (counted once)",
                ("source",)),
@@ -233,9 +248,16 @@ class BatchStats:
                     lags.append(max(seen - logged, 0) / 1e9)
 
 
+OTHER_ZONE = "other"  # audit_nginx_records_by_zone_total past reconcile.zone_counts_max
+NO_ZONE = "-"  # a record naming neither $server_name nor a Host
+
+
 class Telemetry:
-    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+    def __init__(self, meter_provider: MeterProvider | None = None,
+                 max_zones: int = 1000) -> None:
         self._lock = threading.Lock()
+        self._max_zones = max_zones
+        self._zones: set[str] = set()  # the zones labelled so far (at most _max_zones)
         self._totals = dict.fromkeys(INSTRUMENTS, 0.0)
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._otel: dict[str, object] = {}
@@ -312,6 +334,23 @@ class Telemetry:
             self.inc("audit_error_join_ambiguous_total", stats.error_join_ambiguous)
         if stats.unprocessable:
             self.inc("audit_records_unprocessable_total", stats.unprocessable)
+        for host, times in stats.served.items():
+            # served_by_host's grouping (once per zone and batch; re-sent rows left out).
+            if times and self._max_zones:
+                self.inc("audit_nginx_records_by_zone_total", len(times), zone=self._zone(host))
+
+    def _zone(self, host: str | None) -> str:
+        """The zone label: the first reconcile.zone_counts_max zones by name, then "other"
+        (each label value is a series in Prometheus: nginx's server names are bounded, a Host
+        header sent by clients is not)."""
+        zone = host or NO_ZONE
+        if zone in self._zones:
+            return zone
+        with self._lock:
+            if len(self._zones) >= self._max_zones:
+                return OTHER_ZONE
+            self._zones.add(zone)
+        return zone
 
     def snapshot(self) -> dict[str, float]:
         """Totals per metric name (all label values together)."""

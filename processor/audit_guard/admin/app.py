@@ -1,9 +1,10 @@
 """The admin HTTP API and status page, served on `admin.listen` next to /metrics.
 
 Read-only endpoints need no credentials (the port is meant for loopback or a trusted network,
-like /metrics). The one mutating endpoint, PUT /api/rules, needs `Authorization: Bearer
-<admin.token>`; without a configured token it is disabled outright, so a default install cannot
-have its audit rules replaced by anyone who reaches the port. Every error is JSON
+like /metrics). The mutating endpoints, PUT /api/rules and POST /api/membership-change
+(audit_guard.admin.membership_api), need `Authorization: Bearer <admin.token>`; without a
+configured token they are disabled outright, so a default install cannot have its audit rules
+replaced, or its missing_record reports held back, by anyone who reaches the port. Every error is JSON
 `{"error": "...", "details": [...]}` worded for an operator (audit_guard.admin.errors).
 
 `create_app` registers the routes in groups: health (/healthz, /readyz, /metrics), the rules
@@ -29,6 +30,7 @@ from .errors import AdminError, add_error_handlers, error_responses, token_check
 from .evidence import request_view
 from .integrity_api import add_integrity_routes
 from .limits import BodyLimit, TrustedHostMiddleware
+from .membership_api import add_membership_routes
 from .models import (
     DeadLetterOut,
     ErrorBody,
@@ -109,6 +111,8 @@ def create_app(
     _add_status_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
     _add_request_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
     add_integrity_routes(app)
+    add_membership_routes(app, token_check(token, "announcing a membership change over the "
+                                                  "API"))
     return app
 
 

@@ -79,9 +79,13 @@ class _Series:
 
 
 class CounterReconciler:
-    def __init__(self, settle_s: float, span_s: float) -> None:
+    def __init__(self, settle_s: float, span_s: float, *, count_zones: bool = False) -> None:
         self._settle = int(settle_s * _NS)
         self._span = int(span_s * _NS)
+        # The records per zone are exported too (audit_nginx_records_by_zone_total, counted
+        # from the same grouping by Telemetry.record_stats): behind load_balancing no instance
+        # reads nginx's counters, and Prometheus compares them with the sum over instances.
+        self.count_zones = count_zones
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
         # Times of the access-log records received, per server name; ALL_ZONES = all of them.
@@ -90,8 +94,9 @@ class CounterReconciler:
 
     @property
     def active(self) -> bool:
-        """Whether any counter was read: until then record times are not worth collecting."""
-        return bool(self._series)
+        """Whether the records' zones are worth collecting (`served_by_host`): a counter was
+        read, or the per-zone counts are exported."""
+        return self.count_zones or bool(self._series)
 
     def add_records(self, served: dict[str | None, list[int]]) -> None:
         """Access-log records handed on: their times (ns) per server name."""
