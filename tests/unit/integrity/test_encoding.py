@@ -1,13 +1,22 @@
 """The chain's canonical encoding: pinned vectors, the hand-built chain attributes against the
-stubs, and the content rebuilt from a span read back equal to the bytes the producer hashed."""
+stubs, the content rebuilt from a span read back equal to the bytes the producer hashed, and
+the JSON reader `verify` runs giving the reference's bytes (span_content) in every shape."""
 
 from __future__ import annotations
 
+import base64
 from hashlib import sha256
+from typing import Any
 
+import msgspec
+import orjson
+import pytest
+from google.protobuf.json_format import MessageToDict, ParseDict
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from audit_guard.config import Settings
 from audit_guard.integrity.encoding import (
     CHAIN_HASH,
     CHAIN_ID,
@@ -18,8 +27,12 @@ from audit_guard.integrity.encoding import (
     link,
     span_content,
 )
+from audit_guard.integrity.otlp_json import Span as JsonSpan
+from audit_guard.integrity.readers import SpanReader
+from audit_guard.pipeline import Pipeline
 from audit_guard.record import RecordBatch
 from audit_guard.spans import SpanBuilder
+from tests.support.integrity_trail import access_line, logs_request
 
 
 def test_pinned_vectors() -> None:
@@ -108,3 +121,80 @@ def test_content_is_the_same_whatever_order_a_backend_returns() -> None:
     for event in shuffled.events:
         event.attributes.sort(key=lambda kv: kv.key, reverse=True)
     assert span_content(shuffled) == blob
+
+
+# --- The JSON reader (what `verify` runs) against the reference (span_content) --------------
+
+def _json_span(blob: bytes, shape: str) -> dict[str, Any]:
+    """A built span as each reader meets it in OTLP JSON: the collector's file exporter (hex
+    ids, enums as numbers), Tempo (base64 ids, enum names, an empty status written), Jaeger
+    (hex ids, attributes sorted by key, its own attributes added)."""
+    span = Span.FromString(blob + ChainAttributes("i/nginx")(7, b"\x01" * 32))
+    raw = MessageToDict(span, use_integers_for_enums=shape != "tempo")
+    if shape == "tempo":
+        raw.setdefault("status", {})
+        return raw
+    for key in ("traceId", "spanId", "parentSpanId"):
+        if key in raw:
+            raw[key] = base64.b64decode(raw[key]).hex()
+    if shape == "jaeger":
+        raw["attributes"] = sorted(
+            [*raw["attributes"], {"key": "otel.scope.name", "value": {"stringValue": "ag"}},
+             {"key": "span.kind", "value": {"stringValue": "server"}}], key=lambda a: a["key"])
+    return raw
+
+
+def _all_kinds_of_span() -> list[bytes]:
+    """Every kind of span the builder makes: the varied batch (parent ids, events, error
+    status, arrays, ints, doubles, bools, cut values, a start clamped to 0) and records of
+    the real pipeline (nginx access lines through Pipeline with the chain stage)."""
+    varied = SpanBuilder(max_attribute_bytes=256).spans(_varied_batch(), now_ns=42)
+    pipeline = Pipeline(Settings())
+    request = logs_request([access_line(i) for i in range(12)])
+    out, _ = pipeline.process_logs(request, now_ns=42)
+    built = [s.SerializeToString() for rs in ExportTraceServiceRequest.FromString(out)
+             .resource_spans for ss in rs.scope_spans for s in ss.spans]
+    return varied + built
+
+
+@pytest.mark.parametrize("shape", ["collector_file", "tempo", "jaeger"])
+def test_the_json_reader_gives_the_reference_bytes(shape: str) -> None:
+    reader = SpanReader()
+    for blob in _all_kinds_of_span():
+        want = span_content(Span.FromString(blob))
+        assert want == blob
+        raw = msgspec.convert(_json_span(blob, shape), JsonSpan, strict=False)
+        content, attrs, trace_id, span_id = reader.content(raw)
+        assert content == want, (shape, raw)
+        assert (trace_id, span_id) == (Span.FromString(blob).trace_id.hex(),
+                                       Span.FromString(blob).span_id.hex())
+        assert attrs[CHAIN_SEQ] == 7
+
+
+def test_the_json_reader_sees_every_change() -> None:
+    # The same edits through both paths: each changes the content (never hidden by a cache).
+    reader = SpanReader()
+    blob = SpanBuilder(max_attribute_bytes=256).spans(_varied_batch(), now_ns=42)[1]
+    base = _json_span(blob, "collector_file")
+    assert reader.content(msgspec.convert(base, JsonSpan, strict=False))[0] == blob  # cached
+    assert any("boolValue" in kv["value"] for kv in base["attributes"])
+    edits: list[Any] = [
+        lambda s: s.__setitem__("name", s["name"] + "x"),
+        lambda s: s.__setitem__("endTimeUnixNano", str(int(s["endTimeUnixNano"]) + 1)),
+        lambda s: s["attributes"][0]["value"].__setitem__("stringValue", "tampered"),
+        # a bool made an int of the same truth (True == 1 to a dict: another value on the wire)
+        lambda s: [kv.__setitem__("value", {"intValue": str(int(kv["value"]["boolValue"]))})
+                   for kv in s["attributes"] if "boolValue" in kv["value"]],
+        lambda s: s["attributes"].insert(0, dict(s["attributes"][0])),  # a key twice
+        lambda s: s["events"][0]["attributes"].pop(),
+        lambda s: s.__setitem__("status", {}),
+    ]
+    for edit in edits:
+        raw = orjson.loads(orjson.dumps(base))
+        edit(raw)
+        content = reader.content(msgspec.convert(raw, JsonSpan, strict=False))[0]
+        assert content != blob, raw
+        pb = Span()
+        ParseDict({**raw, **{k: base64.b64encode(bytes.fromhex(raw[k])).decode()
+                             for k in ("traceId", "spanId", "parentSpanId") if k in raw}}, pb)
+        assert content == span_content(pb)
