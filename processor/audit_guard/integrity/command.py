@@ -1,6 +1,6 @@
-"""`audit-guard verify`: read exported spans back (an OTLP JSON file, Jaeger's query API) and
-check them (audit_guard.integrity.verify). JSON report on stdout; exit 0 intact, 1 tampering
-found, 2 usage or input error."""
+"""`audit-guard verify`: read exported spans back (an OTLP JSON file, Jaeger's or Tempo's query
+API) and check them (audit_guard.integrity.verify). JSON report on stdout; exit 0 intact,
+1 tampering found, 2 usage or input error."""
 
 from __future__ import annotations
 
@@ -32,11 +32,14 @@ def add_verify(sub: Any) -> None:
                              "(repeatable)")
     verify.add_argument("--jaeger", metavar="URL",
                         help="Jaeger query base URL, e.g. http://127.0.0.1:16686")
+    verify.add_argument("--tempo", metavar="URL",
+                        help="Tempo query base URL (its HTTP API), e.g. http://127.0.0.1:3200")
     verify.add_argument("--service", action="append", default=[],
-                        help="Jaeger services to read (repeatable; default: all)")
+                        help="services to read from Jaeger or Tempo (repeatable; default: all)")
     verify.add_argument("--since", help="start of the time range (ISO 8601 or Unix seconds); "
-                                        "default: 24 h ago (Jaeger only)")
-    verify.add_argument("--until", help="end of the time range; default: now (Jaeger only)")
+                                        "default: 24 h ago (Jaeger and Tempo only)")
+    verify.add_argument("--until", help="end of the time range; default: now (Jaeger and "
+                                        "Tempo only)")
     verify.add_argument("--public-key", type=Path, action="append", default=[],
                         metavar="PATH",
                         help="a public key (PEM) or a directory of them (<key id>.pub), "
@@ -58,10 +61,12 @@ def run_verify(args: argparse.Namespace) -> int:
 
     from .keys import KeyFileError, load_public_keys
     from .readers import JaegerLookup, ReaderError, ReadSpan, read_jaeger, read_otlp_json
+    from .tempo import read_tempo
     from .verify import verify
 
-    if not args.file and not args.jaeger:
-        print("audit-guard verify: give --file PATH and/or --jaeger URL", file=sys.stderr)
+    if not args.file and not args.jaeger and not args.tempo:
+        print("audit-guard verify: give --file PATH, --jaeger URL and/or --tempo URL",
+              file=sys.stderr)
         return 2
     if not args.public_key:
         print("audit-guard verify: give --public-key (a PEM file or integrity.public_key_dir)",
@@ -80,13 +85,16 @@ def run_verify(args: argparse.Namespace) -> int:
             yield from read_otlp_json(path)
         if args.jaeger:
             yield from read_jaeger(args.jaeger, args.service or None, since, until)
+        if args.tempo:
+            yield from read_tempo(args.tempo, args.service or None, since, until)
 
     # Millions of small containers, none cyclic: the cyclic GC would only rescan them
     # (measured: 3x the JSON parse time).
     gc.disable()
     try:
         # Files without --since: the whole trail, so every chain and digest starts at 1.
-        report = verify(spans(), keys, from_start=args.since is None and not args.jaeger,
+        report = verify(spans(), keys,
+                        from_start=args.since is None and not args.jaeger and not args.tempo,
                         lookup=JaegerLookup(args.jaeger) if args.jaeger else None)
     except ReaderError as exc:
         print(f"audit-guard verify: {exc}", file=sys.stderr)
