@@ -47,6 +47,9 @@ AUDIT_COUNTERS = {
     "audit_state_write_errors_total",
     "audit_state_corrupt_total",
     "audit_records_unprocessable_total",
+    "audit_nginx_records_by_zone_total",
+    "audit_missing_suppressed_total",
+    "audit_membership_changes_total",
 }
 AUDIT_GAUGES = {
     "audit_log_completeness_ratio", "audit_stream_silent", "audit_reconcile_pending",
@@ -72,7 +75,17 @@ COLLECTOR_METRICS = {f"{stem}_{sig}" for stem in COLLECTOR_LOSS_STEMS for sig in
 }
 # Series Prometheus itself writes.
 PROMETHEUS_METRICS = {"up", "ALERTS"}
-ALLOWED_METRICS = AUDIT_METRICS | COLLECTOR_METRICS | PROMETHEUS_METRICS
+# nginx's own per-zone counter (nginx-module-vts /status/format/prometheus), which Prometheus
+# scrapes from nginx for the zone rules of alerts.yml (docs/scale-out.md).
+NGINX_METRICS = {"nginx_vts_server_requests_total"}
+# What the recording rules of alerts.yml write (level:metric:operations).
+RECORDED_METRICS = {
+    "zone:nginx_vts_requests:increase5m",
+    "zone:audit_nginx_records:increase5m",
+    "zone:audit_nginx_records_shortfall:increase5m",
+}
+ALLOWED_METRICS = (AUDIT_METRICS | COLLECTOR_METRICS | PROMETHEUS_METRICS | NGINX_METRICS
+                   | RECORDED_METRICS)
 
 
 # ------------------------------------------------------------------------------------ helpers

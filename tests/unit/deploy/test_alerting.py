@@ -33,6 +33,7 @@ from tests.support.observability_files import (
     AUDIT_HISTOGRAMS,
     COLLECTOR_METRICS,
     PROM_CONFIG,
+    RECORDED_METRICS,
     REPO,
     bind_mounts,
     compose_services,
@@ -52,6 +53,7 @@ EXPECTED_ALERTS = {
     "AuditRecordsUnprocessable",
     "AuditAppRecordsMissing",
     "AuditNginxRecordsMissing",
+    "AuditNginxZoneShortfall",
     "AuditLogCompletenessLow",
     "AuditStreamSilent",
     "AuditRecordsTruncated",
@@ -69,6 +71,10 @@ EXPECTED_ALERTS = {
 
 def alert_rules() -> list[dict[str, Any]]:
     return [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"] if "alert" in r]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    return [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"] if "record" in r]
 
 
 # ---------------------------------------------------------------------------- the real promtool
@@ -121,6 +127,33 @@ def test_unit_tests_catch_a_weakened_rule(tmp_path: Path) -> None:
     assert "AuditLogCompletenessLow" in result.stdout + result.stderr
 
 
+def test_zone_rule_tests_catch_a_double_count_and_a_missed_reset(tmp_path: Path) -> None:
+    # Controls of the scale-out zone rules: counting VTS's code="total" and its classes both
+    # (an `or` without `on`), and taking a difference where a counter reset needs increase().
+    text = ALERTS.read_text()
+    weakened = {
+        "double count": text.replace("or on (job, instance, host)\n", "or\n"),
+        "reset": text.replace("sum by (zone) (increase(audit_nginx_records_by_zone_total",
+                              "sum by (zone) (delta(audit_nginx_records_by_zone_total"),
+    }
+    for what, changed in weakened.items():
+        assert changed != text, what
+        (tmp_path / "alerts.yml").write_text(changed)
+        shutil.copy(ALERTS_TEST, tmp_path / "alerts_test.yml")
+        result = run_promtool("test", "rules", str(tmp_path / "alerts_test.yml"))
+        assert result.returncode != 0, what
+        assert "zone:" in result.stdout + result.stderr, what
+
+
+def test_recording_rules_are_the_documented_ones() -> None:
+    # The zone rules (docs/scale-out.md): what they record, and that they read only documented
+    # metrics — the processors' per-zone counter and nginx's VTS counter.
+    assert {r["record"] for r in recording_rules()} == RECORDED_METRICS
+    used = set().union(*(metric_names(r["expr"]) for r in recording_rules()))
+    assert used <= ALLOWED_METRICS, used - ALLOWED_METRICS
+    assert {"audit_nginx_records_by_zone_total", "nginx_vts_server_requests_total"} <= used
+
+
 # --------------------------------------------------------------------------------- alert rules
 
 
@@ -161,6 +194,7 @@ def test_alert_severities_match_what_they_mean() -> None:
         "AuditStateWriteFailing",
         "AuditAppRecordsMissing",
         "AuditNginxRecordsMissing",
+        "AuditNginxZoneShortfall",
         "AuditLogCompletenessLow",
         "AuditStreamSilent",
         "OtelcolExporterSendFailed",

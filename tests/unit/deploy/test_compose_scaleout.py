@@ -9,7 +9,10 @@ import json
 import subprocess
 from typing import Any
 
+import yaml
+
 from demo.procs import repo_root, tool_path
+from tests.support.observability_files import run_promtool
 from tests.unit.deploy.test_compose import (
     clean_env,
     command,
@@ -33,8 +36,9 @@ def _model(*profiles: str, env: dict[str, str] | None = None) -> dict[str, Any]:
 
 def test_the_profile_adds_a_processor_and_the_routing_collector() -> None:
     default, scaleout = _model()["services"], _model("scaleout")["services"]
-    assert not {"processor-2", "collector-scaleout"} & set(default)
-    assert set(scaleout) - set(default) == {"processor-2", "collector-scaleout"}
+    added = {"processor-2", "collector-scaleout", "prometheus-scaleout"}
+    assert not added & set(default)
+    assert set(scaleout) - set(default) == added
 
 
 def test_the_second_processor_has_its_own_state_and_port() -> None:
@@ -84,3 +88,31 @@ def test_it_replaces_the_single_instance_collector() -> None:
     assert {m.source for m in mounts(single) if m.type == "volume"} == {
         m.source for m in mounts(routing) if m.type == "volume"}
     assert single["ports"] == routing["ports"]
+
+
+def test_its_prometheus_scrapes_every_processor_and_nginx_vts() -> None:
+    """The zone rules of alerts.yml compare nginx's VTS counters with the SUM over the
+    processors (docs/scale-out.md): that Prometheus must scrape each instance's admin port and
+    nginx's status port, which it reaches over the `scrape` network."""
+    services = _model("scaleout")["services"]
+    svc = services["prometheus-scaleout"]
+    binds = {m.target: m for m in mounts(svc) if m.type == "bind"}
+    config_path = binds["/etc/prometheus/prometheus.yml"].host_path()
+    assert config_path == REPO / "otel" / "prometheus" / "prometheus-scaleout.yml"
+    assert binds["/etc/prometheus/alerts.yml"].host_path() == (
+        REPO / "otel" / "prometheus" / "alerts.yml")
+    assert set(svc["networks"]) == {"audit", "scrape"}
+    assert set(svc["networks"]) >= set(services["nginx"]["networks"]) & {"scrape"}
+    config = yaml.safe_load(config_path.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = {name: [t for sc in job["static_configs"] for t in sc["targets"]]
+               for name, job in jobs.items()}
+    assert sorted(targets["audit-guard"]) == sorted(
+        f"{name}:{hostport(environment(services[name])['AUDIT_GUARD_ADMIN__LISTEN'])[1]}"
+        for name in ("processor", "processor-2"))
+    assert targets["nginx_vts"] == ["nginx:8081"]  # the status server of nginx.conf
+    assert jobs["nginx_vts"]["metrics_path"] == "/status/format/prometheus"
+    assert targets["otelcol"] == ["collector-scaleout:8888"]
+    assert config["rule_files"] == ["alerts.yml"]
+    result = run_promtool("check", "config", str(config_path))
+    assert result.returncode == 0, result.stdout + result.stderr
