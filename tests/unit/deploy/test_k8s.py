@@ -97,6 +97,19 @@ def test_the_processor_environment_is_a_valid_configuration(monkeypatch) -> None
     assert settings.reconcile.restart_hold_s == settings.reconcile.resend_hold_s
 
 
+def test_the_processors_watch_the_ring_the_collector_routes_by() -> None:
+    # Membership changes (docs/scale-out.md): each pod resolves the headless Service whose
+    # EndpointSlices the collector's k8s resolver follows.
+    sts, svc = _one("StatefulSet"), _one("Service")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    name, ns = svc["metadata"]["name"], svc["metadata"]["namespace"]
+    assert _env(container)["AUDIT_GUARD_RECONCILE__MEMBERSHIP_DNS"] == (
+        f"{name}.{ns}.svc.cluster.local")
+    assert svc["spec"]["publishNotReadyAddresses"] is True  # DNS lists what the ring holds
+    k8s = yaml.safe_load(CONFIGS[2].read_text())["exporters"]["load_balancing/processors"]
+    assert k8s["resolver"]["k8s"]["service"] == f"{name}.{ns}"
+
+
 def _collector() -> dict[str, Any]:
     (container,) = _one("DaemonSet")["spec"]["template"]["spec"]["containers"]
     return container
