@@ -12,6 +12,11 @@ It measures twice, side by side on the same server: with one Export call in flig
 per-record CPU cost: the figure of record) and with 4 in flight, as the shipped collector config
 sends (num_consumers: 4), where calls contend for the one pinned core.
 
+Then, in this process, the integrity chain's cost (issue #14; integrity is off in the service
+measured above): the same requests through `Pipeline` without and with a `ChainStage` (its head
+file written and fsynced at each commit, as serve does), alternating, best of `--chain-rounds`
+Exports each, in CPU time of this thread.
+
 The last line is `records_per_second_per_core=<N>` (one call in flight).
 """
 
@@ -19,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent import futures
 from hashlib import blake2b
@@ -146,12 +153,47 @@ def bare_decode_rate(batches: list[bytes]) -> float:
     return n / (time.process_time() - start)
 
 
+def chain_cost(batch: int, rounds: int, first: int) -> tuple[float, float, float]:
+    """(without, with) the chain in µs CPU a record, best of `rounds` Exports of `batch`
+    records each (the same records through both pipelines, new ones every round), and the
+    median wall time of a commit's head-file write + fsync in ms (with minus without)."""
+    from audit_guard.config import Settings
+    from audit_guard.integrity.chain import ChainStage
+    from audit_guard.pipeline import Pipeline
+
+    requests = [ExportLogsServiceRequest.FromString(payload)
+                for payload in make_batches(batch * (rounds + 1), batch, first=first)]
+    with tempfile.TemporaryDirectory(prefix="bench-chain-") as state_dir:
+        pipelines = {"without": Pipeline(Settings()),
+                     "with": Pipeline(Settings(), chain=ChainStage(Path(state_dir)))}
+        best = dict.fromkeys(pipelines, float("inf"))
+        commits: dict[str, list[float]] = {name: [] for name in pipelines}
+        for n, request in enumerate(requests):  # the first round warms up, untimed
+            for name, pipeline in pipelines.items():
+                cpu0 = time.thread_time()
+                pipeline.begin()
+                pipeline.process_logs(request, 1764165600_000_000_000)
+                wall0 = time.perf_counter()
+                pipeline.commit()
+                wall = time.perf_counter() - wall0
+                cpu = time.thread_time() - cpu0
+                if n:
+                    best[name] = min(best[name], cpu)
+                    commits[name].append(wall)
+    head_write_ms = (statistics.median(commits["with"])
+                     - statistics.median(commits["without"])) * 1e3
+    return best["without"] / batch * 1e6, best["with"] / batch * 1e6, head_write_ms
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=2000, help="records per Export call")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="Export calls in flight for the second measurement")
+    parser.add_argument("--chain-rounds", type=int, default=20,
+                        help="Exports through each in-process pipeline for the chain's cost "
+                        "(0: skip it)")
     args = parser.parse_args()
 
     print(f"building {args.records} records in batches of {args.batch} ...", flush=True)
@@ -210,6 +252,13 @@ def main() -> int:
           f"{args.records / cpu_n:,.0f} records/s per core")
     print(f"bare decode (protobuf+orjson)   {bare:,.0f} records/s per core")
     print(f"pipeline cost / bare decode     {bare / per_core:.1f}x")
+    if args.chain_rounds > 0:
+        without, with_chain, head_ms = chain_cost(args.batch, args.chain_rounds,
+                                                  first=3 * args.records)
+        print(f"integrity chain                 +{with_chain - without:.2f} µs CPU a record "
+              f"(in process, same records: {without:.2f} → {with_chain:.2f} µs, best of "
+              f"{args.chain_rounds} Exports of {args.batch}); head file write + fsync: "
+              f"{head_ms:.1f} ms wall an Export")
     print(f"records_per_second_per_core={per_core:.0f}")
     return 0
 
