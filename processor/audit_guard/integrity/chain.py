@@ -12,7 +12,7 @@ request after a crash between hand-off and commit's acknowledgement, a re-read) 
 with the chain values it had the first time, from a bounded memory of recent records; one
 beyond that memory gets a new link (it is exported again, under the same span id).
 
-Cost (docs/benchmark.md): ~1.3 µs a record alone, nearly all of it the two SHA-256 calls a
+Cost (docs/benchmark.md): ~1.4 µs a record alone, most of it (~0.9) the two SHA-256 calls a
 record the encoding needs (hashlib through OpenSSL 3: ~0.3 µs a call before any byte is
 hashed). Everything else is done a column at a time by C functions (`map`, `zip`,
 `b"".join`), the seq attribute a run of 128 seqs at a time, and the memory of recent records
