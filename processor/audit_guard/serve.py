@@ -160,6 +160,8 @@ def build_service(settings: Settings) -> Service:
                              settings.admin.records_per_request)
     server.on_handed_on = admin_state.record
     server.on_export = admin_state.note_export
+    # /api/status shows it, POST /api/membership-change records a change in it.
+    admin_state.membership = state.membership if state is not None else None
     if state is not None:
         server.completeness = _completeness(settings, state, pipeline, server, admin_state)
     admin = settings.admin
@@ -170,7 +172,6 @@ def build_service(settings: Settings) -> Service:
                      read_token_required=admin.read_token_required,
                      max_body_bytes=admin.max_body_bytes, allowed_hosts=admin.hosts(),
                      trace_url=admin.trace_url)
-    app.state.membership = state.membership if state is not None else None  # POST /api/...
     if integrity is not None:
         app.state.public_key_pem = integrity.digests.key.public_pem  # GET /api/integrity/key
         app.state.key_id = integrity.digests.key.key_id

@@ -4,8 +4,8 @@ Read-only endpoints need no credentials (the port is meant for loopback or a tru
 like /metrics). The mutating endpoints, PUT /api/rules and POST /api/membership-change
 (audit_guard.admin.membership_api), need `Authorization: Bearer <admin.token>`; without a
 configured token they are disabled outright, so a default install cannot have its audit rules
-replaced, or its missing_record reports held back, by anyone who reaches the port. Every error is JSON
-`{"error": "...", "details": [...]}` worded for an operator (audit_guard.admin.errors).
+replaced, or its missing_record reports held back, by anyone who reaches the port. Every error
+is JSON `{"error": "...", "details": [...]}` worded for an operator (audit_guard.admin.errors).
 
 `create_app` registers the routes in groups: health (/healthz, /readyz, /metrics), the rules
 (audit_guard.admin.rules_api), status (/api/flags, /api/status, the page) and the audit view of
@@ -111,8 +111,8 @@ def create_app(
     _add_status_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
     _add_request_routes(app, state, rules_out, lag_threshold_s, read, trace_url)
     add_integrity_routes(app)
-    add_membership_routes(app, token_check(token, "announcing a membership change over the "
-                                                  "API"))
+    add_membership_routes(app, state, token_check(token, "announcing a membership change "
+                                                         "over the API"))
     return app
 
 

@@ -5,8 +5,8 @@ on every instance when you add or remove one (with reconcile.membership_dns set,
 notice DNS/Kubernetes changes themselves). For reconcile.membership_grace_s around the call, a
 request without its app record is counted instead of reported `missing_record`
 (audit_guard.correlate.membership). It changes what is reported, so it needs the bearer token
-like PUT /api/rules. `serve` puts the watch in `app.state.membership`; 404 while reconciliation
-is off.
+like PUT /api/rules. `serve` puts the watch in the admin state (`AdminState.membership`, which
+/api/status shows); 404 while reconciliation is off.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
-from ..correlate.membership import MembershipWatch
 from .errors import AdminError, error_responses
+from .state import AdminState
 
 __all__ = ["MembershipChangeOut", "add_membership_routes"]
 
@@ -33,7 +33,8 @@ class MembershipChangeOut(BaseModel):
     note: str
 
 
-def add_membership_routes(app: FastAPI, require_token: Callable[..., None]) -> None:
+def add_membership_routes(app: FastAPI, state: AdminState,
+                          require_token: Callable[..., None]) -> None:
     @app.post("/api/membership-change", summary="Announce a membership change",
               tags=["scale-out"], response_model=MembershipChangeOut,
               dependencies=[Depends(require_token)], responses=error_responses(401, 403, 404),
@@ -42,8 +43,8 @@ def add_membership_routes(app: FastAPI, require_token: Callable[..., None]) -> N
                           "it, requests without their app record are counted, not reported "
                           "missing_record. Call it on every instance. Needs the token. 404 "
                           "when reconciliation is off.")
-    def membership_change(request: Request) -> MembershipChangeOut:
-        watch: MembershipWatch | None = getattr(request.app.state, "membership", None)
+    def membership_change() -> MembershipChangeOut:
+        watch = state.membership
         if watch is None:
             raise AdminError(404, "reconciliation is off (reconcile.enabled: false): no "
                                   "missing_record reports to keep back")

@@ -250,6 +250,21 @@ class DeadLetterOut(BaseModel):
     corrupt_files: int = Field(description="files set aside in corrupt/ (never resent)")
 
 
+class MembershipOut(BaseModel):
+    """The scale-out ring as this instance sees it (docs/scale-out.md#membership-changes)."""
+
+    dns_name: str | None = Field(description="reconcile.membership_dns; null: not polled")
+    addresses: list[str] | None = Field(description="what it last resolved to")
+    grace_s: float = Field(description="reconcile.membership_grace_s (or its default)")
+    last_change_unix_nano: int | None
+    last_change_trigger: str | None = Field(description="dns or api")
+    grace_until_unix_nano: int | None = Field(
+        description="end of the grace of the last change still open; null: none open")
+    suppressed_total: int = Field(
+        description="missing_record reports kept back since start "
+                    "(audit_missing_suppressed_total)")
+
+
 class StatusOut(BaseModel):
     now_unix_nano: int
     lag_threshold_s: float
@@ -259,5 +274,7 @@ class StatusOut(BaseModel):
         None, description="null when no spool is configured (deadletter.dir and "
                           "reconcile.state_dir unset): permanent rejections are then answered "
                           "UNAVAILABLE and stay in the collector's queue")
+    membership: MembershipOut | None = Field(
+        None, description="scale-out membership changes; null when reconciliation is off")
 
 

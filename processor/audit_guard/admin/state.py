@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..correlate.membership import MembershipWatch
 from ..otlp.spool import SpoolSummary
 from ..telemetry import BatchStats
 from .window import DEFAULT_RECORDS, DEFAULT_REQUESTS, RequestWindow, kept_form
@@ -70,6 +71,9 @@ class AdminState:
         self._export_ok: int | None = None
         self._export_failed: int | None = None
         self._deadletter: SpoolSummary | None = None
+        # The completeness stage's membership watch (serve sets it): /api/status shows it and
+        # POST /api/membership-change records a change in it.
+        self.membership: MembershipWatch | None = None
 
     @property
     def flags_buffer(self) -> int:

@@ -12,6 +12,7 @@ from .models import (
     DeadLetterOut,
     FlagOut,
     FlagsOut,
+    MembershipOut,
     ReadyOut,
     RuleOut,
     RulesOut,
@@ -77,7 +78,20 @@ def status_view(state: AdminState, lag_threshold_s: float) -> StatusOut:
             health=health, health_reason=why))  # type: ignore[arg-type]
     return StatusOut(now_unix_nano=now, lag_threshold_s=lag_threshold_s,
                      ready=ready_out(state), sources=sources,
-                     deadletter=_deadletter_out(state))
+                     deadletter=_deadletter_out(state), membership=_membership_out(state))
+
+
+def _membership_out(state: AdminState) -> MembershipOut | None:
+    watch = state.membership
+    if watch is None:
+        return None
+    last = watch.last_change
+    return MembershipOut(
+        dns_name=watch.dns_name,
+        addresses=sorted(watch.addresses) if watch.addresses is not None else None,
+        grace_s=watch.grace_s, last_change_unix_nano=last.at_ns if last else None,
+        last_change_trigger=last.trigger if last else None,
+        grace_until_unix_nano=watch.grace_until_ns(), suppressed_total=watch.suppressed_total)
 
 
 def rules_view(rules: RuleRegistry, files: list[str], include_builtin: bool) -> RulesOut:

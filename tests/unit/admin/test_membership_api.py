@@ -54,6 +54,12 @@ def test_the_call_records_a_change_and_counts_it(service: Service) -> None:
     assert service.server.telemetry.snapshot()["audit_membership_changes_total"] == 1
     # The grace the ticker keeps missing_record reports back in ends 2 windows on.
     assert completeness.membership.grace_until_ns() == change.at_ns + 10 * 1_000_000_000
+    # ... and the admin status shows it.
+    status = client_of(service).get("/api/status").json()["membership"]
+    assert status == {"dns_name": None, "addresses": None, "grace_s": 10,
+                      "last_change_unix_nano": change.at_ns, "last_change_trigger": "api",
+                      "grace_until_unix_nano": change.at_ns + 10 * 1_000_000_000,
+                      "suppressed_total": 0}
 
 
 def test_the_call_needs_the_token(service: Service) -> None:
@@ -79,7 +85,8 @@ def test_without_a_token_configured_the_call_is_disabled() -> None:
 
 def test_404_while_reconciliation_is_off() -> None:
     app = create_app(AdminState(flags_buffer=10), RuleRegistry(), token=TOKEN)
-    answer = TestClient(app).post("/api/membership-change",
-                                  headers={"Authorization": f"Bearer {TOKEN}"})
+    client = TestClient(app)
+    answer = client.post("/api/membership-change", headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 404
     assert "reconcile.enabled" in answer.json()["error"]
+    assert client.get("/api/status").json()["membership"] is None
