@@ -58,12 +58,15 @@ def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]],
             if t and i not in skip:
                 into.setdefault(host, []).append(t)
         return
-    if len(set(hosts)) == 1:
+    distinct = set(hosts)
+    if len(distinct) == 1:
         into.setdefault(hosts[0], []).extend(t for t in batch.time_unix_nano if t)
         return
+    # One list and one bound append per zone, not a setdefault (and a new list) per record.
+    appends = {host: into.setdefault(host, []).append for host in distinct}
     for host, t in zip(hosts, batch.time_unix_nano, strict=True):
         if t:
-            into.setdefault(host, []).append(t)
+            appends[host](t)
 
 
 @dataclass
