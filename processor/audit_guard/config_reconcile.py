@@ -76,8 +76,9 @@ class ReconcileConfig(BaseModel):
         1000, ge=0, le=100_000,
         description="audit_nginx_records_by_zone_total: access-log records received per server "
         "zone ($server_name, else the Host), summed over instances by the Prometheus rule "
-        "audit:nginx_records_shortfall (docs/scale-out.md). At most this many distinct zones; "
-        "records of any further zone count as zone=\"other\". 0: not exported.")
+        "zone:audit_nginx_records_shortfall:increase5m (docs/scale-out.md). At most this many "
+        "distinct zones; records of any further zone count as zone=\"other\" (raise it above "
+        "the number of server names). 0: not exported.")
     membership_dns: str | None = Field(
         None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?$",
         description="Scale-out: the DNS name the collector's load_balancing resolves to find "

@@ -85,7 +85,7 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "Host; \"-\" when neither), each counted once (not again when re-sent); at "
                "most reconcile.zone_counts_max zones, the rest as zone=\"other\". Summed over "
                "instances and compared with nginx's VTS counters by the Prometheus rule "
-               "audit:nginx_records_shortfall (docs/scale-out.md)", ("zone",)),
+               "zone:audit_nginx_records_shortfall:increase5m (docs/scale-out.md)", ("zone",)),
     Instrument("audit_missing_suppressed_total", "counter", "{request}",
                "requests whose missing_record was not reported: reason=membership_change, "
                "the Nginx record was logged within reconcile.membership_grace_s of a "
