@@ -49,7 +49,6 @@ class Record:
     where: str
     trace_id: str
     span_id: str
-    start_ns: int
 
 
 def _problem(kind: str, detail: str, r: Record | None = None, **extra: Any) -> Problem:
@@ -149,8 +148,7 @@ def _record(span: ReadSpan, report: Report) -> Record | None:
             "record_inserted", f"malformed chain attributes (id {chain!r}, seq {seq!r}, hash "
             f"{digest!r})", where=span.where, trace_id=span.trace_id, span_id=span.span_id))
         return None
-    return Record(intern(chain), seq, hash_, span.digest, span.where, span.trace_id, span.span_id,
-                  span.start_ns)
+    return Record(intern(chain), seq, hash_, span.digest, span.where, span.trace_id, span.span_id)
 
 
 def _prevs(chain_id: str, by_seq: dict[int, list[Record]], seq: int) -> list[bytes] | None:
