@@ -4,6 +4,8 @@ http.server that answers, from a file of OTLP JSON lines made by the real pipeli
 collector's `file` exporter), with the response shapes Tempo documents:
 
     GET /api/search?tags=service.name=<svc>&start=<s>&end=<s>&limit=<n>
+    GET /api/search?q={ span.<a> = "<text>" && span.<b> = <int> }&start=…   (TraceQL: only
+        this form, the one `verify` asks; the attributes' values compared exactly)
         {"traces": [{"traceID", "rootServiceName", "rootTraceName", "startTimeUnixNano",
                      "durationMs"}, …], "metrics": {"inspectedTraces", …}}
     GET /api/v2/traces/<traceID>      {"trace": {"resourceSpans": [...]}}
@@ -11,7 +13,8 @@ collector's `file` exporter), with the response shapes Tempo documents:
     GET /api/search/tag/service.name/values   {"tagValues": [...]}
 
 Sources: grafana/tempo docs/sources/tempo/api_docs/_index.md ("Query V2", "Search", "Search
-tag values": the parameters and the examples' fields), docs/sources/tempo/api_docs/
+tag values": the parameters and the examples' fields), docs/sources/tempo/traceql (`span.`
+attributes, `=`, `&&`), docs/sources/tempo/api_docs/
 pushing-spans-with-http.md ("Retrieve traces": a v2 answer verbatim — ids base64, `kind` by
 name, int64 as strings, `"status": {}` on every span), grafana/tempo#5437 (trace-by-id ids
 base64, search ids hex), grafana/tempo#3895 (`batches` renamed `resourceSpans`, kept in v1).
@@ -27,6 +30,7 @@ documentation's examples have 16- and 30-digit ids), and answers 404 for an unkn
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import urllib.parse
 from collections import defaultdict
@@ -42,6 +46,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 __all__ = ["TempoDouble"]
 
 _IDS = ("traceId", "spanId", "parentSpanId")
+_TRACEQL = re.compile(r'\{\s*span\.([\w.]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*&&\s*'
+                      r'span\.([\w.]+)\s*=\s*(-?\d+)\s*\}')
 
 
 def _tempo_json(resource_spans: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +70,7 @@ class _Trace:
     def __init__(self) -> None:
         self.batches: list[dict[str, Any]] = []  # Tempo-shaped ResourceSpans
         self.services: set[str] = set()
+        self.attributes: list[dict[str, Any]] = []  # each span's, key → the value as written
         self.start_ns = 2**64
         self.end_ns = 0
         self.root: tuple[str, str] = ("", "")  # service, span name
@@ -93,6 +100,8 @@ class TempoDouble:
                 trace = self.traces[trace_id]
                 trace.services.add(service)
                 for span in spans:
+                    trace.attributes.append({a["key"]: next(iter(a["value"].values()), None)
+                                             for a in span.get("attributes", [])})
                     trace.start_ns = min(trace.start_ns, int(span["startTimeUnixNano"]))
                     trace.end_ns = max(trace.end_ns, int(span["endTimeUnixNano"]))
                     if not span.get("parentSpanId") and not trace.root[0]:
@@ -106,6 +115,7 @@ class TempoDouble:
         self.searches.append(query)
         tags = dict(part.split("=", 1) for part in query.get("tags", "").split() if "=" in part)
         want = tags.get("service.name", "").strip('"').lower()
+        matches = self._traceql(query["q"]) if "q" in query else None
         start, end = int(query.get("start", 0)), int(query.get("end", 2**40))
         limit = int(query.get("limit", 20))
         hits = [
@@ -113,10 +123,20 @@ class TempoDouble:
              "rootTraceName": t.root[1], "startTimeUnixNano": str(t.start_ns),
              "durationMs": (t.end_ns - t.start_ns) // 1_000_000}
             for trace_id, t in sorted(self.traces.items())
-            if any(want in s.lower() for s in t.services)
+            if (any(matches(a) for a in t.attributes) if matches
+                else any(want in s.lower() for s in t.services))
             and t.start_ns // 10**9 <= end and t.end_ns // 10**9 >= start]
         return {"traces": hits[:limit], "metrics": {"inspectedTraces": len(self.traces),
                                                      "totalBlocks": 1}}
+
+    @staticmethod
+    def _traceql(q: str) -> Any:
+        found = _TRACEQL.fullmatch(q.strip())
+        if found is None:
+            raise ValueError(f"the Tempo double knows no such TraceQL: {q}")
+        key_a, text, key_b, number = found.groups()
+        text = re.sub(r"\\(.)", r"\1", text)
+        return lambda attrs: attrs.get(key_a) == text and str(attrs.get(key_b)) == number
 
     def trace(self, trace_id: str) -> _Trace | None:
         try:

@@ -61,8 +61,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
     from .keys import KeyFileError, load_public_keys
     from .readers import JaegerLookup, ReaderError, ReadSpan, read_jaeger, read_otlp_json
-    from .tempo import read_tempo
-    from .verify import verify
+    from .tempo import TempoLookup, read_tempo
+    from .verify import Lookup, verify
 
     if not args.file and not args.jaeger and not args.tempo:
         print("audit-guard verify: give --file PATH, --jaeger URL and/or --tempo URL",
@@ -88,6 +88,14 @@ def run_verify(args: argparse.Namespace) -> int:
         if args.tempo:
             yield from read_tempo(args.tempo, args.service or None, since, until)
 
+    # A seq missing from the range read is looked up by its chain attributes (late records).
+    lookups: list[Lookup] = [JaegerLookup(args.jaeger)] if args.jaeger else []
+    if args.tempo:
+        lookups.append(TempoLookup(args.tempo, since))
+
+    def lookup(service: str, chain_id: str, seq: int) -> list[ReadSpan]:
+        return [span for each in lookups for span in each(service, chain_id, seq)]
+
     # Millions of small containers, none cyclic: the cyclic GC would only rescan them
     # (measured: 3x the JSON parse time).
     gc.disable()
@@ -95,7 +103,7 @@ def run_verify(args: argparse.Namespace) -> int:
         # Files without --since: the whole trail, so every chain and digest starts at 1.
         report = verify(spans(), keys,
                         from_start=args.since is None and not args.jaeger and not args.tempo,
-                        lookup=JaegerLookup(args.jaeger) if args.jaeger else None)
+                        lookup=lookup if lookups else None)
     except ReaderError as exc:
         print(f"audit-guard verify: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,13 @@ Two calls, as Tempo documents them (docs/sources/tempo/api_docs/_index.md, "Sear
   of its spans were not returned).
 
 A trace holds the spans of several services (nginx's and the app's record share the request's
-trace id): each trace is fetched once and its spans of the services asked for are kept.
+trace id): each trace is fetched once and its spans of the services asked for are kept. A range
+longer than a day is searched a day at a time (Tempo refuses a search over more than its
+`max_duration`, 168 h by default).
+
+`TempoLookup` finds one chain link by its attributes with TraceQL (`q={ span.audit.chain.id =
+"…" && span.audit.chain.seq = N }`, docs/sources/tempo/traceql) in the day before the range: a
+late record's event time lies before the range read, and it is not a deleted one.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ import orjson
 from .otlp_json import TempoSearch, TempoTrace, TracesData, decode_traces
 from .readers import ReaderError, ReadSpan, SpanReader, get, spans_of_request
 
-__all__ = ["read_tempo"]
+__all__ = ["TempoLookup", "read_tempo"]
 
 MAX_LIMIT = 100_000  # the largest page asked for one second of one service
+DAY = 86_400
 
 
 def read_tempo(base_url: str, services: list[str] | None, since_s: float, until_s: float,
@@ -71,7 +78,7 @@ def _service_names(base: str, since: float, until: float, timeout: float) -> lis
 def _trace_ids(base: str, service: str, start: int, end: int, page: int, timeout: float
                ) -> Iterator[str]:
     """Trace ids of `service` in [start, end] (unix seconds), windows halved while full."""
-    stack = [(start, end, page)]
+    stack = [(lo, min(lo + DAY, end), page) for lo in range(start, end, DAY)][::-1]
     while stack:
         lo, hi, limit = stack.pop()
         found = _search(base, service, lo, hi, limit, timeout)
@@ -89,11 +96,12 @@ def _trace_ids(base: str, service: str, start: int, end: int, page: int, timeout
                 "file export (--file) instead, or raise Tempo's search result limit.")
 
 
-def _search(base: str, service: str, start: int, end: int, limit: int, timeout: float
-            ) -> list[str]:
+def _search(base: str, service: str, start: int, end: int, limit: int, timeout: float,
+            traceql: str | None = None) -> list[str]:
     tags = f'service.name="{service}"' if " " in service else f"service.name={service}"
+    query = {"q": traceql} if traceql else {"tags": tags}
     url = f"{base}/api/search?" + urllib.parse.urlencode(
-        {"tags": tags, "start": start, "end": end, "limit": limit})
+        {**query, "start": start, "end": end, "limit": limit})
     body = get(url, timeout)
     try:
         hits = decode_traces(body, TempoSearch).traces if body else []
@@ -121,3 +129,27 @@ def _trace(base: str, trace_id: str, timeout: float) -> TracesData:
                           "spans would read as deleted records")
     trace = answer.trace or TracesData()
     return TracesData(resourceSpans=trace.resource_spans() + answer.batches)
+
+
+class TempoLookup:
+    """One chain link looked up by its attributes (TraceQL) in the day before `since_s`."""
+
+    def __init__(self, base_url: str, since_s: float, timeout: float = 30) -> None:
+        self._base = base_url.rstrip("/")
+        self._start, self._end = int(since_s) - DAY, int(since_s) + 1
+        self._timeout = timeout
+        self._reader = SpanReader()
+
+    def __call__(self, service: str, chain_id: str, seq: int) -> list[ReadSpan]:
+        quoted = chain_id.replace("\\", "\\\\").replace('"', '\\"')
+        traceql = f'{{ span.audit.chain.id = "{quoted}" && span.audit.chain.seq = {seq} }}'
+        out = []
+        for trace_id in _search(self._base, service, self._start, self._end, 20,
+                                self._timeout, traceql):
+            for span in spans_of_request(_trace(self._base, trace_id, self._timeout), "",
+                                         self._reader):
+                if span.attrs.get("audit.chain.id") == chain_id and \
+                        span.attrs.get("audit.chain.seq") == seq:
+                    span.where = f"tempo trace {span.trace_id}"
+                    out.append(span)
+        return out

@@ -34,7 +34,7 @@ from .readers import ReadSpan
 from .report import Problem, Report
 from .verify_digests import Digest, Signed, check_digests
 
-__all__ = ["Problem", "Record", "Report", "verify"]
+__all__ = ["Lookup", "Problem", "Record", "Report", "verify"]
 
 SYNTHETIC_SOURCES = frozenset({"nginx_error"})  # findings, not records: not chained
 SYNTHETIC_FLAGS = frozenset({"missing_record"})

@@ -90,3 +90,25 @@ def test_a_second_too_full_to_page_is_an_input_error(
     with TempoDouble(path) as double, pytest.raises(ReaderError, match="cannot page further"):
         list(read_tempo(double.url, ["nginx"], float(SINCE), float(UNTIL), page=2))
     assert [int(q["limit"]) for q in double.searches][-2:] == [2, 4]
+
+
+def test_a_late_record_before_the_range_is_looked_up_not_deleted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Seq 5's event happened an hour before the others (it reached the processor late): a
+    # range that starts after it misses it in the search, and the TraceQL look-up finds it.
+    trail = Trail(tmp_path / "state")
+    trail.export([access_line(i, msec=f"{BASE_MSEC - 3600:.3f}") if i == 4 else access_line(i)
+                  for i in range(10)])
+    trail.digest(now_ns=int(BASE_MSEC * 1e9))
+    path, keys = trail.write(tmp_path / "spans.json"), tmp_path / "state" / "keys"
+    with TempoDouble(path) as double:
+        code, report = run_verify(double.url, keys, capsys)
+        lookups = [q for q in double.searches if "q" in q]
+    assert code == 0 and report["records"] == 10, report
+    assert lookups == [{"q": '{ span.audit.chain.id = "inst1/nginx" && span.audit.chain.seq = 5 }',
+                        "start": str(int(SINCE) - 86_400), "end": str(int(SINCE) + 1),
+                        "limit": "20"}]
+    with TempoDouble(path) as double:  # without the look-up: the same record reads deleted
+        spans = read_tempo(double.url, None, float(SINCE), float(UNTIL))
+        report_without = verify(spans, load_public_keys([keys]))
+    assert [(p.kind, p.seq) for p in report_without.problems] == [("record_deleted", 5)]
