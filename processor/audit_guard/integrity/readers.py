@@ -208,8 +208,11 @@ class SpanReader:
         start, end = s.startTimeUnixNano, s.endTimeUnixNano
         if end == start + 1 and _SANITIZED in str(attrs.get("@jaeger@warnings")):
             end = start  # Jaeger moves a zero-duration span's end 1 ns on (and says so)
-        parts = [head, self._name(s.name), self._kind(s.kind), start.to_bytes(8, "little"),
-                 END_TAG, end.to_bytes(8, "little")]
+        try:
+            times = start.to_bytes(8, "little") + END_TAG + end.to_bytes(8, "little")
+        except OverflowError:  # not a fixed64: no span the processor wrote (modified)
+            times = f"not a time: {start} {end}".encode()
+        parts = [head, self._name(s.name), self._kind(s.kind), times]
         if len(attrs) == len(s.attributes):
             keys = self._order(tuple(attrs))
             cached = self._cache.get  # inline: a method call per attribute costs ~10 %

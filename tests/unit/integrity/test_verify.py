@@ -219,3 +219,10 @@ def test_jaeger_sanitized_zero_duration_is_undone() -> None:
 
     assert digest(sanitized) == digest(span)
     assert digest(moved) != digest(span)  # without Jaeger's word for it, a change
+
+
+def test_a_time_no_span_can_hold_is_a_modified_record(trail_file: tuple[Path, Path]) -> None:
+    path, keys = trail_file
+    edit_spans(path, lambda spans: chained(spans)[3].__setitem__("endTimeUnixNano", "-1"))
+    report = check(path, keys)
+    assert [(p.kind, p.seq) for p in report.problems] == [("record_modified", 4)]
