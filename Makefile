@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo test unit lint bench fuzz faults docs clean
+.PHONY: setup demo test unit lint bench bench-chain fuzz faults docs clean
 
 setup:
 	@scripts/bootstrap
@@ -26,6 +26,13 @@ lint: setup
 
 bench: setup
 	$(PY) scripts/bench.py $(ARGS)
+
+# The whole chain (issue #12): a backlog of 200,000 access lines through the real collector into one
+# and then two `audit-guard serve` behind load_balancing; prints records/s end to end and CPU µs per
+# record of the collector and each processor side by side, and the ratio; exits 1 when a record
+# was not delivered. ARGS="--records 5000" for a quick run, "--rounds 3" to alternate.
+bench-chain: setup
+	$(PY) scripts/bench_chain.py $(ARGS)
 
 # A million mutated lines of every source through the pipeline (and a share through replay):
 # prints lines per source, exceptions (must be 0), records flagged, lines/s; exits 1 on any
