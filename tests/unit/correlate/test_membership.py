@@ -23,7 +23,7 @@ from audit_guard.otlp.exporter import SpanExporter
 from audit_guard.otlp.server import OtlpServer
 from audit_guard.pipeline import Pipeline
 from audit_guard.telemetry import Telemetry
-from demo.procs import free_port
+from demo.procs import free_port, wait_until
 from tests.unit.correlate.test_reconcile import S, app_line, logs, nginx_line, rid
 
 GRACE_S = 20
@@ -75,6 +75,23 @@ def test_a_different_set_of_addresses_is_a_change_and_nothing_else_is() -> None:
     answers.answer = TWO  # scaled down again: another change
     assert watch.poll(t + 5 * S) is not None
     assert answers.asked == ["processors.example"] * 6
+
+
+def test_the_watch_polls_in_its_own_thread() -> None:
+    answers = Answers()
+    watch = MembershipWatch(GRACE_S, 10, dns_name="processors.example", poll_s=0.02,
+                            resolver=answers)
+    watch.start()  # resolves the starting set at once
+    try:
+        assert watch.addresses == TWO and watch.last_change is None
+        answers.answer = THREE
+        wait_until(lambda: watch.last_change is not None, 5, "the change to be noticed")
+        assert watch.last_change is not None and watch.last_change.trigger == "dns"
+    finally:
+        watch.stop()
+    asked = len(answers.asked)
+    time.sleep(0.1)
+    assert len(answers.asked) == asked  # stopped
 
 
 def test_without_a_dns_name_nothing_is_resolved_and_nothing_kept_back() -> None:
