@@ -357,11 +357,13 @@ class Completeness:
     def _keep_back(self, due: list[Due], now_ns: int) -> list[Due]:
         """The due requests to report: those logged within the grace of a membership change
         (audit_guard.correlate.membership) are counted instead and leave the pending set as
-        if reported (a late app record is still recognised) — no span, no missing count."""
+        if reported (a late app record is still recognised) — no span, no missing count, and
+        not in audit_log_completeness_ratio."""
         due, kept = self.membership.split(due, now_ns)
         if kept:
             try:
-                self.requests.declare_missing([d.trace_id for d in kept], now_ns)
+                self.requests.declare_missing([d.trace_id for d in kept], now_ns,
+                                              outcome=False)
             except StateWriteError as exc:  # kept back again at the next tick
                 self._telemetry.inc("audit_state_write_errors_total")
                 log.error("%s: retrying at the next tick", exc)

@@ -304,14 +304,17 @@ class RequestReconciler:
                 del self._missing[trace_id]
         return out
 
-    def declare_missing(self, trace_ids: list[bytes], now_ns: int) -> int:
+    def declare_missing(self, trace_ids: list[bytes], now_ns: int, *, outcome: bool = True
+                        ) -> int:
         """The missing spans of these requests were handed on: mark them MISSING (kept for
-        late_horizon_s to recognise a late app record). Returns how many changed state."""
+        late_horizon_s to recognise a late app record). Returns how many changed state.
+        `outcome=False`: requests kept back, not reported (a membership change's grace): they
+        leave the pending set the same way but do not lower the completeness ratio."""
         with self._lock:
             if self._journal is not None:
                 self._journal.append(encode_missing(now_ns, trace_ids))
             changed = self._apply_missing(trace_ids, now_ns)
-            if changed:
+            if changed and outcome:
                 self._outcomes.append((now_ns, 0, changed))
         self.checkpoint(now_ns)
         return changed

@@ -186,6 +186,8 @@ def test_straddling_requests_are_counted_not_reported(service, downstream) -> No
     assert snapshot["audit_membership_changes_total"] == 1
     assert snapshot["audit_records_missing_total"] == 0
     assert completeness.requests.pending() == 0  # not reported at the next tick either
+    # Nor counted missing in the completeness ratio: none of them was decided either way.
+    assert completeness.requests.completeness(now + 4 * S, 3600 * S) is None
     completeness.tick(now + 5 * S)
     assert missing_spans(downstream, before) == []
 
