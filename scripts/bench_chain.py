@@ -193,9 +193,11 @@ class _Watch:
             time.sleep(POLL_S)
 
 
-def run_chain(wd: Path, instances: int, records: int, first: int, max_idle_s: float) -> Run:
+def run_chain(wd: Path, instances: int, records: int, first: int, max_idle_s: float,
+              extra_configs: list[Path]) -> Run:
     """One run on fresh state in `wd`: start backend and processors, write the backlog, start
-    the collector, wait for every span, stop everything."""
+    the collector, wait for every span, stop everything. `extra_configs`: merged over the
+    shipped files (to measure a variant)."""
     run = Run(instances, records)
     wd.mkdir(parents=True)
     started: list[ManagedProcess] = []
@@ -222,7 +224,7 @@ def run_chain(wd: Path, instances: int, records: int, first: int, max_idle_s: fl
             wd / "collector", access_log=access_log, processor_endpoint=endpoints[0],
             traces_endpoint=f"127.0.0.1:{backend_port}",
             vts_target=f"127.0.0.1:{free_port()}",  # nothing serves VTS here: a closed port
-            overlays=[SCALEOUT] if instances > 1 else [],
+            overlays=[*([SCALEOUT] if instances > 1 else []), *extra_configs],
             extra_env={f"AUDIT_GUARD_PROCESSOR_{i}_ENDPOINT": ep
                        for i, ep in enumerate(endpoints)})
         started.append(collector)
@@ -296,21 +298,27 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dirs (logs, files)")
     parser.add_argument("--max-idle", type=float, default=120,
                         help="seconds without a new span before a run gives up")
+    parser.add_argument("--instances", default="1,2",
+                        help="the runs of a round, in order (e.g. 2: two instances only)")
+    parser.add_argument("--extra-config", type=Path, action="append", default=[],
+                        help="a collector config merged over the shipped ones (a variant)")
     args = parser.parse_args()
     workroot = args.workdir or ROOT / ".cache" / "bench-chain" / time.strftime("%Y%m%d-%H%M%S")
     _log(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; work dirs under {workroot}")
     runs: list[Run] = []
-    for n, instances in enumerate(i for _ in range(args.rounds) for i in (1, 2)):
+    order = [int(x) for x in args.instances.split(",")]
+    for n, instances in enumerate(i for _ in range(args.rounds) for i in order):
         wd = workroot / f"run-{n + 1}-{instances}"
         _log(f"run {n + 1}: {instances} instance(s), {args.records:,} records")
         run = run_chain(wd, instances, args.records, first=n * args.records,
-                        max_idle_s=args.max_idle)
+                        max_idle_s=args.max_idle, extra_configs=args.extra_config)
         _log(f"run {n + 1}: {run.rate:,.0f} records/s end to end over {run.wall_s:.1f}s"
              + "".join(f"; PROBLEM: {p}" for p in run.problems))
         runs.append(run)
         if not args.keep and not run.problems:
             shutil.rmtree(wd, ignore_errors=True)
-    print(f"records per run {args.records:,}; {os.cpu_count()} CPUs, nothing pinned")
+    print(f"records per run {args.records:,}; {os.cpu_count()} CPUs, nothing pinned"
+          + "".join(f"; plus {c}" for c in args.extra_config))
     print_table(runs)
     problems = [f"run {n + 1} ({r.instances} instance(s)): {p}"
                 for n, r in enumerate(runs) for p in r.problems]
