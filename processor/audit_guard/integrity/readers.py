@@ -44,7 +44,7 @@ from .otlp_json import (
 )
 
 __all__ = ["JaegerLookup", "ReadSpan", "ReaderError", "SpanReader", "get", "read_jaeger",
-           "read_otlp_json", "spans_of_request"]
+           "read_otlp_json", "span_hex", "spans_of_request", "trace_hex"]
 
 _KINDS = {name: number for number, name in enumerate(
     ("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
@@ -62,12 +62,27 @@ class ReaderError(Exception):
 class ReadSpan:
     where: str  # "file.json line 12" / "jaeger trace <id>": for the report
     service: str
-    trace_id: str  # hex
-    span_id: str  # hex
+    ids: bytes  # length of the trace id ‖ trace id ‖ span id (one object: kept per record)
     name: str
     start_ns: int
     attrs: dict[str, AttrValue | None]
     digest: bytes  # SHA-256 of what the chain hashes (its content)
+
+    @property
+    def trace_id(self) -> str:
+        return trace_hex(self.ids)
+
+    @property
+    def span_id(self) -> str:
+        return span_hex(self.ids)
+
+
+def trace_hex(ids: bytes) -> str:
+    return ids[1:1 + ids[0]].hex()
+
+
+def span_hex(ids: bytes) -> str:
+    return ids[1 + ids[0]:].hex()
 
 
 def id_bytes(value: str) -> bytes:
@@ -176,26 +191,28 @@ class SpanReader:
         return blob
 
     def span(self, s: Span, service: str, where: str) -> ReadSpan:
-        content, attrs, trace_hex, span_hex = self.content(s)
-        return ReadSpan(where, service, trace_hex, span_hex, s.name, s.startTimeUnixNano,
-                        attrs, sha256(content).digest())
+        content, attrs, ids = self.content(s)
+        return ReadSpan(where, service, ids, s.name, s.startTimeUnixNano, attrs,
+                        sha256(content).digest())
 
-    def content(self, s: Span) -> tuple[bytes, dict[str, AttrValue | None], str, str]:
+    def content(self, s: Span) -> tuple[bytes, dict[str, AttrValue | None], bytes]:
         """The span's chain content (encoding.span_content's bytes), its attributes as read,
-        and its trace and span ids in hex."""
+        and its ids (ReadSpan.ids)."""
         trace_id, span_id, parent = s.traceId, s.spanId, s.parentSpanId
         try:  # hex ids of the usual sizes (the collector's file, Jaeger), framed by hand
             if len(trace_id) != 32 or len(span_id) != 16 or (parent and len(parent) != 16):
                 raise ValueError
-            head = b"\x0a\x10" + bytes.fromhex(trace_id) + b"\x12\x08" + bytes.fromhex(span_id)
+            tid, sid = bytes.fromhex(trace_id), bytes.fromhex(span_id)
+            head = b"\x0a\x10" + tid + b"\x12\x08" + sid
             if parent:
                 head += b"\x22\x08" + bytes.fromhex(parent)
-            trace_hex, span_hex = trace_id.lower(), span_id.lower()
+            ids = b"\x10" + tid + sid
         except ValueError:  # base64 (Tempo) or odd sizes: through the stubs
             tid, sid = id_bytes(trace_id), id_bytes(span_id)
             head = PbSpan(trace_id=tid, span_id=sid,
                           parent_span_id=id_bytes(parent)).SerializeToString()
-            trace_hex, span_hex = tid.hex(), sid.hex()
+            tid = tid[:255]  # (a real one is 16 bytes)
+            ids = bytes((len(tid),)) + tid + sid
         attrs: dict[str, AttrValue | None] = {}
         for kv in s.attributes:
             v = kv.value
@@ -226,7 +243,7 @@ class SpanReader:
                 s.attributes, key=lambda kv: builder_rank(kv.key)) if _hashed(kv.key)]
         if s.events or s.status is not None:
             parts.append(_tail(s))
-        return b"".join(parts), attrs, trace_hex, span_hex
+        return b"".join(parts), attrs, ids
 
 
 def _tail(s: Span) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .encoding import CHAIN_HASH, CHAIN_ID, CHAIN_SEQ, genesis, link
-from .readers import ReadSpan
+from .readers import ReadSpan, span_hex, trace_hex
 from .report import Problem, Report
 from .verify_digests import Digest, Signed, check_digests
 
@@ -42,13 +42,30 @@ SYNTHETIC_FLAGS = frozenset({"missing_record"})
 
 @dataclass(slots=True, eq=False)  # a record is itself: two copies of a span are two records
 class Record:
+    """One chain link read. Kept for every record until all links are checked, so packed:
+    one bytes object for the two hashes and one for the two ids (~150 bytes a record less)."""
+
     chain: str
     seq: int
-    hash: bytes
-    digest: bytes  # SHA-256 of the content
+    hashes: bytes  # the chain hash it claims ‖ SHA-256 of its content (32 + 32 bytes)
     where: str
-    trace_id: str
-    span_id: str
+    ids: bytes  # length of the trace id ‖ trace id ‖ span id
+
+    @property
+    def hash(self) -> bytes:
+        return self.hashes[:32]
+
+    @property
+    def digest(self) -> bytes:
+        return self.hashes[32:]
+
+    @property
+    def trace_id(self) -> str:
+        return trace_hex(self.ids)
+
+    @property
+    def span_id(self) -> str:
+        return span_hex(self.ids)
 
 
 def _problem(kind: str, detail: str, r: Record | None = None, **extra: Any) -> Problem:
@@ -148,7 +165,7 @@ def _record(span: ReadSpan, report: Report) -> Record | None:
             "record_inserted", f"malformed chain attributes (id {chain!r}, seq {seq!r}, hash "
             f"{digest!r})", where=span.where, trace_id=span.trace_id, span_id=span.span_id))
         return None
-    return Record(intern(chain), seq, hash_, span.digest, span.where, span.trace_id, span.span_id)
+    return Record(intern(chain), seq, hash_ + span.digest, span.where, span.ids)
 
 
 def _prevs(chain_id: str, by_seq: dict[int, list[Record]], seq: int) -> list[bytes] | None:
@@ -206,8 +223,9 @@ def _broken_links(chain_id: str, by_seq: dict[int, list[Record]], seqs: list[int
         hashes = start if before is None else [r.hash for r in before]
         bad += [r for r in records if not any(link(p, seq, r.digest) == r.hash for p in hashes)]
     linked = map(_DIGEST, map(sha256, map(b"".join, zip(
-        prevs, map(_SEQ_BYTES, [r.seq for r in single]), [r.digest for r in single], strict=True))))
-    bad += [r for r, h in zip(single, linked, strict=True) if h != r.hash]
+        prevs, map(_SEQ_BYTES, [r.seq for r in single]), [r.hashes[32:] for r in single],
+        strict=True))))
+    bad += [r for r, h in zip(single, linked, strict=True) if h != r.hashes[:32]]
     return sorted(bad, key=lambda r: r.seq)
 
 
