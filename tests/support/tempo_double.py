@@ -79,7 +79,9 @@ class _Trace:
 class TempoDouble:
     """Serves a file's spans as Tempo's HTTP API does; see the module docstring."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, partial: bool = False) -> None:
+        # partial: every v2 answer says PARTIAL, as Tempo does for a trace over its size limit
+        self.partial = partial
         self.traces: dict[bytes, _Trace] = defaultdict(_Trace)
         self.searches: list[dict[str, str]] = []  # the query of every /api/search call
         for line in path.read_text().splitlines():
@@ -163,6 +165,8 @@ class TempoDouble:
                 elif parts[:3] == ["api", "v2", "traces"] and len(parts) == 4:
                     found = double.trace(parts[3])
                     body = found and {"trace": {"resourceSpans": found.batches}}
+                    if body and double.partial:
+                        body.update(status="PARTIAL", message="trace exceeds max size")
                 elif parts[:2] == ["api", "traces"] and len(parts) == 3:
                     found = double.trace(parts[2])
                     body = found and {"batches": found.batches}

@@ -112,3 +112,13 @@ def test_a_late_record_before_the_range_is_looked_up_not_deleted(
         spans = read_tempo(double.url, None, float(SINCE), float(UNTIL))
         report_without = verify(spans, load_public_keys([keys]))
     assert [(p.kind, p.seq) for p in report_without.problems] == [("record_deleted", 5)]
+
+
+def test_a_trace_tempo_returns_in_part_is_an_input_error(
+        trail_file: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    path, keys = trail_file
+    with TempoDouble(path, partial=True) as double:
+        code = main(["verify", "--tempo", double.url, "--since", SINCE, "--until", UNTIL,
+                     "--public-key", str(keys)])
+    assert code == 2
+    assert "in part (trace exceeds max size)" in capsys.readouterr().err
