@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from itertools import accumulate
+from itertools import accumulate, chain
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -145,8 +145,14 @@ def _predicted_offsets(records: Any, lines: list[str], at: int) -> list[int] | N
 def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
     """The request's records by source. `audit.source` is read from the resource (where
     collector-config/ sets it: once per batch), else from the first record's attributes
-    (then from every record's); records without it are Nginx access records."""
+    (then from every record's); records without it are Nginx access records.
+
+    Consecutive ResourceLogs (and ScopeLogs) with the same resource and source are taken as one
+    run: the collector's `load_balancing` exporter (scale-out) gives every record a ResourceLogs
+    of its own, and handling each alone cost ~15 µs a record (make bench-chain)."""
     groups: dict[str, SourceRows] = {}
+    pending: list[Any] = []  # record containers of the run being gathered
+    pending_key: tuple[str, Origin] | None = None
     for resource_logs in request.resource_logs:
         attributes = resource_logs.resource.attributes
         resource_source = _attribute(attributes, SOURCE_ATTRIBUTE)
@@ -162,8 +168,14 @@ def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
                 source_name = _attribute(records[0].attributes, SOURCE_ATTRIBUTE)
                 per_record = source_name is not None
             if not per_record:
-                _add_from_files(groups, source_name or NGINX, records, resource)
+                key = (source_name or NGINX, resource)
+                if key != pending_key:
+                    _add_gathered(groups, pending_key, pending)
+                    pending, pending_key = [], key
+                pending.append(records)
                 continue
+            _add_gathered(groups, pending_key, pending)
+            pending, pending_key = [], None
             by_source: dict[str, list[Any]] = {}
             for r in records:
                 name = _attribute(r.attributes, SOURCE_ATTRIBUTE) or NGINX
@@ -171,7 +183,16 @@ def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
                                      []).append(r)
             for source, rows in by_source.items():
                 _add_from_files(groups, source, rows, resource)
+    _add_gathered(groups, pending_key, pending)
     return groups
+
+
+def _add_gathered(groups: dict[str, SourceRows], key: tuple[str, Origin] | None,
+                  pending: list[Any]) -> None:
+    if key is None or not pending:
+        return
+    records = pending[0] if len(pending) == 1 else list(chain.from_iterable(pending))
+    _add_from_files(groups, key[0], records, key[1])
 
 
 def _file_path(record: Any) -> bytes | None:

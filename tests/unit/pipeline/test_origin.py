@@ -97,3 +97,20 @@ def test_records_without_an_origin_keep_service_name_alone() -> None:
     request.resource_logs.add().scope_logs.add().log_records.add().body.string_value = _line(0)
     out, _ = Pipeline(load_settings()).process_logs(request, (T0 + 10) * 10**9)
     assert _resources(out) == [({"service.name": "nginx"}, [rid(0)])]
+
+
+def test_a_request_split_one_record_per_resource_gives_the_spans_of_the_whole() -> None:
+    """The collector's load_balancing exporter (scale-out) sends each record in a ResourceLogs
+    of its own: consecutive ones of the same resource are one run (one span resource), and the
+    spans are byte for byte those of the same records sent together."""
+    web1 = {"host.name": "web-1"}
+    path = "/var/log/nginx/audit.json.log"
+    whole = _request([(web1, [(path, _line(i)) for i in range(4)]),
+                      ({"host.name": "web-2"}, [(path, _line(4))])])
+    split = _request([(web1, [(path, _line(i))]) for i in range(4)]
+                     + [({"host.name": "web-2"}, [(path, _line(4))])])
+    now = (T0 + 10) * 10**9
+    out_whole, _ = Pipeline(load_settings()).process_logs(whole, now)
+    out_split, _ = Pipeline(load_settings()).process_logs(split, now)
+    assert out_split == out_whole
+    assert [len(ids) for _, ids in _resources(out_split)] == [4, 1]
