@@ -120,7 +120,7 @@ class ChainAttributes:
         sample = encode_attribute(CHAIN_HASH, "0" * 64)
         self.hash_prefix = sample[:-64]
         key = CHAIN_SEQ.encode()
-        self._seq_key = b"\x0a" + varint(len(key)) + key + b"\x12"
+        self.seq_key = b"\x0a" + varint(len(key)) + key + b"\x12"
 
     def seq(self, seq: int) -> bytes:
         if seq < 0x4000:  # one or two varint bytes: every seq of a chain's first 16384
@@ -128,7 +128,7 @@ class ChainAttributes:
                      else b"\x18" + bytes(((seq & 0x7F) | 0x80, seq >> 7)))
         else:
             value = b"\x18" + varint(seq)  # AnyValue.int_value (field 3, varint)
-        kv = self._seq_key + bytes((len(value),)) + value
+        kv = self.seq_key + bytes((len(value),)) + value
         return b"\x4a" + bytes((len(kv),)) + kv  # both under 128 bytes: one length byte
 
     def __call__(self, seq: int, digest: bytes) -> bytes:
