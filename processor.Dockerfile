@@ -15,11 +15,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what the wheel is built from. README.md* is optional (a glob matching nothing is allowed):
 # pyproject names it as the long description, and setuptools only warns when it is missing.
 WORKDIR /src
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml setup.py README.md* ./
 COPY processor ./processor
 # [serve]: gRPC, the OpenTelemetry SDK and the admin HTTP port (the base install is replay and
-# doctor only; the demo upstream needs nothing more).
-RUN pip install ".[serve]" && rm -rf /src
+# doctor only; the demo upstream needs nothing more). gcc and OpenSSL's headers build the
+# integrity chain's C extension (setup.py) and leave in the same layer: at run time it needs
+# only libcrypto, which the image's Python already links.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+ && pip install ".[serve]" \
+ && apt-get purge -y --auto-remove gcc libc6-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/* /src
 # The demo upstream (compose.yaml's `upstream`, a stand-in for Dify's API) is not in the wheel: its
 # two modules (standard library only) sit beside it and run as `python -m demo.upstream` from here.
 COPY demo/__init__.py demo/upstream.py demo/upstream_answers.py /opt/audit-guard-demo/demo/
