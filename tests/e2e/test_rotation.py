@@ -175,10 +175,14 @@ def test_rotation_under_load_loses_and_duplicates_nothing(tmp_path: Path, log_di
             assert traffic.sent > 100 * ROTATIONS, "no real load"
             assert len(set(written)) == len(written)
             # Every answer is logged — except that copytruncate itself loses what nginx writes
-            # between logrotate's copy and its truncate (logrotate(8)): not in any file.
+            # between logrotate's copy and its truncate (logrotate(8)): not in any file. That
+            # window is the copy of a few hundred KB: measured ~30 ms a rotation (~1 % of the
+            # lines at ~1,000 requests/s), longer on a loaded disk; bounded at 0.25 s of the
+            # traffic a rotation (a 1 % bound failed once under a parallel test run: 97 of 8,410).
             gap = traffic.sent - len(written)
             if template is COPYTRUNCATE:
-                assert 0 <= gap <= traffic.sent // 100, gap
+                window_share = ROTATIONS * 0.25 / ((ROTATIONS + 1) * SECONDS_BETWEEN)
+                assert 0 <= gap <= traffic.sent * window_share, gap
             else:
                 assert gap == 0, f"{gap} answered requests are in no log file"
             rotated = sorted(p.name for p in stack.paths.workdir.glob("access.log.*"))
