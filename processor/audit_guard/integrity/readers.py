@@ -58,15 +58,12 @@ class ReaderError(Exception):
     """The input cannot be read (usage error: exit 2); the message says which and why."""
 
 
-@dataclass(slots=True)
-class ReadSpan:
-    where: str  # "file.json line 12" / "jaeger trace <id>": for the report
-    service: str
-    ids: bytes  # length of the trace id ‖ trace id ‖ span id (one object: kept per record)
-    name: str
-    start_ns: int
-    attrs: dict[str, AttrValue | None]
-    digest: bytes  # SHA-256 of what the chain hashes (its content)
+class PackedIds:
+    """The hex trace and span ids of a record that keeps them packed in `ids` (length of the
+    trace id ‖ trace id ‖ span id: one object a record, as the verifier keeps every record)."""
+
+    __slots__ = ()
+    ids: bytes
 
     @property
     def trace_id(self) -> str:
@@ -75,6 +72,17 @@ class ReadSpan:
     @property
     def span_id(self) -> str:
         return span_hex(self.ids)
+
+
+@dataclass(slots=True)
+class ReadSpan(PackedIds):
+    where: str  # "file.json line 12" / "jaeger trace <id>": for the report
+    service: str
+    ids: bytes  # length of the trace id ‖ trace id ‖ span id (one object: kept per record)
+    name: str
+    start_ns: int
+    attrs: dict[str, AttrValue | None]
+    digest: bytes  # SHA-256 of what the chain hashes (its content)
 
 
 def trace_hex(ids: bytes) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .encoding import CHAIN_HASH, CHAIN_ID, CHAIN_SEQ, genesis, link
-from .readers import ReadSpan, span_hex, trace_hex
+from .readers import PackedIds, ReadSpan
 from .report import Problem, Report
 from .verify_digests import Digest, Signed, check_digests
 
@@ -41,7 +41,7 @@ SYNTHETIC_FLAGS = frozenset({"missing_record"})
 
 
 @dataclass(slots=True, eq=False)  # a record is itself: two copies of a span are two records
-class Record:
+class Record(PackedIds):
     """One chain link read. Kept for every record until all links are checked, so packed:
     one bytes object for the two hashes and one for the two ids (~150 bytes a record less)."""
 
@@ -58,14 +58,6 @@ class Record:
     @property
     def digest(self) -> bytes:
         return self.hashes[32:]
-
-    @property
-    def trace_id(self) -> str:
-        return trace_hex(self.ids)
-
-    @property
-    def span_id(self) -> str:
-        return span_hex(self.ids)
 
 
 def _problem(kind: str, detail: str, r: Record | None = None, **extra: Any) -> Problem:
