@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from audit_guard.config import Settings
 from audit_guard.integrity.chain import ChainStage
 from audit_guard.integrity.digest import DigestWriter
+from audit_guard.integrity.encoding import content_digest, link
 from audit_guard.integrity.keys import SigningKey
 from audit_guard.pipeline import Pipeline
 
@@ -127,3 +128,14 @@ def chained(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     found = [s for s in spans if attr(s, "audit.chain.seq") is not None]
     return sorted(found, key=lambda s: (attr(s, "audit.chain.id"),
                                         int(attr(s, "audit.chain.seq"))))
+
+
+def reference_links(prev: bytes, first: int, contents: list[bytes]) -> list[bytes]:
+    """The chain's links as the encoding defines them (encoding.link over SHA-256 of each
+    content, seqs from `first` after `prev`), one hashlib call at a time: what the chain
+    stage's column-at-a-time and C paths are checked against."""
+    out = []
+    for seq, content in enumerate(contents, first):
+        prev = link(prev, seq, content_digest(content))
+        out.append(prev)
+    return out

@@ -1,9 +1,8 @@
 /* audit_guard.integrity._links: the chain's link loop in C (issue #14).
 
-   links(prev, first, contents) -> list of 32-byte hashes, exactly what chain._links_py makes;
    chain_spans(prev, first, spans, id_bytes, seq_key, hash_prefix) -> (hashes, chained spans):
-   the same links, and each span with its three chain attributes appended, byte for byte what
-   chain._chain_spans_py makes with encoding.ChainAttributes. The links:
+   the links, and each span with its three chain attributes appended, byte for byte what
+   chain._chain_spans_py makes (its _links_py and encoding.ChainAttributes). The links:
 
        hash(seq) = SHA-256( hash(seq-1) || seq as 8 bytes big-endian || SHA-256(content) )
 
@@ -23,65 +22,6 @@ static int digest(EVP_MD_CTX *ctx, const void *data, size_t len, unsigned char *
     return EVP_DigestInit_ex(ctx, sha256_md, NULL) && EVP_DigestUpdate(ctx, data, len)
            && EVP_DigestFinal_ex(ctx, out, NULL);
 }
-
-static PyObject *links(PyObject *self, PyObject *args) {
-    (void)self;
-    Py_buffer prev;
-    PyObject *first, *contents;
-    if (!PyArg_ParseTuple(args, "y*O!O!:links", &prev, &PyLong_Type, &first, &PyList_Type,
-                          &contents))
-        return NULL;
-    unsigned long long seq = PyLong_AsUnsignedLongLong(first);  /* < 0 or >= 2**64: error */
-    if (seq == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyBuffer_Release(&prev);
-        return NULL;
-    }
-    if (prev.len != 32) {
-        PyBuffer_Release(&prev);
-        PyErr_SetString(PyExc_ValueError, "links: prev must be a 32-byte hash");
-        return NULL;
-    }
-    /* link input: hash(seq-1) [0, 32) || seq [32, 40) || SHA-256(content) [40, 72) */
-    unsigned char block[72];
-    memcpy(block, prev.buf, 32);
-    PyBuffer_Release(&prev);
-    Py_ssize_t n = PyList_GET_SIZE(contents);
-    if (n > 0 && seq > ULLONG_MAX - (unsigned long long)(n - 1)) {
-        PyErr_SetString(PyExc_OverflowError, "links: seq past 2**64 - 1");
-        return NULL;
-    }
-    PyObject *out = PyList_New(n);
-    if (out == NULL)
-        return NULL;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (ctx == NULL) {
-        Py_DECREF(out);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++, seq++) {
-        char *data;
-        Py_ssize_t len;
-        if (PyBytes_AsStringAndSize(PyList_GET_ITEM(contents, i), &data, &len) < 0)
-            goto fail;
-        for (int b = 0; b < 8; b++)
-            block[32 + b] = (unsigned char)(seq >> (56 - 8 * b));
-        if (!digest(ctx, data, (size_t)len, block + 40) || !digest(ctx, block, 72, block)) {
-            PyErr_SetString(PyExc_RuntimeError, "links: OpenSSL SHA-256 failed");
-            goto fail;
-        }
-        PyObject *hash = PyBytes_FromStringAndSize((const char *)block, 32);
-        if (hash == NULL)
-            goto fail;
-        PyList_SET_ITEM(out, i, hash);
-    }
-    EVP_MD_CTX_free(ctx);
-    return out;
-fail:
-    EVP_MD_CTX_free(ctx);
-    Py_DECREF(out);
-    return NULL;
-}
-
 
 /* The parts of one record's chain attributes (encoding.ChainAttributes): the id attribute
    (fixed), the seq attribute 0x4a len(kv) kv with kv = seq_key len(value) value and value =
@@ -194,12 +134,9 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"links", links, METH_VARARGS,
-     "links(prev, first, contents) -> [hash(first), hash(first+1), ...]: the chain's links "
-     "(audit_guard.integrity.encoding.link over SHA-256 of each content)."},
     {"chain_spans", chain_spans, METH_VARARGS,
      "chain_spans(prev, first, spans, id_bytes, seq_key, hash_prefix) -> (hashes, spans with "
-     "their chain attributes): links() and encoding.ChainAttributes in one pass."},
+     "their chain attributes): the links and encoding.ChainAttributes in one pass."},
     {NULL, NULL, 0, NULL},
 };
 

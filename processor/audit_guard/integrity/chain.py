@@ -203,8 +203,8 @@ def _links_py(prev: bytes, first: int, contents: list[bytes]) -> list[bytes]:
     The content digests and the `seq ‖ digest` tails are made by C-level maps; the links are
     a plain loop without Python function calls (a C-level feedback map, `hashes.extend(map(…,
     iter(hashes), tails))`, was measured: 4 % slower than this loop on CPython 3.11). The same
-    loop in C (`_links.links`, setup.py) is what runs where it was built: 0.47 µs a record
-    against 1.1 here, most of the difference hashlib's set-up per call."""
+    loop in C (`_links.chain_spans`, setup.py) is what runs where it was built: 0.47 µs a
+    record against 1.1 here, most of the difference hashlib's set-up per call."""
     tails = map(bytes.__add__, map(_SEQ, range(first, first + len(contents))),
                 map(_DIGEST, map(_SHA256, contents)))
     hashes = []
@@ -224,14 +224,12 @@ def _chain_spans_py(attrs: ChainAttributes, prev: bytes, first: int, spans: list
 
 try:  # the same in C, one call a chunk (setup.py; tests/unit/integrity/test_links_native.py)
     from ._links import chain_spans as _chain_spans_c
-    from ._links import links as _links
 
     def _chain_spans(attrs: ChainAttributes, prev: bytes, first: int, spans: list[bytes]
                      ) -> tuple[list[bytes], list[bytes]]:
         return _chain_spans_c(prev, first, spans, attrs.id_bytes, attrs.seq_key,  # type: ignore[no-any-return]
                               attrs.hash_prefix)
 except ImportError:  # installed without a C compiler or OpenSSL's headers (setup.py)
-    _links = _links_py
     _chain_spans = _chain_spans_py
 
 

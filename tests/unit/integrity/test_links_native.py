@@ -16,20 +16,22 @@ import pytest
 
 from audit_guard.integrity import _links as native
 from audit_guard.integrity import chain
-from audit_guard.integrity.encoding import ChainAttributes, content_digest, genesis, link
+from audit_guard.integrity.encoding import ChainAttributes, genesis
+from tests.support.integrity_trail import reference_links as reference
+
+ATTRS = ChainAttributes("inst/nginx")
 
 
-def reference(prev: bytes, first: int, contents: list[bytes]) -> list[bytes]:
-    out = []
-    for seq, content in enumerate(contents, first):
-        prev = link(prev, seq, content_digest(content))
-        out.append(prev)
-    return out
+def links(prev: bytes, first: int, contents: list[bytes]) -> list[bytes]:
+    """The C call's links (its first result)."""
+    hashes, _ = native.chain_spans(prev, first, contents, ATTRS.id_bytes, ATTRS.seq_key,
+                                   ATTRS.hash_prefix)
+    return hashes
 
 
 def test_the_chain_uses_the_native_loop() -> None:
-    assert chain._links is native.links
     assert chain._chain_spans is not chain._chain_spans_py
+    assert chain._chain_spans.__globals__["_chain_spans_c"] is native.chain_spans
 
 
 @pytest.mark.parametrize("first", [1, 100, 127, 128, 16_383, 16_384, 2**21 - 3, 2**35 + 5,
@@ -52,30 +54,30 @@ SIZES = [0, 1, 31, 55, 56, 63, 64, 65, 119, 120, 128, 460, 4096, 1 << 20]
 def test_native_links_are_hashlibs(first: int) -> None:
     contents = [os.urandom(size) for size in SIZES]
     prev = genesis(f"inst/{first}")
-    assert native.links(prev, first, contents) == reference(prev, first, contents)
-    assert native.links(prev, first, contents) == chain._links_py(prev, first, contents)
+    assert links(prev, first, contents) == reference(prev, first, contents)
+    assert links(prev, first, contents) == chain._links_py(prev, first, contents)
 
 
 def test_a_chunk_of_spans_and_an_empty_one() -> None:
     contents = [b"span %d " % i + os.urandom(i % 700) for i in range(2000)]
     prev = os.urandom(32)
-    assert native.links(prev, 7, contents) == reference(prev, 7, contents)
-    assert native.links(prev, 7, []) == []
+    assert links(prev, 7, contents) == reference(prev, 7, contents)
+    assert links(prev, 7, []) == []
 
 
 def test_bad_arguments_are_errors() -> None:
     with pytest.raises(ValueError, match="32-byte"):
-        native.links(b"short", 1, [b"x"])
+        links(b"short", 1, [b"x"])
     with pytest.raises(TypeError):
-        native.links(bytes(32), 1, [b"x", "not bytes"])
+        links(bytes(32), 1, [b"x", "not bytes"])
     with pytest.raises(TypeError):
-        native.links(bytes(32), 1, (b"a tuple",))
+        links(bytes(32), 1, (b"a tuple",))
     with pytest.raises(OverflowError):
-        native.links(bytes(32), -1, [b"x"])
+        links(bytes(32), -1, [b"x"])
     with pytest.raises(OverflowError):
-        native.links(bytes(32), 2**64 - 1, [b"x", b"y"])  # the second seq would wrap
+        links(bytes(32), 2**64 - 1, [b"x", b"y"])  # the second seq would wrap
     with pytest.raises(ValueError, match="seq_key"):
         native.chain_spans(bytes(32), 1, [b"x"], b"id", b"k" * 101, b"p")
     with pytest.raises(TypeError):
         native.chain_spans(bytes(32), 1, [None], b"id", b"k", b"p")
-    assert native.links(bytes(32), 2**64 - 1, [b"x"]) == reference(bytes(32), 2**64 - 1, [b"x"])
+    assert links(bytes(32), 2**64 - 1, [b"x"]) == reference(bytes(32), 2**64 - 1, [b"x"])
