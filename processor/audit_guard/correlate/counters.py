@@ -50,8 +50,8 @@ def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]],
     (records read again or resent)."""
     if len(counted) == len(batch):
         return
-    hosts = [f.get("server_name") or a
-             for f, a in zip(batch.fields, batch.server_address, strict=True)]
+    hosts = [name or a for name, a in zip(batch.field_column("server_name"),
+                                          batch.server_address, strict=True)]
     if counted:
         skip = set(counted)
         for i, (host, t) in enumerate(zip(hosts, batch.time_unix_nano, strict=True)):

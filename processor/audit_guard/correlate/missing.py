@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
 from itertools import compress
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 from typing import Any
 
 from .. import flags
@@ -55,8 +55,6 @@ def _bytes_answered(received: object) -> bool:
     return received is None or _last(received) not in ("", "-", "0")
 
 
-_UPSTREAM_STATUS = methodcaller("get", "upstream_status")
-_UPSTREAM_RECEIVED = methodcaller("get", "upstream_bytes_received")
 
 
 def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -> list[int]:
@@ -72,9 +70,11 @@ def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -
         rows = [i for i in rows if not generated[i]]
     if not rows:
         return []
-    fields = batch.fields if len(rows) == len(paths) else list(map(batch.fields.__getitem__, rows))
-    statuses = list(map(_UPSTREAM_STATUS, fields))
-    received = list(map(_UPSTREAM_RECEIVED, fields))
+    statuses = batch.field_column("upstream_status")
+    received = batch.field_column("upstream_bytes_received")
+    if len(rows) != len(paths):
+        statuses = list(map(statuses.__getitem__, rows))
+        received = list(map(received.__getitem__, rows))
     # Both take few distinct values: decide per distinct value, visit rows only if one fails.
     try:
         bad_status = {v for v in set(statuses) if not _status_answered(v)}

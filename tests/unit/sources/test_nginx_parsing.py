@@ -197,3 +197,19 @@ def test_column_fast_paths_equal_the_per_value_functions(col: list, as_tuple: bo
         assert ints(column, few_distinct=few) == [to_int(v) for v in col]
         assert seconds_ns(column, few_distinct=few) == [to_ns(v) for v in col]
     assert last_ints(column) == [last_int(v) for v in col]
+
+
+def test_field_column_reads_struct_rows_and_dict_rows_alike() -> None:
+    """RecordBatch.field_column: the shipped format's struct rows by attribute, other rows by
+    get(), a batch mixing both, and a key that is a dict method's name, all as get() would."""
+    from audit_guard.sources.nginx_access import AuditJsonLine, parse_lines
+
+    shipped = orjson.dumps(dict.fromkeys(AuditJsonLine.__struct_fields__, "x")
+                           | {"upstream_status": "502", "server_name": "api"}).decode()
+    batch = parse_lines([shipped, shipped])
+    assert type(batch.fields[0]) is AuditJsonLine  # the fast path's rows
+    assert batch.field_column("upstream_status") == ["502", "502"]
+    assert batch.field_column("gzip_ratio") == [None, None]  # not a field of the struct
+    batch.fields[1] = {"upstream_status": "200", "keys": "k"}  # a dict row after a struct one
+    for key in ("upstream_status", "server_name", "keys", "get"):
+        assert batch.field_column(key) == [f.get(key) for f in batch.fields], key
