@@ -4,13 +4,17 @@ The OTLP server feeds it after each Export whose spans were handed on (`record`)
 attempt to hand spans on (`note_export`); the admin HTTP threads read it. All of it sits behind
 one lock: writes are a few dict updates per batch (never per record beyond the flagged ones,
 which the pipeline already caps at FLAGGED_PER_BATCH), so contention is negligible.
+
+The ring of recent flagged records (GET /api/flags) and the audit view's window hold the same
+kept form of each record (admin.window.kept_form: its text bounded), made once, outside the
+lock; the ring's readers leave its detail out.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -102,13 +106,14 @@ class AdminState:
                     status.last_lag_s = lags[-1]
                     status.lag_sum_s += sum(lags)
                     status.lag_count += len(lags)
-            for flagged, request_record in zip(stats.flagged, kept, strict=True):
-                entry = {**flagged, "received_unix_nano": now}
-                entry.pop("detail", None)  # the ring keeps the summary only
-                self._flags.append(entry)
+            # The ring and the window share the kept forms (their text bounded); the ring's
+            # readers leave out the detail.
+            self._flags.extend(kept)
+            for request_record in kept:
                 self._requests.add(request_record)
-                status = self._source(str(flagged.get("source")))
-                status.flagged_total += 1
+            for source, n in Counter(str(k.get("source")) for k in kept).items():
+                status = self._source(source)
+                status.flagged_total += n
                 status.last_flag_unix_nano = now
 
     def set_completeness(self, source: str, ratio: float | None, silent: bool | None) -> None:
@@ -166,7 +171,7 @@ class AdminState:
                 f == flag or f.startswith(flag + ":") for f in entry.get("flags", ())
             ):
                 continue
-            out.append(dict(entry))
+            out.append({k: v for k, v in entry.items() if k != "detail"})
             if len(out) >= limit:
                 break
         return out

