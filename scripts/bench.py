@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from concurrent import futures
+from datetime import UTC, datetime
 from hashlib import blake2b
 from pathlib import Path
 
@@ -47,6 +48,7 @@ USERS = [f"user-{i}" for i in range(200)]
 APPS = [f"app-{i}" for i in range(20)]
 # A service-API mix (weights per 100 requests): chat dominates; a model configuration change
 # is rare. Every 10th response is 4xx/5xx, every 50th is cut short, every 97th has no user.
+_MSEC = "@msec@"
 PATHS = (
     [("POST", "/v1/chat-messages")] * 60
     + [("POST", "/v1/completion-messages")] * 15
@@ -56,16 +58,22 @@ PATHS = (
 )
 
 
-def make_line(i: int) -> bytes:
-    """One line exactly as otel/nginx/audit_log_format.conf makes nginx write it (every key of
-    the shipped format; numbers bare, the rest strings)."""
+BASE_S = 1764165600  # 2025-11-26T14:00:00Z: record i is written at BASE_S + i ms
+
+
+def make_line(i: int, at_ms: int | None = None) -> bytes:
+    """Record i's line exactly as otel/nginx/audit_log_format.conf makes nginx write it (every
+    key of the shipped format; numbers bare, msec with its 3 decimals, the rest strings),
+    written at `at_ms` (Unix ms; default BASE_S + i ms: 1,000 requests a second)."""
     method, path = PATHS[(i * 37) % len(PATHS)]
+    at_ms = BASE_S * 1000 + i if at_ms is None else at_ms
+    second = at_ms // 1000
     status = 200 if i % 10 else (403 if i % 20 else 502)
     sent = 2048 if i % 50 else 512  # every 50th response is cut short
     uri = path.format(f"ds-{i % 300}")
-    return orjson.dumps({
-        "time_iso8601": "2026-11-26T14:00:00+00:00",
-        "msec": round(1764165600 + i // 1000 + (i % 1000) / 1000, 3),
+    line = orjson.dumps({
+        "time_iso8601": datetime.fromtimestamp(second, UTC).isoformat(),
+        "msec": _MSEC,
         "request_id": blake2b(i.to_bytes(8, "big"), digest_size=16).hexdigest(),  # as random
         "connection": i // 3,
         "connection_requests": i % 3 + 1,
@@ -93,11 +101,16 @@ def make_line(i: int) -> bytes:
         "user_id": "" if i % 97 == 0 else USERS[i % len(USERS)],
         "app_id": APPS[i % len(APPS)],
     })
+    # nginx writes $msec as seconds with exactly 3 decimals, which a float cannot keep (…600.5).
+    return line.replace(b'"' + _MSEC.encode() + b'"', f"{second}.{at_ms % 1000:03d}".encode())
 
 
-def make_batches(records: int, batch: int, first: int = 0) -> list[bytes]:
-    """Requests of distinct records (numbered from `first`): a record sent twice would be
-    measured as a duplicate, which is not the common case."""
+def make_batches(records: int, batch: int, first: int = 0, start_s: int | None = None
+                 ) -> list[bytes]:
+    """Requests of distinct records (numbered from `first`; written 1 ms apart from `start_s`,
+    default BASE_S + first ms; each read by the collector 2 ms after it was written): a record
+    sent twice would be measured as a duplicate, which is not the common case."""
+    start_ms = BASE_S * 1000 + first if start_s is None else start_s * 1000
     out = []
     offset = 0
     for start in range(first, first + records, batch):
@@ -107,9 +120,10 @@ def make_batches(records: int, batch: int, first: int = 0) -> list[bytes]:
         scope = resource_logs.scope_logs.add()
         for i in range(start, min(start + batch, first + records)):
             # What the shipped file_log/nginx_access receiver sends with each line.
-            line = make_line(i)
+            at_ms = start_ms + i - first
+            line = make_line(i, at_ms)
             record = scope.log_records.add()
-            record.observed_time_unix_nano = 1764165600_000_000_000 + i * 1000
+            record.observed_time_unix_nano = (at_ms + 2) * 1_000_000
             record.body.string_value = line.decode()
             attributes = record.attributes
             attributes.add(key="log.file.path").value.string_value = FILE_PATH
@@ -197,9 +211,19 @@ def main() -> int:
     args = parser.parse_args()
 
     print(f"building {args.records} records in batches of {args.batch} ...", flush=True)
-    rounds = [make_batches(args.records, args.batch, first=n * args.records) for n in (1, 2)]
-    warmups = [make_batches(args.batch * 5, args.batch, first=n * args.batch * 5)
-               for n in (1, 2)]
+    # The records are written now (the first warm-up) and from an hour later on (the rest),
+    # each read 2 ms after: what is measured is a service past its start-up window (the first
+    # reconcile.window_s after the first Nginx request, when the reconciler holds what each
+    # audited request expects in case the app's records come later: ~1–2 µs a record more).
+    base_s = int(time.time())
+    warmups, rounds = [], []
+    for n, records in enumerate((args.records, args.records)):
+        warmups.append(make_batches(args.batch * 5, args.batch,
+                                    first=5 * args.records + n * args.batch * 5, start_s=base_s))
+        base_s += 3600 if n == 0 else args.batch * 5 // 1000 + 1
+        rounds.append(make_batches(records, args.batch, first=(n + 1) * args.records,
+                                   start_s=base_s))
+        base_s += records // 1000 + 1
 
     cpus = sorted(os.sched_getaffinity(0))
     proc_cpu, other_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
