@@ -8,16 +8,18 @@ on the other core. The figure is records per CPU-second of the processor process
 (protobuf parse + orjson per body) in this process, so the pipeline's cost is also given as a
 ratio to the unavoidable decode work.
 
-It measures twice, side by side on the same server: with one Export call in flight (the
-per-record CPU cost: the figure of record) and with 4 in flight, as the shipped collector config
-sends (num_consumers: 4), where calls contend for the one pinned core.
+It measures on the same server, round after round (each with records of its own): `--rounds`
+rounds with one Export call in flight (the per-record CPU cost; their median is the figure of
+record, as this kind of machine varies by ±20 % within minutes), then one with 4 in flight, as
+the shipped collector config sends (num_consumers: 4), where calls contend for the one pinned
+core.
 
 Then, in this process, the integrity chain's cost (issue #14; integrity is off in the service
 measured above): the same requests through `Pipeline` without and with a `ChainStage` (its head
 file written and fsynced at each commit, as serve does), alternating, best of `--chain-rounds`
 Exports each, in CPU time of this thread.
 
-The last line is `records_per_second_per_core=<N>` (one call in flight).
+The last line is `records_per_second_per_core=<N>` (one call in flight, the median).
 """
 
 from __future__ import annotations
@@ -203,6 +205,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=2000, help="records per Export call")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds with one call in flight (the figure is their median)")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="Export calls in flight for the second measurement")
     parser.add_argument("--chain-rounds", type=int, default=20,
@@ -210,20 +214,18 @@ def main() -> int:
                         "(0: skip it)")
     args = parser.parse_args()
 
-    print(f"building {args.records} records in batches of {args.batch} ...", flush=True)
-    # The records are written now (the first warm-up) and from an hour later on (the rest),
+    # The records are written now (the warm-up) and from an hour later on (the measured ones),
     # each read 2 ms after: what is measured is a service past its start-up window (the first
     # reconcile.window_s after the first Nginx request, when the reconciler holds what each
     # audited request expects in case the app's records come later: ~1–2 µs a record more).
-    base_s = int(time.time())
-    warmups, rounds = [], []
-    for n, records in enumerate((args.records, args.records)):
-        warmups.append(make_batches(args.batch * 5, args.batch,
-                                    first=5 * args.records + n * args.batch * 5, start_s=base_s))
-        base_s += 3600 if n == 0 else args.batch * 5 // 1000 + 1
-        rounds.append(make_batches(records, args.batch, first=(n + 1) * args.records,
-                                   start_s=base_s))
-        base_s += records // 1000 + 1
+    # Every round has records of its own (numbered apart), built just before it is sent.
+    clock = iter(range(int(time.time()) + 3600, 1 << 40, args.records // 1000 + 1))
+    warmup = make_batches(args.batch * 5, args.batch, first=10**12, start_s=int(time.time()))
+    phases = [1] * args.rounds + [args.concurrency]
+
+    def round_batches(n: int) -> list[bytes]:
+        return make_batches(args.records, args.batch, first=(n + 1) * args.records,
+                            start_s=next(clock))
 
     cpus = sorted(os.sched_getaffinity(0))
     proc_cpu, other_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
@@ -246,15 +248,21 @@ def main() -> int:
             ("grpc.max_send_message_length", 256 * 1024 * 1024)])
         export = channel.unary_unary(LOGS_EXPORT, request_serializer=None,
                                      response_deserializer=None)
-        results = {}
-        for concurrency, batches, warmup in zip((1, args.concurrency), rounds, warmups,
-                                                strict=True):
+        list(map(lambda b: export(b, timeout=120), warmup))
+        results: list[tuple[int, float, float]] = []  # (calls in flight, CPU s, wall s)
+        first_round: list[bytes] = []
+        for n, concurrency in enumerate(phases):
+            calls = "1 call" if concurrency == 1 else f"{concurrency} calls"
+            print(f"round {n + 1} of {len(phases)}: building {args.records} records in batches "
+                  f"of {args.batch}, then {calls} in flight ...", flush=True)
+            batches = round_batches(n)
+            first_round = first_round or batches
             with futures.ThreadPoolExecutor(concurrency) as pool:
-                list(pool.map(lambda b: export(b, timeout=120), warmup))
                 cpu0, wall0 = cpu_seconds(server.pid), time.perf_counter()
                 list(pool.map(lambda b: export(b, timeout=120), batches))
                 wall = time.perf_counter() - wall0
-                results[concurrency] = (cpu_seconds(server.pid) - cpu0, wall)
+                results.append((concurrency, cpu_seconds(server.pid) - cpu0, wall))
+            del batches
         channel.close()
     finally:
         server.terminate()
@@ -263,22 +271,22 @@ def main() -> int:
         sink.wait(30)
 
     os.sched_setaffinity(0, set(cpus))
-    bare = bare_decode_rate(rounds[0])
-    cpu, wall = results[1]
-    per_core = args.records / cpu
-    cpu_n, wall_n = results[args.concurrency]
-    print(f"records                         {args.records} in batches of {args.batch}")
+    bare = bare_decode_rate(first_round)
+    singles = [args.records / cpu for concurrency, cpu, _ in results[:args.rounds]]
+    per_core = statistics.median(singles)
+    print(f"records                         {args.records} a round, in batches of {args.batch}")
     print(f"processor pinned to             CPU {min(proc_cpu)}; sink and client on the other")
-    print(f"1 call in flight                {cpu:.2f} CPU s, {wall:.2f} s wall, "
-          f"{per_core:,.0f} records/s per core")
-    label = f"{args.concurrency} calls in flight"
-    print(f"{label:<32}{cpu_n:.2f} CPU s, {wall_n:.2f} s wall, "
-          f"{args.records / cpu_n:,.0f} records/s per core")
+    for concurrency, cpu, wall in results:
+        label = "1 call in flight" if concurrency == 1 else f"{concurrency} calls in flight"
+        print(f"{label:<32}{cpu:.2f} CPU s, {wall:.2f} s wall, "
+              f"{args.records / cpu:,.0f} records/s per core")
+    print(f"1 call in flight, median        {per_core:,.0f} records/s per core "
+          f"(of {args.rounds} rounds)")
     print(f"bare decode (protobuf+orjson)   {bare:,.0f} records/s per core")
     print(f"pipeline cost / bare decode     {bare / per_core:.1f}x")
     if args.chain_rounds > 0:
         without, with_chain, head_ms = chain_cost(args.batch, args.chain_rounds,
-                                                  first=3 * args.records)
+                                                  first=(len(phases) + 1) * args.records)
         print(f"integrity chain                 +{with_chain - without:.2f} µs CPU a record "
               f"(in process, same records: {without:.2f} → {with_chain:.2f} µs, best of "
               f"{args.chain_rounds} Exports of {args.batch}); head file write + fsync: "
