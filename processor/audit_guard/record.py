@@ -147,8 +147,9 @@ class RecordBatch:
         """The log field `key` of every row (None where a row lacks it). Rows of the shipped
         nginx format are structs with the fields as attributes: one C-level attrgetter pass,
         about a third of the cost of a get() call a row; rows of any other kind (dicts) fall
-        back to get() at the first one that is not."""
-        if not hasattr(dict, key):  # a dict's own attribute (keys, get, ...) is not a field
+        back to get() at the first one that is not. Only a declared field is read by attribute
+        (never one of the struct's methods, whatever the key)."""
+        if self.fields and key in getattr(self.fields[0], "__struct_fields__", ()):
             try:
                 return list(map(attrgetter(key), self.fields))
             except AttributeError:

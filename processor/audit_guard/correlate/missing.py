@@ -55,8 +55,6 @@ def _bytes_answered(received: object) -> bool:
     return received is None or _last(received) not in ("", "-", "0")
 
 
-
-
 def expected_app_records(batch: RecordBatch, audited: Callable[[str], object]) -> list[int]:
     """Rows of a checked Nginx batch for which an app audit record is expected: an audited path,
     a request id to join on, and a request the app answered (see the two rules above)."""

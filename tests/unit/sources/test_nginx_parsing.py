@@ -201,7 +201,8 @@ def test_column_fast_paths_equal_the_per_value_functions(col: list, as_tuple: bo
 
 def test_field_column_reads_struct_rows_and_dict_rows_alike() -> None:
     """RecordBatch.field_column: the shipped format's struct rows by attribute, other rows by
-    get(), a batch mixing both, and a key that is a dict method's name, all as get() would."""
+    get(), a batch mixing both, and a key that names a method of a dict or of the struct, all as
+    get() would."""
     from audit_guard.sources.nginx_access import AuditJsonLine, parse_lines
 
     shipped = orjson.dumps(dict.fromkeys(AuditJsonLine.__struct_fields__, "x")
@@ -210,6 +211,7 @@ def test_field_column_reads_struct_rows_and_dict_rows_alike() -> None:
     assert type(batch.fields[0]) is AuditJsonLine  # the fast path's rows
     assert batch.field_column("upstream_status") == ["502", "502"]
     assert batch.field_column("gzip_ratio") == [None, None]  # not a field of the struct
+    assert batch.field_column("to_dict") == [None, None]  # a method of the struct, not a field
     batch.fields[1] = {"upstream_status": "200", "keys": "k"}  # a dict row after a struct one
-    for key in ("upstream_status", "server_name", "keys", "get"):
+    for key in ("upstream_status", "server_name", "keys", "get", "to_dict"):
         assert batch.field_column(key) == [f.get(key) for f in batch.fields], key
