@@ -39,10 +39,39 @@ def tool_path(name: str) -> Path:
     return path
 
 
+def _listen_ports() -> range:
+    """Ports to hand out: below the kernel's ephemeral range. A port taken from that range (what
+    bind(0) returns) can be given to any outgoing connection before the program it was picked
+    for binds it: the collector dials its exporters' endpoints before its receivers listen, and
+    one such dial took a freshly picked receiver port (`bind: address already in use`)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low > 15_000:
+        return range(10_000, low)
+    return range(high + 1, 65_536) if high < 60_000 else range(0)
+
+
+_PORTS = _listen_ports()
+# Each process walks the range from its own random start, so two picks of one process never
+# meet and runs side by side rarely do (a taken port is skipped anyway).
+_next_port = iter(range(int.from_bytes(os.urandom(4)) % max(len(_PORTS), 1), 1 << 62))
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port nothing listens on or is bound to now, outside the ephemeral range."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[next(_next_port) % len(_PORTS)]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): the next one
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no such range here
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
