@@ -73,9 +73,25 @@ class Service:
             self._admin = AdminServer(self.admin_app, self.admin_socket).start()
         except RuntimeError as exc:
             raise StartupError(f"admin.listen={s.admin.listen}: {exc}") from None
+        # The saved state (requests waiting for their app record, error-log events waiting for
+        # their access record) is restored BEFORE the receiver accepts a call: an Export taken
+        # in between would miss its join (a cut stream never flagged on its request) and be
+        # overwritten by the restore — not the output its first sending gave.
+        completeness = self.server.completeness
+        if completeness is not None:
+            try:
+                completeness.start()
+            except sqlite3.Error as exc:
+                self._admin.stop()
+                raise StartupError(
+                    f"cannot restore the reconciliation state from reconcile.state_dir="
+                    f"{s.reconcile.state_dir}: {exc} (move the directory aside to start afresh)"
+                ) from None
         try:
             self.server.start()
         except OSError as exc:
+            if completeness is not None:
+                completeness.stop()
             self._admin.stop()
             raise StartupError(str(exc)) from None
         self.admin_state.mark_receiver_started()
@@ -83,16 +99,6 @@ class Service:
             self.integrity.start(self.server.exporter, self.server.pipeline_lock,
                                  self.server.telemetry.snapshot)
             self.server.on_drained = self.integrity.stop  # the final digest, at shutdown
-        if self.server.completeness is not None:
-            try:
-                self.server.completeness.start()
-            except sqlite3.Error as exc:
-                self.server.stop()
-                self._admin.stop()
-                raise StartupError(
-                    f"cannot restore the reconciliation state from reconcile.state_dir="
-                    f"{s.reconcile.state_dir}: {exc} (move the directory aside to start afresh)"
-                ) from None
         if self.spool is not None:
             _watch_deadletter(self.spool, self.server.telemetry, self.admin_state,
                               self._stop_watch)

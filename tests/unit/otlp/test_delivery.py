@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import orjson
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
 from audit_guard.config import load_settings
 from audit_guard.pipeline import Pipeline
+from audit_guard.serve import build_service
 from demo.procs import free_port, port_open, wait_until
 from tests.support.otlp_doubles import RecordingDownstream, logs_request, span_attributes
 from tests.unit.correlate.test_error_join import ACCESS, ERROR
@@ -88,6 +90,41 @@ def test_waiting_error_log_events_survive_a_restart(serve, downstream, sig) -> N
     serve.start()
     serve.export("nginx_access", ACCESS)
     assert flags_of(downstream) == [["truncated:upstream_closed"]]
+
+
+def test_the_saved_state_is_restored_before_the_first_call_is_taken(downstream, tmp_path
+                                                                    ) -> None:
+    """A restarted service takes no Export before its waiting error-log events are back: one
+    taken in between would miss its join (the collector sends as soon as the port opens; the
+    restart test above caught it once, the receiver listening 4 ms before the restore)."""
+    settings = load_settings(server={"listen": f"127.0.0.1:{free_port()}"},
+                             admin={"listen": f"127.0.0.1:{free_port()}"},
+                             exporter={"endpoint": f"127.0.0.1:{downstream.port}"},
+                             reconcile={"state_dir": str(tmp_path / "state")})
+    first = build_service(settings)
+    first.start()
+    try:
+        with grpc.insecure_channel(settings.server.listen) as channel:
+            logs_service_pb2_grpc.LogsServiceStub(channel).Export(
+                logs_request(ERROR, source="nginx_error"), timeout=15)
+    finally:
+        first.stop()
+        first.wait()
+    second = build_service(settings)
+    waiting_at_listen: list[int] = []
+    listen = second.server.start
+
+    def start() -> int:
+        waiting_at_listen.append(len(orjson.loads(second.pipeline.errors.dump())))
+        return listen()
+
+    second.server.start = start  # type: ignore[method-assign]
+    second.start()
+    try:
+        assert waiting_at_listen == [1]
+    finally:
+        second.stop()
+        second.wait()
 
 
 def test_a_failed_hand_off_changes_nothing(serve, downstream) -> None:
