@@ -8,6 +8,7 @@ a grace period. Ports are free loopback ports picked at start.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -56,7 +57,7 @@ def _listen_ports() -> range:
 _PORTS = _listen_ports()
 # Each process walks the range from its own random start, so two picks of one process never
 # meet and runs side by side rarely do (a taken port is skipped anyway).
-_next_port = iter(range(int.from_bytes(os.urandom(4)) % max(len(_PORTS), 1), 1 << 62))
+_next_port = itertools.count(int.from_bytes(os.urandom(4)))
 
 
 def free_port() -> int:
@@ -71,7 +72,7 @@ def free_port() -> int:
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no such range here
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        return s.getsockname()[1]  # type: ignore[no-any-return]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
