@@ -331,7 +331,7 @@ def _meter_provider(settings: Settings) -> MeterProvider:
     """Prometheus text (served by the admin app's /metrics from the default registry, which the
     PrometheusMetricReader registers into); OTLP push when telemetry.otlp_endpoint is set."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
     from opentelemetry.sdk.resources import Resource
 
     readers: list[Any] = [PrometheusMetricReader()]
@@ -344,4 +344,7 @@ def _meter_provider(settings: Settings) -> MeterProvider:
             export_interval_millis=settings.telemetry.export_interval_s * 1000,
         ))
     resource = Resource.create({"service.name": "audit-guard", "service.version": __version__})
-    return MeterProvider(metric_readers=readers, resource=resource)
+    # No exemplars: the Prometheus text carries none, and the SDK's default (trace-based)
+    # filter looks up the current span at every measurement (~1 µs a lag) to find none here.
+    return MeterProvider(metric_readers=readers, resource=resource,
+                         exemplar_filter=AlwaysOffExemplarFilter())

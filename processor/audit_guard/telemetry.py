@@ -298,6 +298,18 @@ class Telemetry:
         if histogram is not None:
             histogram.record(value, labels)  # type: ignore[attr-defined]
 
+    def observe_many(self, name: str, values: list[float], **labels: str) -> None:
+        """`observe` for each value: the labels checked and the total taken once (the SDK has
+        no batch record; its record() is ~4 µs a value, paid once per app record's lag)."""
+        self._check(name, labels)
+        with self._lock:
+            self._totals[name] += len(values)
+        histogram = self._otel.get(name)
+        if histogram is not None:
+            record = histogram.record  # type: ignore[attr-defined]
+            for value in values:
+                record(value, labels)
+
     def set(self, name: str, value: float, **labels: str) -> None:
         """A gauge's current value for these labels."""
         self._check(name, labels)
@@ -328,8 +340,7 @@ class Telemetry:
         for (rule, severity), n in stats.rule_matches.items():
             self.inc("audit_rule_matches_total", n, rule=rule, severity=severity)
         for source, lags in stats.lags_s.items():
-            for lag in lags:
-                self.observe("audit_ingest_lag_seconds", lag, source=source)
+            self.observe_many("audit_ingest_lag_seconds", lags, source=source)
         if stats.error_join_ambiguous:
             self.inc("audit_error_join_ambiguous_total", stats.error_join_ambiguous)
         if stats.unprocessable:
