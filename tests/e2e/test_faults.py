@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.support.faults.harness import format_table, run_rows
-from tests.support.faults.measure import Delivered, Reference, RowResult, compare
+from tests.support.faults.measure import (
+    Delivered,
+    Reference,
+    RowResult,
+    compare,
+    unlogged_requests,
+)
 from tests.support.faults.scenarios import short_matrix
 
 RATE = 85.0  # 4 rows x 15 s x 85/s ≈ 5,100 requests
@@ -62,6 +70,29 @@ def test_measurement_sees_lost_rewritten_and_duplicate_records(tmp_path: Path) -
     assert (result.written, result.delivered, result.lost) == (6, 4, 2)  # e, f
     assert (result.rewritten, result.duplicates) == (3, 1)  # b, c, d; a's re-send
     assert not result.ok
+
+
+def test_only_lines_lost_inside_a_copytruncate_window_are_excused(tmp_path: Path) -> None:
+    # The app's log (demo/upstream.py's JSON lines); nginx's access lines hold a, not b, c, d.
+    app = tmp_path / "app.log"
+    app.write_bytes(b"".join(
+        orjson.dumps({"ts": ts, "trace_id": rid * 32, "message": "POST /v1/chat-messages"})
+        + b"\n" for rid, ts in (("a", "2026-12-03T12:18:10.000Z"),
+                                ("b", "2026-12-03T12:18:17.802Z"),  # while copytruncate ran
+                                ("c", "2026-12-03T12:18:16.900Z"),  # line written in it
+                                ("d", "2026-12-03T12:18:20.000Z")))  # no rotation then
+        + b"not json\n")
+    written = Counter({"a" * 32: 1})
+    start = datetime(2026, 12, 3, 12, 18, 17, 700_000, tzinfo=UTC).timestamp()
+    inside, outside = unlogged_requests([app], written, [(start, start + 0.2)])
+    assert [r.split()[0] for r in inside] == ["b" * 32, "c" * 32]
+    assert [r.split()[0] for r in outside] == ["d" * 32]
+    assert unlogged_requests([app], written, []) == ([], [*inside, *outside])
+    row = RowResult("rotate-copytruncate", sent=4, written=1, delivered=1, unlogged=3,
+                    unlogged_excused=len(inside))
+    assert not row.ok  # d was lost outside any rotation
+    row.unlogged_excused = 3
+    assert row.ok
 
 
 @pytest.mark.e2e

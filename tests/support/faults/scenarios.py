@@ -39,6 +39,9 @@ class RowContext:
     rng: random.Random
     log: Callable[[str], None]
     started: float = field(default_factory=time.monotonic)
+    # (start, end) in Unix seconds where the fault itself may lose lines before any reader
+    # (logrotate's copytruncate): answered requests missing from every file are excused there.
+    lossy_windows: list[tuple[float, float]] = field(default_factory=list)
 
     def at(self, second: float) -> None:
         """Sleep until `second` seconds after the traffic started."""
@@ -132,7 +135,10 @@ def rotate(copytruncate: bool, moments: tuple[float, ...]) -> Callable[[RowConte
         argv = _logrotate(ctx, copytruncate)
         for moment in moments:
             ctx.at(moment)
+            began = time.time()
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if copytruncate:  # what nginx writes between the copy and the truncation is gone
+                ctx.lossy_windows.append((began, time.time()))
             if done.returncode != 0:
                 raise RuntimeError(f"logrotate failed ({done.returncode}): {done.stderr}")
             ctx.log(f"logrotate ({'copytruncate' if copytruncate else 'rename + reopen'}) "
