@@ -291,19 +291,14 @@ class Telemetry:
             counter.add(amount, labels)  # type: ignore[attr-defined]
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        self._check(name, labels)
-        with self._lock:
-            self._totals[name] += 1  # a histogram's total is its count
-        histogram = self._otel.get(name)
-        if histogram is not None:
-            histogram.record(value, labels)  # type: ignore[attr-defined]
+        self.observe_many(name, [value], **labels)
 
     def observe_many(self, name: str, values: list[float], **labels: str) -> None:
-        """`observe` for each value: the labels checked and the total taken once (the SDK has
-        no batch record; its record() is ~4 µs a value, paid once per app record's lag)."""
+        """Each value into the histogram, the labels checked and the total taken once (the SDK
+        has no batch record; its record() is ~4 µs a value, paid once per app record's lag)."""
         self._check(name, labels)
         with self._lock:
-            self._totals[name] += len(values)
+            self._totals[name] += len(values)  # a histogram's total is its count
         histogram = self._otel.get(name)
         if histogram is not None:
             record = histogram.record  # type: ignore[attr-defined]
