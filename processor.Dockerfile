@@ -18,9 +18,9 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md* ./
 COPY processor ./processor
 # [serve]: gRPC, the OpenTelemetry SDK and the admin HTTP port (the base install is replay and
-# doctor only; the demo upstream needs nothing more). gcc and OpenSSL's headers build the
-# integrity chain's C extension (setup.py) and leave in the same layer: at run time it needs
-# only libcrypto, which the image's Python already links.
+# doctor only; the demo upstream needs nothing more). gcc and OpenSSL's headers build the C
+# extensions (setup.py: the integrity chain's, the nginx format's decoder) and leave in the same
+# layer: at run time they need only libcrypto, which the image's Python already links.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
  && pip install ".[serve]" \

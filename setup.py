@@ -1,12 +1,21 @@
-"""The one C extension (everything else is in pyproject.toml): the integrity chain's link loop,
-audit_guard.integrity._links, with OpenSSL's SHA-256 — the per-record hashing was the measured
-hot spot of the chain (issue #14; docs/integrity.md#cost). It needs a C compiler and OpenSSL's
-headers (Debian: gcc, libssl-dev; scripts/bootstrap installs them). `optional`: where they are
-missing the package still installs and the chain runs its Python loop (same values, ~0.6 µs a
-record more); tests/unit/integrity/test_links_native.py fails in a dev setup without it."""
+"""The C extensions (everything else is in pyproject.toml), each on a measured hot path and each
+with a Python path giving the same values:
+
+- audit_guard.integrity._links: the integrity chain's link loop, with OpenSSL's SHA-256 — the
+  per-record hashing was the measured hot spot of the chain (issue #14; docs/integrity.md#cost).
+  Python path: ~0.6 µs a record more.
+- audit_guard.sources._audit_json: lines of the shipped nginx format decoded into columns, equal
+  values shared (issue #11; docs/benchmark.md). Python path: msgspec, a struct a line.
+
+They need a C compiler and OpenSSL's headers (Debian: gcc, libssl-dev; scripts/bootstrap installs
+them). `optional`: where they are missing the package still installs and runs the Python paths;
+tests/unit/integrity/test_links_native.py and tests/unit/sources/test_audit_json_native.py fail
+in a dev setup without them."""
 
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "audit_guard.integrity._links", ["processor/audit_guard/integrity/_links.c"],
-    libraries=["crypto"], optional=True)])
+    libraries=["crypto"], optional=True), Extension(
+    "audit_guard.sources._audit_json", ["processor/audit_guard/sources/_audit_json.c"],
+    optional=True)])

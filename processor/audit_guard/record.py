@@ -13,6 +13,7 @@ Nothing here reads the clock or does I/O, so replaying a record always gives the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter, methodcaller
 from typing import Any
@@ -131,7 +132,7 @@ class RecordBatch:
     upstream_length: list[int | None]
     compressed: list[bool]
     unparsed: list[tuple[str, ...]]
-    fields: list[dict[str, Any]]
+    fields: Sequence[Any]  # a dict a row, or a struct (nginx_access.AuditJsonRows)
     trace_id: list[bytes]
     span_id: list[bytes]
     parent_span_id: list[bytes]
@@ -148,7 +149,12 @@ class RecordBatch:
         nginx format are structs with the fields as attributes: one C-level attrgetter pass,
         about a third of the cost of a get() call a row; rows of any other kind (dicts) fall
         back to get() at the first one that is not. Only a declared field is read by attribute
-        (never one of the struct's methods, whatever the key)."""
+        (never one of the struct's methods, whatever the key). Rows kept as columns (the C
+        decoder's, nginx_access.AuditJsonRows) give the column itself."""
+        column = getattr(self.fields, "column", None)
+        if column is not None:
+            values = column(key)
+            return values if values is not None else [None] * self.size
         if self.fields and key in getattr(self.fields[0], "__struct_fields__", ()):
             try:
                 return list(map(attrgetter(key), self.fields))

@@ -10,6 +10,7 @@ extracted column by column with C-level itemgetter/zip passes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any
 
@@ -156,6 +157,64 @@ _AUDIT_JSON_COLUMNS = tuple(None if key is None else AUDIT_JSON_KEYS.index(key)
                             for key in _plan(AUDIT_JSON_KEYS))
 
 
+try:  # setup.py builds it; where it could not be built, msgspec decodes every line
+    from ._audit_json import decode as _decode_columns
+except ImportError:  # pragma: no cover - a setup without a C compiler
+    _decode_columns = None
+
+
+class AuditJsonRows:
+    """The `fields` of a batch of the shipped format, kept as the decoder's columns (one list
+    per key, in AUDIT_JSON_KEYS order): a read-only sequence of AuditJsonLine, each row made
+    only when it is read (rules over `fields`, the admin API, the error-log join). Columns are
+    read whole with `column(key)`."""
+
+    __slots__ = ("columns", "_index")
+
+    def __init__(self, columns: list[list[Any]]) -> None:
+        self.columns = columns
+        self._index = dict(zip(AUDIT_JSON_KEYS, columns, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return AuditJsonRows([col[i] for col in self.columns])
+        return AuditJsonLine(*map(itemgetter(i), self.columns))
+
+    def __iter__(self) -> Iterator[AuditJsonLine]:
+        return (AuditJsonLine(*row) for row in zip(*self.columns, strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        try:
+            return list(self) == list(other)  # type: ignore[call-overload]
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def column(self, key: str) -> list[Any] | None:
+        """The values of `key` in every row (a new list), None when the format has no such key."""
+        col = self._index.get(key)
+        return None if col is None else list(col)
+
+
+def _native_rows(lines: list[bytes | str]) -> AuditJsonRows | None:
+    """The lines decoded into columns by the C decoder; the few it leaves (an escape, a
+    non-ASCII character, a long number) decoded by msgspec into the same columns. None when a
+    line is not of the shipped format (msgspec refuses it too): the caller's general path."""
+    columns, fallback = _decode_columns(lines, AUDIT_JSON_KEYS)
+    for i in fallback:
+        try:
+            values = msgspec.structs.astuple(_AUDIT_JSON.decode(lines[i]))
+        except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+            return None
+        for col, value in zip(columns, values, strict=True):
+            col[i] = value
+    return AuditJsonRows(columns)
+
+
 def _plan_of(keys: tuple[str, ...]) -> tuple[str | None, ...]:
     return _PLANS.get(keys) or _plan(keys)
 
@@ -216,6 +275,16 @@ def decode_lines(lines: list[bytes | str]) -> tuple[list[dict[str, Any]], set[in
 
 def parse_lines(lines: list[bytes | str]) -> RecordBatch:
     """Access-log lines (the collector's log bodies) → RecordBatch, never raising."""
+    if not lines:
+        return RecordBatch(SOURCE, 0)
+    if _decode_columns is not None:
+        rows = _native_rows(lines)
+        if rows is not None:  # the shipped format, every line whole: the fast path
+            batch = from_columns(rows, [rows.columns[i] if i is not None else None
+                                        for i in _AUDIT_JSON_COLUMNS])
+            batch.raw = list(lines)
+            return batch
+        return _parse_general(lines)
     try:  # the shipped audit_json format, every line whole: the fast path
         structs = list(map(_AUDIT_JSON.decode, lines))
     except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):  # another format;
@@ -230,6 +299,11 @@ def parse_lines(lines: list[bytes | str]) -> RecordBatch:
                                        for i in _AUDIT_JSON_COLUMNS])
         batch.raw = list(lines)
         return batch
+    return _parse_general(lines)
+
+
+def _parse_general(lines: list[bytes | str]) -> RecordBatch:
+    """Lines of any log_format, cut, broken or not UTF-8: decoded one by one, salvaged, flagged."""
     objs, cut, malformed = decode_lines(lines)
     batch = parse_mappings(objs)
     batch.raw = list(lines)

@@ -604,10 +604,11 @@ def test_dockerfile_copy_set_builds_the_package(
         )
     assert "audit-guard = audit_guard.cli:main" in entry_points  # CMD ["audit-guard", "serve"]
     assert "audit_guard/otlp/server.py" in names
-    # setup.py is copied: the chain's C extension is built (here as in the image, with gcc and
-    # libssl-dev), not silently left to its slower Python loop.
-    assert any(n.startswith("audit_guard/integrity/_links.") and n.endswith(".so")
-               for n in names), sorted(n for n in names if "integrity" in n)
+    # setup.py is copied: the C extensions are built (here as in the image, with gcc and
+    # libssl-dev), not silently left to their slower Python paths.
+    for module in ("audit_guard/integrity/_links.", "audit_guard/sources/_audit_json."):
+        assert any(n.startswith(module) and n.endswith(".so") for n in names), \
+            sorted(n for n in names if n.endswith(".so"))
     assert not any(n.startswith(("demo/", "tests/")) for n in names), "demo or tests in the wheel"
     # `python -m demo.upstream` in the upstream's working_dir: the copied modules are all the
     # upstream imports from its own package (the rest is the standard library).

@@ -212,6 +212,9 @@ def test_field_column_reads_struct_rows_and_dict_rows_alike() -> None:
     assert batch.field_column("upstream_status") == ["502", "502"]
     assert batch.field_column("gzip_ratio") == [None, None]  # not a field of the struct
     assert batch.field_column("to_dict") == [None, None]  # a method of the struct, not a field
+    batch.fields = list(batch.fields)  # struct rows in a list (the decoder's are columns)
+    assert batch.field_column("upstream_status") == ["502", "502"]
+    assert batch.field_column("to_dict") == [None, None]
     batch.fields[1] = {"upstream_status": "200", "keys": "k"}  # a dict row after a struct one
     for key in ("upstream_status", "server_name", "keys", "get", "to_dict"):
         assert batch.field_column(key) == [f.get(key) for f in batch.fields], key
