@@ -130,7 +130,7 @@ def _predicted_offsets(records: Any, lines: list[str], at: int) -> list[int] | N
     first = _offset_at(records[0], at)
     if first is None:
         return None
-    if "".join(lines).isascii():
+    if all(map(str.isascii, lines)):  # (no joined copy of the batch)
         steps = list(map(len, lines))
     else:
         steps = [len(line.encode("utf-8", "surrogatepass")) for line in lines]

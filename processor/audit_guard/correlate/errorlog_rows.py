@@ -56,8 +56,8 @@ def access_key(fields: Any) -> Key | None:
         return None
 
 
-def _connection(fields: Any) -> int | None:
-    value = fields.get("connection")
+def _connection(value: Any) -> int | None:
+    """A row's `$connection` value as the serial number (None: none, or not a number)."""
     try:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
@@ -75,8 +75,13 @@ def _requests(fields: Any) -> int | None:
 def by_connection(fields: list[Any], wanted: set[int] | None = None) -> dict[int, list[int]]:
     """Row numbers by connection serial (only the `wanted` connections, when given)."""
     out: dict[int, list[int]] = {}
-    for i, row in enumerate(fields):
-        connection = _connection(row)
+    # Rows kept as columns (nginx_access.AuditJsonRows) give theirs without making each row.
+    column = getattr(fields, "column", None)
+    values = column("connection") if column is not None else None
+    if values is None:
+        values = [row.get("connection") for row in fields]
+    for i, value in enumerate(values):
+        connection = _connection(value)
         if connection is not None and (wanted is None or connection in wanted):
             out.setdefault(connection, []).append(i)
     return out
