@@ -21,7 +21,7 @@
    Why: with msgspec, a line of 28 fields is a struct and 28 new objects, most of which repeat
    the line before (host, protocol, status, user agent, ...); creating and freeing them was most
    of the decode's cost in the service (cache misses on a churned heap). Here equal values of a
-   column share one object (a small direct-mapped cache per column, keyed by the value's text),
+   column share one object (a small two-way cache per column, keyed by the value's text),
    and no struct is made: the rows are built only for the rare reader that wants one
    (nginx_access.AuditJsonRows). tests/unit/sources/test_audit_json_native.py checks every
    decoded value against msgspec's, value and type. */
@@ -31,7 +31,8 @@
 #include <string.h>
 
 #define MAX_KEYS 64
-#define CACHE_SLOTS 64 /* per column; a power of two */
+#define CACHE_SET_BITS 5 /* per column 2^5 pairs of slots */
+#define CACHE_SLOTS (2 << CACHE_SET_BITS)
 
 typedef struct {
     uint64_t hash;
@@ -67,18 +68,39 @@ static inline uint64_t text_hash(const char *s, Py_ssize_t n) {
 enum kind { K_STR, K_INT, K_FLOAT };
 
 /* A new reference to the value of `text` (its JSON spelling, or a string's content) of the
-   given kind, shared with an equal earlier value of the column; NULL with an exception set. */
-static PyObject *cached(Slot *cache, const char *text, Py_ssize_t len, enum kind kind) {
+   given kind, shared with an equal earlier value of the column, or with `prev` (the line's
+   previous value: $uri is mostly $request_uri, $server_name $host); NULL with an exception
+   set. */
+static PyObject *cached(Slot *cache, const char *text, Py_ssize_t len, enum kind kind,
+                        PyObject *prev) {
     uint64_t h = text_hash(text, len) ^ (uint64_t)kind;
-    Slot *slot = &cache[(h ^ (h >> 29)) & (CACHE_SLOTS - 1)];
-    if (slot->value != NULL && slot->hash == h && slot->len == len
-        && memcmp(slot->text, text, (size_t)len) == 0) {
-        Py_INCREF(slot->value);
-        return slot->value;
+    /* Two ways: the pair of slots at the hash's top bits (Fibonacci hashing), the value last
+       seen first; a new value goes first and moves the other one second. */
+    Slot *pair = &cache[((h * 0x9E3779B97F4A7C15ULL) >> (64 - CACHE_SET_BITS)) * 2];
+    for (int way = 0; way < 2; way++) {
+        Slot *slot = &pair[way];
+        if (slot->value != NULL && slot->hash == h && slot->len == len
+            && memcmp(slot->text, text, (size_t)len) == 0) {
+            if (way == 1) { /* now the last seen */
+                Slot hit = pair[1];
+                pair[1] = pair[0];
+                pair[0] = hit;
+            }
+            Py_INCREF(pair[0].value);
+            return pair[0].value;
+        }
     }
     PyObject *value;
-    if (kind == K_STR) {
-        value = PyUnicode_FromStringAndSize(text, len); /* ASCII: checked by the caller */
+    if (kind == K_STR && prev != NULL && PyUnicode_CheckExact(prev) && PyUnicode_IS_ASCII(prev)
+        && PyUnicode_GET_LENGTH(prev) == len
+        && memcmp(PyUnicode_1BYTE_DATA(prev), text, (size_t)len) == 0) {
+        value = prev;
+        Py_INCREF(value);
+    } else if (kind == K_STR) {
+        /* ASCII (checked by the caller): no UTF-8 decoding, a copy. */
+        value = PyUnicode_New(len, 127);
+        if (value != NULL)
+            memcpy(PyUnicode_1BYTE_DATA(value), text, (size_t)len);
     } else if (kind == K_INT) {
         long long n = 0;
         int negative = text[0] == '-';
@@ -94,17 +116,19 @@ static PyObject *cached(Slot *cache, const char *text, Py_ssize_t len, enum kind
     }
     if (value == NULL)
         return NULL;
+    Py_XDECREF(pair[1].value);
+    pair[1] = pair[0];
     Py_INCREF(value);
-    Py_XSETREF(slot->value, value);
-    slot->hash = h;
-    slot->text = text;
-    slot->len = len;
+    pair[0].value = value;
+    pair[0].hash = h;
+    pair[0].text = text;
+    pair[0].len = len;
     return value;
 }
 
 /* Parse one plain value at *pp. Returns a new reference, or NULL: with an exception set (out of
    memory) or without (not a plain value: the caller falls back). */
-static PyObject *plain_value(const char **pp, const char *end, Slot *cache) {
+static PyObject *plain_value(const char **pp, const char *end, Slot *cache, PyObject *prev) {
     const char *p = *pp;
     if (p >= end)
         return NULL;
@@ -122,7 +146,7 @@ static PyObject *plain_value(const char **pp, const char *end, Slot *cache) {
         if (p >= end)
             return NULL;
         *pp = p + 1;
-        return cached(cache, s, p - s, K_STR);
+        return cached(cache, s, p - s, K_STR, prev);
     }
     if (c == '-' || (c >= '0' && c <= '9')) {
         const char *s = p;
@@ -150,7 +174,7 @@ static PyObject *plain_value(const char **pp, const char *end, Slot *cache) {
         if (kind == K_INT ? int_digits > 18 : significant > 15)
             return NULL;
         *pp = p;
-        return cached(cache, s, p - s, kind);
+        return cached(cache, s, p - s, kind, NULL);
     }
     if (end - p >= 4 && memcmp(p, "true", 4) == 0) {
         *pp = p + 4;
@@ -190,7 +214,7 @@ static int decode_line(const char *p, const char *end, const Key *keys, Py_ssize
         if (p >= end || *p++ != ':')
             goto fallback;
         p = skip_ws(p, end);
-        values[k] = plain_value(&p, end, &caches[k * CACHE_SLOTS]);
+        values[k] = plain_value(&p, end, &caches[k * CACHE_SLOTS], k > 0 ? values[k - 1] : NULL);
         if (values[k] == NULL) {
             if (PyErr_Occurred())
                 goto error;
