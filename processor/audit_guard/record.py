@@ -132,7 +132,7 @@ class RecordBatch:
     upstream_length: list[int | None]
     compressed: list[bool]
     unparsed: list[tuple[str, ...]]
-    fields: Sequence[Any]  # a dict a row, or a struct (nginx_access.AuditJsonRows)
+    fields: Sequence[Any]  # a dict or struct a row; nginx_access.AuditJsonRows: columns
     trace_id: list[bytes]
     span_id: list[bytes]
     parent_span_id: list[bytes]

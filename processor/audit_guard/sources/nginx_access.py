@@ -5,7 +5,9 @@ Operators name their log_format keys many ways: after nginx variables (`request_
 strings (escape=json quotes everything it is given quoted) or numbers. This module accepts all
 of those. Which source key fills which audit field is decided once per distinct key layout (the
 lines of one log_format share it) and cached; a batch whose lines share one layout is then
-extracted column by column with C-level itemgetter/zip passes.
+extracted column by column with C-level itemgetter/zip passes. Lines of the format we ship
+(otel/nginx/audit_log_format.conf) are decoded straight into columns by a C decoder
+(`_audit_json.c`, the hot path), the rows kept as columns (`AuditJsonRows`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from .jsonline import decode_json_object, mark_decoding
 from .nginx_columns import SOURCE, from_columns
 
 __all__ = [
-    "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "parse_line", "parse_lines", "parse_mapping",
-    "parse_mappings",
+    "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "AuditJsonRows", "parse_line", "parse_lines",
+    "parse_mapping", "parse_mappings",
 ]
 
 # canonical field → accepted source keys, best first.
@@ -285,14 +287,12 @@ def parse_lines(lines: list[bytes | str]) -> RecordBatch:
             batch.raw = list(lines)
             return batch
         return _parse_general(lines)
-    try:  # the shipped audit_json format, every line whole: the fast path
+    try:  # the same, decoded by msgspec (where the C decoder could not be built)
         structs = list(map(_AUDIT_JSON.decode, lines))
     except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):  # another format;
         pass  # a cut, broken, too deeply nested or not-UTF-8 line: the general path (which
         # salvages and flags)
     else:
-        if not structs:
-            return RecordBatch(SOURCE, 0)
         # All fields of every line at once (astuple is one C call a line), then the plan's.
         every = list(zip(*map(msgspec.structs.astuple, structs), strict=True))
         batch = from_columns(structs, [every[i] if i is not None else None
