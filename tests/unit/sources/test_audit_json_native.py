@@ -201,3 +201,18 @@ def test_rows_read_like_a_list_of_lines() -> None:
     assert column is not None
     column.append(99)  # a copy: the rows are unchanged
     assert len(rows.column("connection") or ()) == 5
+
+
+def test_serve_warns_at_start_when_the_decoder_was_not_built(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from audit_guard import serve
+
+    with caplog.at_level("WARNING", logger="audit_guard"):
+        serve._warn_without_native_decoder()
+    assert not caplog.records  # built: nothing said
+    monkeypatch.setattr(nginx_access, "_decode_columns", None)
+    with caplog.at_level("WARNING", logger="audit_guard"):
+        serve._warn_without_native_decoder()
+    (record,) = caplog.records
+    assert "audit_guard.sources._audit_json" in record.getMessage()
+    assert "reinstall with gcc" in record.getMessage()
