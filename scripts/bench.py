@@ -201,6 +201,15 @@ def chain_cost(batch: int, rounds: int, first: int) -> tuple[float, float, float
     return best["without"] / batch * 1e6, best["with"] / batch * 1e6, head_write_ms
 
 
+def _decoder() -> str:
+    """Which decoder the service runs for the shipped format (the figure depends on it)."""
+    try:
+        from audit_guard.sources import _audit_json  # noqa: F401
+    except ImportError:
+        return "msgspec (the C extension audit_guard.sources._audit_json was not built)"
+    return "C (audit_guard.sources._audit_json)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
@@ -276,6 +285,7 @@ def main() -> int:
     per_core = statistics.median(singles)
     print(f"records                         {args.records} a round, in batches of {args.batch}")
     print(f"processor pinned to             CPU {min(proc_cpu)}; sink and client on the other")
+    print(f"nginx line decoder              {_decoder()}")
     for concurrency, cpu, wall in results:
         label = "1 call in flight" if concurrency == 1 else f"{concurrency} calls in flight"
         print(f"{label:<32}{cpu:.2f} CPU s, {wall:.2f} s wall, "
