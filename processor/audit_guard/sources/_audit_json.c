@@ -241,6 +241,12 @@ error:
    str: the caller falls back; msgspec decodes it). */
 static const char *line_text(PyObject *line, Py_ssize_t *len) {
     if (PyUnicode_Check(line)) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(line) < 0) { /* a legacy string that cannot be made ready */
+            PyErr_Clear();
+            return NULL;
+        }
+#endif
         if (!PyUnicode_IS_ASCII(line))
             return NULL;
         *len = PyUnicode_GET_LENGTH(line);
