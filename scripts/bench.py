@@ -203,9 +203,9 @@ def chain_cost(batch: int, rounds: int, first: int) -> tuple[float, float, float
 
 def _decoder() -> str:
     """Which decoder the service runs for the shipped format (the figure depends on it)."""
-    try:
-        from audit_guard.sources import _audit_json  # noqa: F401
-    except ImportError:
+    from audit_guard.sources.nginx_access import native_decoder
+
+    if not native_decoder():
         return "msgspec (the C extension audit_guard.sources._audit_json was not built)"
     return "C (audit_guard.sources._audit_json)"
 

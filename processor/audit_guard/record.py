@@ -20,7 +20,7 @@ from typing import Any
 
 from . import flags
 
-__all__ = ["COLUMNS", "AuditRecord", "RecordBatch", "unprocessable_batch"]
+__all__ = ["COLUMNS", "AuditRecord", "RecordBatch", "field_values", "unprocessable_batch"]
 
 
 @dataclass(slots=True, eq=False)
@@ -145,22 +145,8 @@ class RecordBatch:
         return self.size
 
     def field_column(self, key: str) -> list[Any]:
-        """The log field `key` of every row (None where a row lacks it). Rows of the shipped
-        nginx format are structs with the fields as attributes: one C-level attrgetter pass,
-        about a third of the cost of a get() call a row; rows of any other kind (dicts) fall
-        back to get() at the first one that is not. Only a declared field is read by attribute
-        (never one of the struct's methods, whatever the key). Rows kept as columns (the C
-        decoder's, nginx_access.AuditJsonRows) give the column itself."""
-        column = getattr(self.fields, "column", None)
-        if column is not None:
-            values = column(key)
-            return values if values is not None else [None] * self.size
-        if self.fields and key in getattr(self.fields[0], "__struct_fields__", ()):
-            try:
-                return list(map(attrgetter(key), self.fields))
-            except AttributeError:
-                pass
-        return list(map(methodcaller("get", key), self.fields))
+        """The log field `key` of every row (None where a row lacks it): `field_values`."""
+        return field_values(self.fields, key)
 
     def add_flag(self, row: int, flag: str) -> None:
         current = self.flags.setdefault(row, [])
@@ -222,6 +208,25 @@ class RecordBatch:
             if r.truncation_reasons:
                 batch.truncation_reasons[i] = list(r.truncation_reasons)
         return batch
+
+
+def field_values(fields: Sequence[Any], key: str) -> list[Any]:
+    """The log field `key` of every row of `fields` (None where a row lacks it). Rows kept as
+    columns (the C decoder's, nginx_access.AuditJsonRows) give the column itself. Rows of the
+    shipped nginx format are structs with the fields as attributes: one C-level attrgetter
+    pass, about a third of the cost of a get() call a row; rows of any other kind (dicts) fall
+    back to get() at the first one that is not. Only a declared field is read by attribute
+    (never one of the struct's methods, whatever the key)."""
+    column = getattr(fields, "column", None)
+    if column is not None:
+        values = column(key)
+        return values if values is not None else [None] * len(fields)
+    if fields and key in getattr(fields[0], "__struct_fields__", ()):
+        try:
+            return list(map(attrgetter(key), fields))
+        except AttributeError:
+            pass
+    return list(map(methodcaller("get", key), fields))
 
 
 _RAW_KEPT = 4096  # characters of an unprocessable record's raw text kept on its span

@@ -254,7 +254,7 @@ def _warn_without_native_decoder() -> None:
     """Said once at start: without its C decoder the service is slower, not different."""
     from .sources import nginx_access
 
-    if nginx_access._decode_columns is None:
+    if not nginx_access.native_decoder():
         log.warning("the nginx access-log decoder's C extension (audit_guard.sources."
                     "_audit_json) was not built when audit-guard was installed (no C "
                     "compiler): lines of the shipped log_format are decoded by msgspec, the "

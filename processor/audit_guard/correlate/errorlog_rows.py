@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from ..record import field_values
 from ..sources.nginx_error import ErrorEvent
 
 __all__ = ["Key", "Row", "access_key", "by_connection", "choose", "during", "http1",
@@ -75,12 +76,7 @@ def _requests(fields: Any) -> int | None:
 def by_connection(fields: list[Any], wanted: set[int] | None = None) -> dict[int, list[int]]:
     """Row numbers by connection serial (only the `wanted` connections, when given)."""
     out: dict[int, list[int]] = {}
-    # Rows kept as columns (nginx_access.AuditJsonRows) give theirs without making each row.
-    column = getattr(fields, "column", None)
-    values = column("connection") if column is not None else None
-    if values is None:
-        values = [row.get("connection") for row in fields]
-    for i, value in enumerate(values):
+    for i, value in enumerate(field_values(fields, "connection")):
         connection = _connection(value)
         if connection is not None and (wanted is None or connection in wanted):
             out.setdefault(connection, []).append(i)

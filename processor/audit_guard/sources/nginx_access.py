@@ -24,8 +24,8 @@ from .jsonline import decode_json_object, mark_decoding
 from .nginx_columns import SOURCE, from_columns
 
 __all__ = [
-    "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "AuditJsonRows", "parse_line", "parse_lines",
-    "parse_mapping", "parse_mappings",
+    "AUDIT_JSON_KEYS", "SOURCE", "AuditJsonLine", "AuditJsonRows", "native_decoder", "parse_line",
+    "parse_lines", "parse_mapping", "parse_mappings",
 ]
 
 # canonical field → accepted source keys, best first.
@@ -202,15 +202,32 @@ class AuditJsonRows:
         return None if col is None else list(col)
 
 
-def _native_rows(lines: list[bytes | str]) -> AuditJsonRows | None:
-    """The lines decoded into columns by the C decoder; the few it leaves (an escape, a
-    non-ASCII character, a long number) decoded by msgspec into the same columns. None when a
-    line is not of the shipped format (msgspec refuses it too): the caller's general path."""
+_NOT_SHIPPED = (msgspec.MsgspecError, ValueError, TypeError, RecursionError)
+
+
+def native_decoder() -> bool:
+    """Whether the C decoder was built (setup.py): without it msgspec decodes every line."""
+    return _decode_columns is not None
+
+
+def _shipped_rows(lines: list[bytes | str]) -> AuditJsonRows | None:
+    """Lines of the shipped format as columns: decoded by the C decoder, and the few it leaves
+    (an escape, a non-ASCII character, a long number) by msgspec into the same columns; all by
+    msgspec where the C decoder was not built. None when a line is not of the shipped format
+    (cut, broken, too deeply nested, not UTF-8, another log_format): the general path's."""
+    if _decode_columns is None:
+        try:
+            structs = list(map(_AUDIT_JSON.decode, lines))
+        except _NOT_SHIPPED:
+            return None
+        # All fields of every line at once (astuple is one C call a line).
+        return AuditJsonRows([list(col) for col in zip(*map(msgspec.structs.astuple, structs),
+                                                        strict=True)])
     columns, fallback = _decode_columns(lines, AUDIT_JSON_KEYS)
     for i in fallback:
         try:
             values = msgspec.structs.astuple(_AUDIT_JSON.decode(lines[i]))
-        except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+        except _NOT_SHIPPED:
             return None
         for col, value in zip(columns, values, strict=True):
             col[i] = value
@@ -279,27 +296,13 @@ def parse_lines(lines: list[bytes | str]) -> RecordBatch:
     """Access-log lines (the collector's log bodies) → RecordBatch, never raising."""
     if not lines:
         return RecordBatch(SOURCE, 0)
-    if _decode_columns is not None:
-        rows = _native_rows(lines)
-        if rows is not None:  # the shipped format, every line whole: the fast path
-            batch = from_columns(rows, [rows.columns[i] if i is not None else None
-                                        for i in _AUDIT_JSON_COLUMNS])
-            batch.raw = list(lines)
-            return batch
+    rows = _shipped_rows(lines)
+    if rows is None:
         return _parse_general(lines)
-    try:  # the same, decoded by msgspec (where the C decoder could not be built)
-        structs = list(map(_AUDIT_JSON.decode, lines))
-    except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):  # another format;
-        pass  # a cut, broken, too deeply nested or not-UTF-8 line: the general path (which
-        # salvages and flags)
-    else:
-        # All fields of every line at once (astuple is one C call a line), then the plan's.
-        every = list(zip(*map(msgspec.structs.astuple, structs), strict=True))
-        batch = from_columns(structs, [every[i] if i is not None else None
-                                       for i in _AUDIT_JSON_COLUMNS])
-        batch.raw = list(lines)
-        return batch
-    return _parse_general(lines)
+    batch = from_columns(rows, [rows.columns[i] if i is not None else None
+                                for i in _AUDIT_JSON_COLUMNS])
+    batch.raw = list(lines)
+    return batch
 
 
 def _parse_general(lines: list[bytes | str]) -> RecordBatch:
