@@ -12,9 +12,11 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from . import flags
+from .flagged import FLAGGED_PER_BATCH, flagged_records
 from .record import RecordBatch
 
 if TYPE_CHECKING:
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLAGGED_PER_BATCH", "INSTRUMENTS", "LAG_BUCKETS_S", "BatchStats", "Instrument", "Telemetry",
-    "flagged_record",
 ]
 
 
@@ -134,53 +135,9 @@ INSTRUMENTS: dict[str, Instrument] = {i.name: i for i in (
                "1 when a source sent records, then none for reconcile.silence_threshold_s "
                "while traffic continued", ("source",)),
 )}
-FLAGGED_PER_BATCH = 100
 _AMBIGUOUS = "audit.error_join.ambiguous"  # audit_guard.correlate.errorlog_records.AMBIGUOUS
 LAG_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 EXPORT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-def flagged_record(batch: RecordBatch, i: int) -> dict[str, object]:
-    """A flagged record as the admin API shows it. `detail` is what the per-request audit view
-    adds (audit_guard.admin.window): references into the checked, redacted batch, which the
-    admin state bounds and copies once the Export was handed on — so here, on the hot path, a
-    flagged row costs a few list lookups more and a clean row nothing."""
-    return {
-        "time_unix_nano": batch.time_unix_nano[i],
-        "source": batch.source,
-        "trace_id": batch.trace_id[i].hex(),
-        "span_id": batch.span_id[i].hex(),
-        "flags": list(batch.flags.get(i, ())),
-        "user_id": batch.user_id[i],
-        "app_id": batch.app_id[i],
-        "method": batch.method[i],
-        "path": batch.path[i],
-        "status": batch.status[i],
-        "detail": {
-            "parent_span_id": batch.parent_span_id[i],
-            "name": batch.name[i],
-            "route": batch.route[i],
-            "duration_ns": batch.duration_ns[i],
-            "client_address": batch.client_address[i],
-            "server_address": batch.server_address[i],
-            "user_agent": batch.user_agent[i],
-            "body_bytes_sent": batch.body_bytes_sent[i],
-            "completed": batch.completed[i],
-            "content_length": batch.content_length[i],
-            "upstream_length": batch.upstream_length[i],
-            "compressed": batch.compressed[i],
-            "observed_time_unix_nano": batch.observed_time_unix_nano[i],
-            "trace_id_generated": batch.trace_id_generated[i],
-            "unparsed": batch.unparsed[i],
-            "violations": batch.violations.get(i),
-            "truncation_reasons": batch.truncation_reasons.get(i),
-            "attributes": batch.attributes[i],
-            "events": batch.events[i],
-            "fields": batch.fields[i],
-            "file": batch.file[i],
-            "line": batch.line[i],
-        },
-    }
 
 
 @dataclass
@@ -220,14 +177,12 @@ class BatchStats:
         for found in batch.violations.values():
             for violation in found:
                 self.violations[violation.partition(":")[2]] += 1
-        room = FLAGGED_PER_BATCH
+        if batch.flags:
+            self.flagged += flagged_records(batch, list(islice(batch.flags, FLAGGED_PER_BATCH)))
         # rule name → severity, looked up once per batch (not a tuple of names per flag).
         severities = ({r.name: r.severity for r in rules}
                       if rules is not None and batch.flags else {})
-        for i, found in batch.flags.items():
-            if room:
-                self.flagged.append(flagged_record(batch, i))
-                room -= 1
+        for found in batch.flags.values():
             if flags.DELAYED in found:
                 self.delayed[source] += 1
             if flags.DUPLICATE in found:

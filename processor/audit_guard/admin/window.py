@@ -1,6 +1,6 @@
 """The audit view's recent window: the flagged records of the last requests, by trace id.
 
-Fed from each handed-on Export's flagged records (audit_guard.telemetry.flagged_record, at most
+Fed from each handed-on Export's flagged records (audit_guard.flagged, at most
 FLAGGED_PER_BATCH a batch), after the spans left — so it shows what the spans show, redacted
 the same way. A request is kept when one of its records was flagged (a missing_record marker
 is a flagged record too); its records that were not flagged (a clean app record next to a cut
@@ -8,87 +8,48 @@ nginx one) are not: keeping every record in case its trace is flagged later woul
 record a lookup. The trace UI (admin.trace_url) has those.
 
 Memory is bounded twice: `requests` traces (the least recently flagged go first) of at most
-`records` entries each (the last ones), and each entry's text cut to MAX_TEXT_CHARS. The
-record's log fields are not kept, apart from EVIDENCE_FIELDS: numbers and statuses that explain
-a flag and that redaction has no reason to hide (the fields dict is the record as written,
-before redaction).
+`records` entries each (the last ones), and each entry's text cut to MAX_TEXT_CHARS. Of the
+record's log fields only the evidence is there (audit_guard.flagged.EVIDENCE_FIELDS).
 
 Cost: `kept_form` runs for every flagged record of every Export, so it does the least that
-bounds memory (the evidence fields picked, the text measured) and keeps the rest as the
-references flagged_record took (the batch is not changed after its Export); `view_entry`
-builds the plain, copied entry when a request is viewed.
+bounds memory (the text measured, cut in the rare record that is too long) and keeps the rest
+as audit_guard.flagged made it; `view_entry` builds the plain, copied entry when a request is
+viewed.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from operator import attrgetter, itemgetter, methodcaller
+from operator import itemgetter
 from typing import Any
 
-from ..redaction import IDENTITY_FIELDS
-from ..sources.nginx_access import AUDIT_JSON_KEYS, AuditJsonLine
-
-__all__ = ["EVIDENCE_FIELDS", "MAX_TEXT_CHARS", "RequestWindow", "kept_form", "view_entry"]
+__all__ = ["MAX_TEXT_CHARS", "RequestWindow", "kept_form", "view_entry"]
 
 DEFAULT_REQUESTS = 200
 DEFAULT_RECORDS = 20
 MAX_TEXT_CHARS = 4096  # of one record's text: path, names, attribute values, event texts
 _MAX_VALUE_CHARS = 1024  # of one value within that
 _MAX_EVENTS = 8
-# Log fields (as the shipped nginx format names them) that explain a truncation or a missing
-# record: what nginx sent, what the upstream delivered, on which connection.
-EVIDENCE_FIELDS = (
-    "request_completion", "bytes_sent", "sent_http_content_length", "sent_http_content_type",
-    "sent_http_content_encoding", "gzip_ratio", "upstream_status", "upstream_response_length",
-    "upstream_bytes_received", "upstream_response_time", "request_time", "connection",
-    "connection_requests", "server_protocol",
-)
-_SCALARS = (str, int, float, bool)
-_SCALAR_TYPES = frozenset(_SCALARS)  # decoded JSON values are of these exact types
 _TOP_TEXT = ("path", "user_id", "app_id", "method")
 _DETAIL_TEXT = ("name", "route", "client_address", "server_address", "user_agent", "file")
-# Rows of the shipped nginx format are structs: their evidence fields in one C call (the
-# struct's get() is a Python call a field, ~5 µs a flagged record for the 14).
-_STRUCT_EVIDENCE = tuple(k for k in EVIDENCE_FIELDS if k in AUDIT_JSON_KEYS)
-_struct_evidence = attrgetter(*_STRUCT_EVIDENCE)
-_INVALID_FIELD = methodcaller("startswith", "invalid_field:")
 _top_text = itemgetter(*_TOP_TEXT)
 _detail_text = itemgetter(*_DETAIL_TEXT)
 _PLAIN = ("duration_ns", "body_bytes_sent", "completed", "content_length", "upstream_length",
           "compressed", "observed_time_unix_nano", "line", "trace_id_generated")
 
 
-def _invalid_values(fields: dict[str, Any], found: list[str]) -> dict[str, Any]:
-    """The written values of invalid_field:<name> fields: the evidence of the flag. Identity
-    fields stay out (redaction may be told to hide them; `fields` is the record unredacted)."""
-    out = {}
-    for flag in found:
-        name = flag.partition(":")[2] if flag.startswith("invalid_field:") else ""
-        if name and name not in IDENTITY_FIELDS and isinstance(fields.get(name), _SCALARS):
-            out[name] = fields[name]
-    return out
-
-
 def _long(values: Any) -> int:
-    return len("".join([v for v in values if v.__class__ is str]))
-
-
-def _evidence(fields: Any) -> dict[str, Any]:
-    """The record's EVIDENCE_FIELDS that it has, scalars only."""
-    if fields.__class__ is AuditJsonLine:
-        pairs = zip(_STRUCT_EVIDENCE, _struct_evidence(fields), strict=True)
-    else:
-        pairs = zip(EVIDENCE_FIELDS, map(fields.get, EVIDENCE_FIELDS), strict=True)
-    return {k: v for k, v in pairs if v.__class__ in _SCALAR_TYPES}
+    """Characters of the str among `values` (str.__instancecheck__ keeps the pass C-level)."""
+    return len("".join(filter(str.__instancecheck__, values)))
 
 
 def _text_size(kept: dict[str, Any]) -> int:
     detail = kept["detail"]
-    try:  # flagged_record gives both dicts every key
+    try:  # audit_guard.flagged gives both dicts every key
         texts = _top_text(kept) + _detail_text(detail)
     except KeyError:  # a flagged record made elsewhere may lack some
         texts = (*map(kept.get, _TOP_TEXT), *map(detail.get, _DETAIL_TEXT))
-    size = _long(texts + tuple(detail["log_fields"].values()))
+    size = _long(texts) + _long(detail["log_fields"].values())
     if detail.get("attributes"):
         size += _long(detail["attributes"].values())
     for _, name, attrs in detail.get("events") or ():
@@ -132,16 +93,11 @@ def _clip(kept: dict[str, Any]) -> None:
 
 
 def kept_form(flagged: dict[str, Any], received_unix_nano: int) -> dict[str, Any]:
-    """What the window keeps of a flagged record (flagged_record's dict): the same, its log
-    fields cut down to the evidence, its text bounded."""
-    detail = flagged.get("detail") or {}
-    fields = detail.get("fields") or {}
-    log_fields = _evidence(fields)
-    found = flagged.get("flags") or ()
-    if any(map(_INVALID_FIELD, found)):
-        log_fields.update(_invalid_values(fields, list(found)))
-    kept = {**flagged, "received_unix_nano": received_unix_nano,
-            "detail": {**detail, "fields": None, "log_fields": log_fields}}
+    """What the window keeps of a flagged record (audit_guard.flagged: its log fields already
+    cut down to the evidence): the same, its text bounded."""
+    kept = {**flagged, "received_unix_nano": received_unix_nano}
+    if "detail" not in kept:  # a flagged record made elsewhere (tests, tools)
+        kept["detail"] = {"log_fields": {}}
     if _text_size(kept) > MAX_TEXT_CHARS:
         _clip(kept)
     return kept

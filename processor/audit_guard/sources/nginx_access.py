@@ -12,7 +12,7 @@ extracted column by column with C-level itemgetter/zip passes. Lines of the form
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -200,6 +200,11 @@ class AuditJsonRows:
         """The values of `key` in every row (a new list), None when the format has no such key."""
         col = self._index.get(key)
         return None if col is None else list(col)
+
+    def columns_of(self, keys: Sequence[str]) -> list[list[Any] | None]:
+        """The columns of `keys` themselves, not copied (read them, never change them); None
+        for a key the format does not have."""
+        return list(map(self._index.get, keys))
 
 
 _NOT_SHIPPED = (msgspec.MsgspecError, ValueError, TypeError, RecursionError)

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "correlate": 3,
     "rules": 4, "redaction": 4,
     "spans": 5, "span_encoding": 5, "telemetry": 5,
+    "flagged": 5,  # what the admin keeps of a flagged record, made with the batch's stats
     "integrity": 5,  # chains and digests over the built spans (issue #14)
     "pipeline": 6,
     "audit_logs": 5,  # findings as OTLP log records, from the built spans (issue #15)
