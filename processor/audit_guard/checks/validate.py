@@ -22,6 +22,7 @@ _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 _MAX_IDENTITY = 256  # an id, not a payload
+_VALID_IDS_KEPT = 50_000
 
 
 def _identity_ok(value: str) -> bool:
@@ -35,6 +36,9 @@ class AuditFieldValidator:
 
     def __init__(self, audited: Callable[[str], object]) -> None:
         self._audited = audited  # path → truthy when the path is audited
+        # Identity values found valid before (users and apps recur from batch to batch): a
+        # batch's distinct ids are checked only when some are new. Bounded: cleared when full.
+        self._valid_ids: set[str] = set()
 
     def __call__(self, batch: RecordBatch) -> None:
         if batch.source != "nginx":
@@ -60,12 +64,23 @@ class AuditFieldValidator:
         if audited:
             for name, column in (("user_id", batch.user_id), ("app_id", batch.app_id)):
                 values = list(map(column.__getitem__, audited))
-                bad = {v: p for v in set(values) if (p := _identity_problem(name, v))}
+                bad = self._identity_problems(name, set(values))
                 if bad:
                     for i in compress(audited, map(bad.__contains__, values)):
                         found.setdefault(i, []).append(bad[column[i]])
         _unparsed(batch, found)
         _record(batch, found)
+
+    def _identity_problems(self, name: str, distinct: set[str | None]) -> dict[str | None, str]:
+        """The problem of each bad value among a column's distinct identity values."""
+        new = distinct - self._valid_ids
+        if not new:
+            return {}
+        bad = {v: p for v in new if (p := _identity_problem(name, v))}
+        if len(self._valid_ids) + len(new) > _VALID_IDS_KEPT:
+            self._valid_ids.clear()
+        self._valid_ids.update(new.difference(bad))  # type: ignore[arg-type]
+        return bad
 
     def _other_source(self, batch: RecordBatch) -> None:
         """App and database records: an app record that describes a request (has a method,

@@ -50,8 +50,9 @@ def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]],
     (records read again or resent)."""
     if len(counted) == len(batch):
         return
-    hosts = [name or a for name, a in zip(batch.field_column("server_name"),
-                                          batch.server_address, strict=True)]
+    names = batch.field_column("server_name")
+    hosts = (names if all(names)  # the usual case: every record names its server
+             else [name or a for name, a in zip(names, batch.server_address, strict=True)])
     if counted:
         skip = set(counted)
         for i, (host, t) in enumerate(zip(hosts, batch.time_unix_nano, strict=True)):
@@ -60,7 +61,7 @@ def served_by_host(batch: RecordBatch, into: dict[str | None, list[int]],
         return
     distinct = set(hosts)
     if len(distinct) == 1:
-        into.setdefault(hosts[0], []).extend(t for t in batch.time_unix_nano if t)
+        into.setdefault(hosts[0], []).extend(filter(None, batch.time_unix_nano))
         return
     # One list and one bound append per zone, not a setdefault (and a new list) per record.
     appends = {host: into.setdefault(host, []).append for host in distinct}

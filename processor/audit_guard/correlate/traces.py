@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from hashlib import blake2b
+from operator import itemgetter
 
 import orjson
 
@@ -26,6 +27,7 @@ from ..record import RecordBatch
 __all__ = ["assign_ids", "parse_traceparent"]
 
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+_FIRST_8 = itemgetter(slice(0, 8))  # a trace id's first 8 bytes: the span id (C-level in map)
 _ZERO_TRACE, _ZERO_SPAN = ZERO_TRACE, ZERO_SPAN
 
 
@@ -47,7 +49,7 @@ def assign_ids(batch: RecordBatch) -> None:
         except ValueError:
             trace_ids = None
         if trace_ids is not None and set(map(len, trace_ids)) == {16}:
-            span_ids = [t[:8] for t in trace_ids]
+            span_ids = list(map(_FIRST_8, trace_ids))
             if _ZERO_TRACE not in trace_ids and _ZERO_SPAN not in span_ids:
                 batch.trace_id = trace_ids
                 batch.span_id = span_ids

@@ -170,7 +170,7 @@ def _size(rows: _Rows, name: str, col: Any, convert: Any) -> list[int | None]:
 
 def _compressed(rows: _Rows, content_encoding: Any, gzip_ratio: Any) -> list[bool]:
     encodings, ratios = rows.texts(content_encoding), rows.texts(gzip_ratio)
-    if encodings is rows.none and ratios is rows.none:
+    if encodings.count(None) == rows.n and ratios.count(None) == rows.n:  # none compressed
         return [False] * rows.n
     return [e is not None or r is not None for e, r in zip(encodings, ratios, strict=True)]
 

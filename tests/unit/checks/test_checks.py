@@ -50,6 +50,17 @@ def test_identity_not_required_off_audited_paths(pipeline) -> None:
     assert rec.violations == []
 
 
+def test_identity_checked_in_every_batch(pipeline) -> None:
+    """The validator remembers identity values it found valid; a bad one is flagged each time
+    it comes, beside good ones seen before, and in either field."""
+    long_id = "u" * 300
+    for _ in range(2):
+        assert checked(pipeline).violations == []
+        assert checked(pipeline, user_id=long_id).violations == ["invalid_field:user_id"]
+        assert checked(pipeline, app_id="a\x00b").violations == ["invalid_field:app_id"]
+        assert checked(pipeline, user_id="a1").violations == []  # valid as an app id too
+
+
 def test_invalid_fields(pipeline) -> None:
     rec = checked(pipeline, status="700", request_method="get me", uri="v1/x", msec="soon")
     assert set(rec.violations) == {
