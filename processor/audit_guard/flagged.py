@@ -90,13 +90,19 @@ def _evidence(fields: Sequence[Any], rows: Sequence[int],
     columns_of = getattr(fields, "columns_of", None)
     if columns_of is None:  # rows of log fields: dicts (or structs) read one by one
         return [_row_evidence(row) for row in take(fields)]
-    keys, columns = [], []
+    keys, columns, mixed = [], [], False
     for key, col in zip(EVIDENCE_FIELDS, columns_of(EVIDENCE_FIELDS), strict=True):
-        if col is not None:  # the format logs it
-            keys.append(key)
-            columns.append(take(col))
+        if col is None:  # the format does not log it
+            continue
+        values = take(col)
+        kinds = set(map(type, values))
+        if kinds.isdisjoint(_SCALAR_TYPES):  # no row has a value to show (all null)
+            continue
+        mixed = mixed or not kinds <= _SCALAR_TYPES
+        keys.append(key)
+        columns.append(values)
     values = list(zip(*columns, strict=True)) if columns else [()] * len(rows)
-    if all(set(map(type, col)) <= _SCALAR_TYPES for col in columns):  # no None, no object
+    if not mixed:  # every value a scalar: no row to filter
         return [dict(zip(keys, row, strict=True)) for row in values]
     return [{k: v for k, v in zip(keys, row, strict=True) if v.__class__ in _SCALAR_TYPES}
             for row in values]
