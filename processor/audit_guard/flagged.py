@@ -17,10 +17,10 @@ batches (8 % of records flagged), with the admin's text bound: ~6.3 µs a kept r
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from operator import itemgetter, methodcaller
+from operator import methodcaller
 from typing import Any
 
-from .record import RecordBatch
+from .record import RecordBatch, row_getter
 from .redaction import IDENTITY_FIELDS
 
 __all__ = ["EVIDENCE_FIELDS", "FLAGGED_PER_BATCH", "flagged_records"]
@@ -51,7 +51,7 @@ def flagged_records(batch: RecordBatch, rows: Sequence[int]) -> list[dict[str, A
     what GET /api/flags shows, `detail` what the audit view adds."""
     if not rows:
         return []
-    take = _taker(rows)
+    take = row_getter(rows)  # in the flags' order, which need not be the rows' order
     tops = zip(*[take(getattr(batch, key)) for key in _TOP], strict=True)
     details = zip(*[take(getattr(batch, key)) for key in _DETAIL], strict=True)
     evidence = _evidence(batch.fields, rows, take)
@@ -76,16 +76,8 @@ def flagged_records(batch: RecordBatch, rows: Sequence[int]) -> list[dict[str, A
     return out
 
 
-def _taker(rows: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """The values of a column at `rows`, as a tuple (one C call)."""
-    if len(rows) > 1:
-        return itemgetter(*rows)  # type: ignore[return-value]
-    (row,) = rows
-    return lambda col: (col[row],)
-
-
 def _evidence(fields: Sequence[Any], rows: Sequence[int],
-              take: Callable[[Sequence[Any]], tuple[Any, ...]]) -> list[dict[str, Any]]:
+              take: Callable[[Sequence[Any]], Sequence[Any]]) -> list[dict[str, Any]]:
     """The EVIDENCE_FIELDS each row has, scalars only."""
     columns_of = getattr(fields, "columns_of", None)
     if columns_of is None:  # rows of log fields: dicts (or structs) read one by one

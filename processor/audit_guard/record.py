@@ -13,14 +13,16 @@ Nothing here reads the clock or does I/O, so replaying a record always gives the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from operator import attrgetter, methodcaller
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 from . import flags
 
-__all__ = ["COLUMNS", "AuditRecord", "RecordBatch", "field_values", "unprocessable_batch"]
+__all__ = [
+    "COLUMNS", "AuditRecord", "RecordBatch", "field_values", "row_getter", "unprocessable_batch",
+]
 
 
 @dataclass(slots=True, eq=False)
@@ -227,6 +229,23 @@ def field_values(fields: Sequence[Any], key: str) -> list[Any]:
         except AttributeError:
             pass
     return list(map(methodcaller("get", key), fields))
+
+
+def row_getter(rows: Sequence[int], size: int | None = None
+               ) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """A function giving a column's values at `rows` (not empty), in their order, in one C call.
+    `size`: the columns' length, given when `rows` are ascending — then, when they are all of
+    them, the column itself."""
+    if len(rows) == size:
+        return _same
+    if len(rows) > 1:
+        return itemgetter(*rows)  # type: ignore[return-value]
+    (row,) = rows
+    return lambda col: (col[row],)
+
+
+def _same(col: Sequence[Any]) -> Sequence[Any]:
+    return col
 
 
 _RAW_KEPT = 4096  # characters of an unprocessable record's raw text kept on its span

@@ -18,11 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
 from itertools import compress
-from operator import itemgetter
-from typing import Any
 
 from .. import flags
-from ..record import RecordBatch
+from ..record import RecordBatch, row_getter
 
 MAX_PATH_BYTES = 96  # the path is only for the synthetic span's name; its trace has the rest
 # parent span id, request end, status | method NUL path
@@ -94,14 +92,7 @@ def expectations(batch: RecordBatch, rows: list[int]) -> list[tuple[bytes, bytes
     method is cut on a UTF-8 boundary without NUL (the method/path separator)."""
     if not rows:
         return []
-    if len(rows) == len(batch):  # the usual case: every row expects one
-        def pick(col: list[Any]) -> list[Any]:
-            return col
-    elif len(rows) > 1:
-        pick = itemgetter(*rows)
-    else:
-        def pick(col: list[Any]) -> list[Any]:
-            return [col[rows[0]]]
+    pick = row_getter(rows, len(batch))  # ascending; usually every row: the columns as they are
     statuses = [s if s is not None and 0 <= s <= 0xFFFF else 0 for s in pick(batch.status)]
     ends = [t if t is not None and 0 <= t < 1 << 63 else 0 for t in pick(batch.time_unix_nano)]
     heads = map(_REQUEST.pack, pick(batch.span_id), ends, statuses)

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from audit_guard.config import load_settings
 from audit_guard.pipeline import Pipeline
+from audit_guard.record import row_getter
 from audit_guard.sources.nginx_access import parse_line, parse_lines
 from tests.support.otlp_doubles import logs_request
 
@@ -151,3 +152,14 @@ def test_a_line_of_another_format_sends_the_batch_the_general_way() -> None:
         batch = parse_lines([*shipped, odd])
         assert not any(isinstance(f, AuditJsonLine) for f in batch.fields)
         assert batch.path[-1] is not None or odd == b"not json"
+
+
+def test_row_getter_takes_rows_in_their_order() -> None:
+    """record.row_getter: a column's values at the rows given, in that order; the column
+    itself only when the caller says the rows are ascending and they are all of them."""
+    col = ["a", "b", "c", "d"]
+    assert list(row_getter([2, 0])(col)) == ["c", "a"]
+    assert list(row_getter([3])(col)) == ["d"]
+    assert list(row_getter([3, 1, 2, 0])(col)) == ["d", "b", "c", "a"]  # all rows, not in order
+    assert list(row_getter([1, 3], 4)(col)) == ["b", "d"]
+    assert row_getter([0, 1, 2, 3], 4)(col) is col
