@@ -17,7 +17,7 @@ from .sources import journald, syslog
 
 __all__ = [
     "APP", "NGINX", "NGINX_ERROR", "OFFSET_ATTRIBUTE", "Origin", "PARTIAL_ATTRIBUTE", "PGAUDIT",
-    "SOURCES", "SOURCE_ALIASES", "SOURCE_ATTRIBUTE", "SourceRows", "WRAPPERS",
+    "SOURCES", "SOURCE_ALIASES", "SOURCE_ATTRIBUTE", "SourceRows", "WRAPPERS", "add_lines",
     "any_value_to_python", "group_logs", "request_time",
 ]
 
@@ -229,9 +229,34 @@ def _add_run(groups: dict[str, SourceRows], name: str, records: Any, origin: Ori
     before = {source: len(rows.bodies) for source, rows in groups.items()}
     _add_named(groups, name, records)
     for source, rows in groups.items():
-        start = before.get(source, 0)
-        if len(rows.bodies) > start and (not rows.origins or rows.origins[-1][1] != origin):
-            rows.origins.append((start, origin))
+        _note_origin(rows, before.get(source, 0), origin)
+
+
+def _note_origin(rows: SourceRows, start: int, origin: Origin) -> None:
+    """The rows from `start` on came from `origin`."""
+    if len(rows.bodies) > start and (not rows.origins or rows.origins[-1][1] != origin):
+        rows.origins.append((start, origin))
+
+
+def add_lines(groups: dict[str, SourceRows], source: str, lines: list[str],
+              offsets: list[int | None] | None, origin: Origin) -> None:
+    """A run of raw lines (none empty) of one origin, with their offsets in their file
+    (None: unknown), added to `source`'s rows: what a run of records whose bodies are all
+    strings adds (audit_guard.wire reads such runs straight from the request's bytes)."""
+    rows = groups.get(source)
+    if rows is None:
+        rows = groups[source] = SourceRows()
+    start = len(rows.bodies)
+    rows.bodies += lines
+    _extend_offsets(rows, offsets, len(lines))
+    _note_origin(rows, start, origin)
+
+
+def _extend_offsets(rows: SourceRows, offsets: list[int | None] | None, added: int) -> None:
+    """The offsets of the `added` rows just added (None: unknown)."""
+    if offsets is not None or rows.offsets:
+        rows.offsets += [None] * (len(rows.bodies) - added - len(rows.offsets))
+        rows.offsets += offsets or [None] * added
 
 
 def _add_named(groups: dict[str, SourceRows], name: str, records: Any) -> None:
@@ -325,10 +350,7 @@ def _add_rows(groups: dict[str, SourceRows], source: str, records: Any) -> None:
             else:
                 rows.mapped[len(rows.bodies)] = _mapping(body, log_record.attributes)
                 rows.bodies.append("")
-    offsets = _record_offsets(records, lines)
-    if offsets is not None or rows.offsets:
-        rows.offsets += [None] * (len(rows.bodies) - len(records) - len(rows.offsets))
-        rows.offsets += offsets or [None] * len(records)
+    _extend_offsets(rows, _record_offsets(records, lines), len(records))
     if source == APP:
         first = len(rows.bodies) - len(records)
         for j, r in enumerate(records):

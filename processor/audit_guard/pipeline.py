@@ -39,8 +39,6 @@ from .decode import (
     SOURCES,
     SourceRows,
     any_value_to_python,
-    group_logs,
-    request_time,
 )
 from .integrity.chain import ChainStage, NoChain
 from .record import AuditRecord, RecordBatch, unprocessable_batch
@@ -51,6 +49,7 @@ from .sources import app, nginx_access, nginx_error, pgaudit
 from .sources.app import FieldMapping
 from .spans import SpanBatch, SpanBuilder
 from .telemetry import BatchStats
+from .wire import LogsRequest, group_logs, request_time
 
 __all__ = [
     "APP", "CHUNK_ROWS", "NGINX", "NGINX_ERROR", "PGAUDIT", "SOURCES", "Pipeline",
@@ -114,8 +113,8 @@ class Pipeline:
 
     # decode + parse ------------------------------------------------------------------------
     @staticmethod
-    def group_logs(request: ExportLogsServiceRequest) -> dict[str, SourceRows]:
-        """The request's records by source (audit_guard.decode)."""
+    def group_logs(request: LogsRequest) -> dict[str, SourceRows]:
+        """The request's records by source (audit_guard.wire, audit_guard.decode)."""
         return group_logs(request)
 
     def parse(
@@ -273,7 +272,7 @@ class Pipeline:
 
     # the whole request -------------------------------------------------------------------
     def process_logs(
-        self, request: ExportLogsServiceRequest, now_ns: int, stats: BatchStats | None = None
+        self, request: LogsRequest, now_ns: int, stats: BatchStats | None = None
     ) -> tuple[bytes, int]:
         """A logs request → (serialized ExportTraceServiceRequest, number of records); what was
         found is added to `stats` when given. State changes of the stateful stages are pending
@@ -297,7 +296,7 @@ class Pipeline:
         self.commit()
         return out
 
-    def _process_logs(self, request: ExportLogsServiceRequest, now_ns: int,
+    def _process_logs(self, request: LogsRequest, now_ns: int,
                       stats: BatchStats | None) -> tuple[bytes, int]:
         parts = []
         count = 0

@@ -31,6 +31,7 @@ from ..config import ServerConfig
 from ..correlate.state import StateWriteError
 from ..pipeline import Pipeline
 from ..telemetry import BatchStats, Telemetry
+from ..wire import LogsRequest, read_logs_request
 from .exporter import DownstreamRejected, DownstreamUnavailable, ExportOutcome, SpanExporter
 from .security import BearerTokenInterceptor, server_credentials
 
@@ -186,7 +187,15 @@ class OtlpServer:
             ],
             maximum_concurrent_rpcs=workers + config.max_queued_requests,
         )
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), self._grpc)
+        # As logs_service_pb2_grpc registers it, but each request read by audit_guard.wire
+        # (most straight from their bytes, without a protobuf message a record).
+        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.logs.v1.LogsService",
+            {"Export": grpc.unary_unary_rpc_method_handler(
+                _LogsServicer(self).Export, request_deserializer=read_logs_request,
+                response_serializer=logs_service_pb2.ExportLogsServiceResponse.SerializeToString,
+            )},
+        ),))
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
             _MetricsServicer(self), self._grpc
         )
@@ -196,7 +205,7 @@ class OtlpServer:
         self._stopped = threading.Event()
 
     # -- one logs Export: compute → hand off → commit ---------------------------------------
-    def handle_logs(self, request: logs_service_pb2.ExportLogsServiceRequest,
+    def handle_logs(self, request: LogsRequest,
                     deadline: float | None) -> str | None:
         """Process one logs Export; None when it may be acknowledged, else why it must not be
         (answered UNAVAILABLE: the collector keeps the data and sends it again).
@@ -233,7 +242,7 @@ class OtlpServer:
         return None
 
     def _compute_hand_off_commit(
-        self, request: logs_service_pb2.ExportLogsServiceRequest, deadline: float | None,
+        self, request: LogsRequest, deadline: float | None,
         stats: BatchStats,
     ) -> tuple[int, ExportOutcome | None]:
         traces, count = self.pipeline.process_logs(request, time.time_ns(), stats)

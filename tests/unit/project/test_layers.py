@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[3] / "processor" / "audit_guard"
 LAYERS: dict[str, int] = {
     "__init__": 0, "handoff": 0, "record": 0, "flags": 0, "grammar": 0, "config": 0,
     "config_otlp": 0, "config_integrity": 0, "config_reconcile": 0,
-    "sources": 1, "routes": 1, "decode": 1,
+    "sources": 1, "routes": 1, "decode": 1, "wire": 1,
     "checks": 2,
     "correlate": 3,
     "rules": 4, "redaction": 4,
