@@ -16,7 +16,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from . import flags
-from .flagged import FLAGGED_PER_BATCH, flagged_records
+from .flagged import FLAGGED_PER_BATCH, FlaggedRows, flagged_rows
 from .record import RecordBatch
 
 if TYPE_CHECKING:
@@ -153,7 +153,8 @@ class BatchStats:
     lags_s: dict[str, list[float]] = field(default_factory=dict)
     rule_matches: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Up to FLAGGED_PER_BATCH flagged records per batch, for the admin API's recent-flags view.
-    flagged: list[dict[str, object]] = field(default_factory=list)
+    # (A flagged record made elsewhere, as a dict: tests, tools.)
+    flagged: list[FlaggedRows | dict[str, object]] = field(default_factory=list)
     # For reconciliation (audit_guard.completeness), applied once the spans were handed on:
     # audited Nginx requests that expect an app record (trace id, packed request), the trace ids
     # of the app records that came, and the times of the Nginx records per server name.
@@ -178,7 +179,7 @@ class BatchStats:
             for violation in found:
                 self.violations[violation.partition(":")[2]] += 1
         if batch.flags:
-            self.flagged += flagged_records(batch, list(islice(batch.flags, FLAGGED_PER_BATCH)))
+            self.flagged.append(flagged_rows(batch, list(islice(batch.flags, FLAGGED_PER_BATCH))))
         # rule name → severity, looked up once per batch (not a tuple of names per flag).
         severities = ({r.name: r.severity for r in rules}
                       if rules is not None and batch.flags else {})

@@ -6,15 +6,15 @@ one lock: writes are a few dict updates per batch (never per record beyond the f
 which the pipeline already caps at FLAGGED_PER_BATCH), so contention is negligible.
 
 The ring of recent flagged records (GET /api/flags) and the audit view's window hold the same
-kept form of each record (admin.window.kept_form: its text bounded), made once, outside the
-lock; the ring's readers leave its detail out.
+kept entry of each record (admin.window.kept_records: its row, its text bounded), made once,
+outside the lock; readers make the dicts they show from it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from ..correlate.membership import MembershipWatch
 from ..otlp.spool import SpoolSummary
 from ..telemetry import BatchStats
-from .window import DEFAULT_RECORDS, DEFAULT_REQUESTS, RequestWindow, kept_form
+from .window import DEFAULT_RECORDS, DEFAULT_REQUESTS, Kept, RequestWindow, kept_records, kept_top
 
 __all__ = ["AdminState", "Readiness", "SourceStatus"]
 
@@ -67,7 +67,7 @@ class AdminState:
     ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
-        self._flags: deque[dict[str, Any]] = deque(maxlen=flags_buffer)
+        self._flags: deque[Kept] = deque(maxlen=flags_buffer)
         # The audit view's window (audit_guard.admin.window): admin.requests_kept traces.
         self._requests = RequestWindow(requests_kept, records_per_request)
         self._sources: dict[str, SourceStatus] = {}
@@ -94,7 +94,7 @@ class AdminState:
     def record(self, stats: BatchStats, now_ns: int | None = None) -> None:
         """One Export's findings, after its spans were handed on."""
         now = self._clock() if now_ns is None else now_ns
-        kept = [kept_form(flagged, now) for flagged in stats.flagged]  # outside the lock
+        kept = [k for flagged in stats.flagged for k in kept_records(flagged, now)]  # unlocked
         with self._lock:
             for source, n in stats.records.items():
                 status = self._source(source)
@@ -106,14 +106,15 @@ class AdminState:
                     status.last_lag_s = lags[-1]
                     status.lag_sum_s += sum(lags)
                     status.lag_count += len(lags)
-            # The ring and the window share the kept forms (their text bounded); the ring's
+            # The ring and the window share the kept entries (their text bounded); the ring's
             # readers leave out the detail.
             self._flags.extend(kept)
             for request_record in kept:
                 self._requests.add(request_record)
-            for source, n in Counter(str(k.get("source")) for k in kept).items():
-                status = self._source(source)
-                status.flagged_total += n
+            for flagged in stats.flagged:
+                status = self._source(str(flagged.get("source") if isinstance(flagged, dict)
+                                          else flagged.source))
+                status.flagged_total += len(flagged) if not isinstance(flagged, dict) else 1
                 status.last_flag_unix_nano = now
 
     def set_completeness(self, source: str, ratio: float | None, silent: bool | None) -> None:
@@ -160,7 +161,7 @@ class AdminState:
         with self._lock:
             entries = list(self._flags)
         out: list[dict[str, Any]] = []
-        for entry in reversed(entries):
+        for entry in map(kept_top, reversed(entries)):
             if source is not None and entry.get("source") != source:
                 continue
             if user is not None and entry.get("user_id") != user:
@@ -171,7 +172,7 @@ class AdminState:
                 f == flag or f.startswith(flag + ":") for f in entry.get("flags", ())
             ):
                 continue
-            out.append({k: v for k, v in entry.items() if k != "detail"})
+            out.append(entry)
             if len(out) >= limit:
                 break
         return out

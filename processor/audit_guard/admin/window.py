@@ -11,10 +11,11 @@ Memory is bounded twice: `requests` traces (the least recently flagged go first)
 `records` entries each (the last ones), and each entry's text cut to MAX_TEXT_CHARS. Of the
 record's log fields only the evidence is there (audit_guard.flagged.EVIDENCE_FIELDS).
 
-Cost: `kept_form` runs for every flagged record of every Export, so it does the least that
-bounds memory (the text measured, cut in the rare record that is too long) and keeps the rest
-as audit_guard.flagged made it; `view_entry` builds the plain, copied entry when a request is
-viewed.
+Cost: what is kept runs for every flagged record of every Export, so it is the least that
+bounds memory: the record's row as audit_guard.flagged took it, when no record of its batch can
+have more text than MAX_TEXT_CHARS (checked once a batch, from the longest value of each
+column); otherwise (rare) its dicts, the text measured and cut (`kept_form`). The dicts the API
+shows are made when it is read (`kept_dict`, `kept_top`, `view_entry`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from collections import OrderedDict
 from operator import itemgetter
 from typing import Any
 
-__all__ = ["MAX_TEXT_CHARS", "RequestWindow", "kept_form", "view_entry"]
+from ..flagged import TRACE_ID, FlaggedRows
+
+__all__ = ["MAX_TEXT_CHARS", "Kept", "RequestWindow", "kept_dict", "kept_form", "kept_records",
+           "kept_top", "view_entry"]
 
 DEFAULT_REQUESTS = 200
 DEFAULT_RECORDS = 20
@@ -103,6 +107,43 @@ def kept_form(flagged: dict[str, Any], received_unix_nano: int) -> dict[str, Any
     return kept
 
 
+# A kept record: (its FlaggedRows, its row, received_unix_nano); or, for a record whose text
+# had to be cut (or one made elsewhere: tests, tools), (None, its kept_form, received_unix_nano).
+Kept = tuple[FlaggedRows | None, Any, int]
+
+
+def kept_records(flagged: FlaggedRows | dict[str, Any], received_unix_nano: int) -> list[Kept]:
+    """What the window and the ring keep of an Export's flagged records: their rows as they
+    are, unless some record's text may be over MAX_TEXT_CHARS (then each is cut as needed)."""
+    if isinstance(flagged, dict):
+        return [(None, kept_form(flagged, received_unix_nano), received_unix_nano)]
+    bound = flagged.text_bound
+    if bound is not None and bound <= MAX_TEXT_CHARS:
+        return [(flagged, row, received_unix_nano) for row in flagged.rows]
+    return [(None, kept_form(flagged.record(row), received_unix_nano), received_unix_nano)
+            for row in flagged.rows]
+
+
+def kept_dict(kept: Kept) -> dict[str, Any]:
+    """A kept record in its kept form (kept_form's: with its detail)."""
+    rows, row, received = kept
+    if rows is None:
+        return row  # type: ignore[no-any-return]
+    out = rows.record(row)
+    out["received_unix_nano"] = received
+    return out
+
+
+def kept_top(kept: Kept) -> dict[str, Any]:
+    """A kept record without its detail (GET /api/flags)."""
+    rows, row, received = kept
+    if rows is None:
+        return {k: v for k, v in row.items() if k != "detail"}
+    out = rows.top(row)
+    out["received_unix_nano"] = received
+    return out
+
+
 def view_entry(kept: dict[str, Any]) -> dict[str, Any]:
     """A kept record as the view shows it: plain values only, copied."""
     detail = kept["detail"]
@@ -129,12 +170,13 @@ class RequestWindow:
     def __init__(self, requests: int = DEFAULT_REQUESTS, records: int = DEFAULT_RECORDS) -> None:
         self.requests = requests
         self.records = records
-        self._traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._traces: OrderedDict[str, list[Kept]] = OrderedDict()
 
-    def add(self, kept: dict[str, Any]) -> None:
+    def add(self, kept: Kept) -> None:
         # A list a trace, not a deque(maxlen): most traces have one flagged record, and a
         # deque allocates a 64-slot block for it (measured: 0.52 → 0.18 µs a new trace).
-        trace_id = kept["trace_id"]
+        rows, row, _ = kept
+        trace_id = row["trace_id"] if rows is None else row[TRACE_ID]
         records = self._traces.get(trace_id)
         if records is None:
             self._traces[trace_id] = records = [kept]
@@ -150,7 +192,7 @@ class RequestWindow:
         """The kept records of a trace as view entries, oldest first; None: not in the
         window."""
         records = self._traces.get(trace_id)
-        return None if records is None else [view_entry(k) for k in records]
+        return None if records is None else [view_entry(kept_dict(k)) for k in records]
 
     def __len__(self) -> int:
         return len(self._traces)

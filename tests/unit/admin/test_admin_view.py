@@ -10,10 +10,17 @@ from fastapi.testclient import TestClient
 
 from audit_guard import flags
 from audit_guard.admin import AdminState, create_app
-from audit_guard.admin.window import MAX_TEXT_CHARS, kept_form, view_entry
+from audit_guard.admin.window import (
+    MAX_TEXT_CHARS,
+    kept_dict,
+    kept_form,
+    kept_records,
+    kept_top,
+    view_entry,
+)
 from audit_guard.config import ConfigError, load_settings
 from audit_guard.correlate.missing import Due, missing_spans_batch
-from audit_guard.flagged import EVIDENCE_FIELDS, flagged_records
+from audit_guard.flagged import EVIDENCE_FIELDS, flagged_records, flagged_rows
 from audit_guard.pipeline import Pipeline
 from audit_guard.record import RecordBatch
 from audit_guard.sources.nginx_access import AUDIT_JSON_KEYS
@@ -264,3 +271,30 @@ def test_flagged_records_from_columns_equal_those_from_rows(pipeline) -> None:
     assert "invalid_field:body_bytes_sent" in from_columns[1]["flags"]
     assert "upstream_status" not in absent  # null: not a value to show
     assert [f["trace_id"] for f in from_columns] == [batch.trace_id[i].hex() for i in rows]
+
+
+def test_kept_rows_read_as_the_records_they_stand_for(pipeline) -> None:
+    """The admin keeps a flagged record as its row (made into dicts when the API is read); what
+    it reads is what the record's dicts would have been. Where a record's text may be too long
+    (or an invalid field's value is kept), each is kept as a dict, cut as needed."""
+    plain = [access(f"{i:032x}", status="401", connection=i) for i in range(12)]
+    invalid, long_agent = list(plain), list(plain)
+    invalid[5] = access(f"{5:032x}", status="401", body_bytes_sent="lots")
+    long_agent[3] = access(f"{3:032x}", status="401", http_user_agent="m" * 5000)
+    for lines, as_rows, clipped in ((plain, True, None), (invalid, False, None),
+                                    (long_agent, False, 1)):
+        (batch,) = pipeline.records_from_logs(logs_request(*lines))
+        rows = [1, 3, 5, 11]
+        block = flagged_rows(batch, rows)
+        kept = kept_records(block, 5)
+        expected = [kept_form(record, 5) for record in flagged_records(batch, rows)]
+        assert [kept_dict(k) for k in kept] == expected
+        assert [kept_top(k) for k in kept] == [
+            {k: v for k, v in e.items() if k != "detail"} for e in expected]
+        assert [k[0] is block for k in kept] == [as_rows] * 4
+        assert [i for i, e in enumerate(expected) if e["detail"].get("clipped")] == (
+            [clipped] if clipped is not None else [])
+        if lines is invalid:
+            assert expected[2]["detail"]["log_fields"]["body_bytes_sent"] == "lots"
+        if as_rows:
+            assert block.text_bound is not None and block.text_bound < MAX_TEXT_CHARS

@@ -188,7 +188,7 @@ def test_late_app_record_is_flagged_in_its_span(pipeline) -> None:
 
     stats = BatchStats()
     pipeline.process_logs(logs("app", app_line(request)), T0 + 40 * S, stats)
-    assert stats.flagged and stats_flags in stats.flagged[0]["flags"]
+    assert stats.flagged and stats_flags in stats.flagged[0].records()[0]["flags"]
     assert batch.trace_id[0] == due.trace_id
 
 
