@@ -104,6 +104,8 @@ _TEXT = ("path", "user_id", "app_id", "method", "name", "route", "client_address
 
 def flagged_rows(batch: RecordBatch, rows: Sequence[int]) -> FlaggedRows:
     """The given (flagged) rows of a checked batch, as the admin keeps them."""
+    if not rows:
+        return FlaggedRows(batch.source, (), [], 0)
     take = row_getter(rows)  # in the flags' order, which need not be the rows' order
     columns = [take(getattr(batch, key)) for key in (*_TOP, *_DETAIL)]
     try:
@@ -128,7 +130,7 @@ def flagged_rows(batch: RecordBatch, rows: Sequence[int]) -> FlaggedRows:
 
 def flagged_records(batch: RecordBatch, rows: Sequence[int]) -> list[dict[str, Any]]:
     """The given (flagged) rows of a checked batch as the admin API shows them (tests, tools)."""
-    return flagged_rows(batch, rows).records() if rows else []
+    return flagged_rows(batch, rows).records()
 
 
 def _longest(values: Sequence[Any]) -> int:
