@@ -6,13 +6,16 @@ with a Python path giving the same values:
   Python path: ~0.6 µs a record more.
 - audit_guard.sources._audit_json: lines of the shipped nginx format decoded into columns, equal
   values shared (issue #11; docs/benchmark.md). Python path: msgspec, a struct a line.
+- audit_guard.sources._columns: the commonest case of three column conversions (ints, seconds
+  → ns, texts) in one pass each (issue #11). Python path: audit_guard.sources.columns.
 - audit_guard._logs_wire: OTLP logs requests of the usual shape read from their bytes, no
   message object a record (issue #11). Python path: protobuf (upb), ~0.8 µs a record more.
 
 They need a C compiler and OpenSSL's headers (Debian: gcc, libssl-dev; scripts/bootstrap installs
 them). `optional`: where they are missing the package still installs and runs the Python paths;
-tests/unit/integrity/test_links_native.py, tests/unit/sources/test_audit_json_native.py and
-tests/unit/otlp/test_wire.py fail in a dev setup without them."""
+tests/unit/integrity/test_links_native.py, tests/unit/sources/test_audit_json_native.py,
+tests/unit/sources/test_columns_native.py and tests/unit/otlp/test_wire.py fail in a dev setup
+without them."""
 
 from setuptools import Extension, setup
 
@@ -21,4 +24,6 @@ setup(ext_modules=[Extension(
     libraries=["crypto"], optional=True), Extension(
     "audit_guard.sources._audit_json", ["processor/audit_guard/sources/_audit_json.c"],
     optional=True), Extension(
-    "audit_guard._logs_wire", ["processor/audit_guard/_logs_wire.c"], optional=True)])
+    "audit_guard._logs_wire", ["processor/audit_guard/_logs_wire.c"], optional=True), Extension(
+    "audit_guard.sources._columns", ["processor/audit_guard/sources/_columns.c"],
+    optional=True)])

@@ -3,7 +3,9 @@
 Each has a C-level fast path (`map` over builtins) for the common case — every value well
 formed — and falls back to the per-value function when any value is not. Both give the same
 result; the per-value functions define it (tests/test_nginx_parsing.py compares them on
-generated columns).
+generated columns). Where setup.py built it, `_columns.c` takes the commonest case of `ints`,
+`seconds_ns` and `text_column` first, in one pass (tests/unit/sources/test_columns_native.py
+compares it with the Python path).
 
 "Every value is a str" is asked of most columns, and answered by one `min()` pass: it only
 succeeds when its values are comparable, a str and any other JSON type never are, so a str
@@ -19,6 +21,11 @@ from operator import mul
 from typing import Any
 
 import orjson
+
+try:  # setup.py builds it: the common case of ints / seconds_ns / text_column in one C pass
+    from . import _columns as _native
+except ImportError:  # pragma: no cover - a setup without a C compiler
+    _native = None  # type: ignore[assignment]
 
 __all__ = [
     "ints", "last_int", "last_ints", "least_str", "seconds_ns", "structured_rows", "text",
@@ -56,6 +63,10 @@ def texts(col: list[Any]) -> list[str | None]:
 def text_column(col: list[Any]) -> tuple[list[str | None], bool]:
     """`text` over a column, and whether every value was a str (then no row holds a JSON
     object or array: the caller need not look for one)."""
+    if _native is not None and col:
+        out = _native.texts(col)
+        if out is not None:
+            return out, True
     least = least_str(col)
     if least is not None:
         # No "" or "-" when the least value sorts after "-" ("" and "-" sort before it).
@@ -96,6 +107,10 @@ def ints(col: list[Any], one: Callable[[Any], int | None] = to_int,
     """Integers; `one` converts a value when the fast path (all plain digits) does not apply.
     `few_distinct`: the values repeat (e.g. status codes), so each distinct one is converted
     once."""
+    if _native is not None and (one is to_int or one is last_int):
+        out = _native.ints(col)
+        if out is not None:
+            return out  # type: ignore[no-any-return]
     first_str = bool(col) and col[0].__class__ is str
     if first_str:  # before few_distinct: 2x faster than converting each distinct value
         digits = _digit_strings(col)
@@ -162,6 +177,10 @@ def to_ns(value: Any) -> int | None:
 def seconds_ns(col: list[Any], few_distinct: bool = False) -> list[int | None]:
     """`to_ns` over a column. `few_distinct`: the values repeat (e.g. $request_time, in ms), so
     each distinct value is converted once."""
+    if _native is not None:
+        out = _native.seconds_ns(col)
+        if out is not None:
+            return out  # type: ignore[no-any-return]
     kinds = set(map(type, col))
     if few_distinct and (kinds == {str} or kinds == {float}):  # one type: no 1 == 1.0 clash
         converted = {v: to_ns(v) for v in set(col)}
