@@ -10,18 +10,25 @@ lengths and little-endian fixed64 timestamps. Tests decode every result with the
 
 from __future__ import annotations
 
+from itertools import repeat
 from struct import Struct
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+try:  # setup.py builds it; where it could not be built, join_rows_python joins the spans
+    from ._span_rows import join as _join_native
+except ImportError:  # pragma: no cover - a setup without a C compiler
+    _join_native = None
+
 __all__ = [
     "DEFAULT_MAX_ATTRIBUTE_BYTES", "END_TAG", "KIND_CLIENT", "KIND_INTERNAL", "KIND_SERVER",
     "MAX_UINT64", "PARENT_SPAN_ID_TAG", "RESOURCE_SPANS_TAG", "SCOPE_SPANS_TAG", "SPANS_TAG",
     "SPAN_FRAMES", "SPAN_ID_TAG", "START_TAG", "STATUS_ERROR", "TRACE_ID_TAG", "AttrValue",
-    "KeyCache", "any_value", "clean", "cut_utf8", "encode_attribute", "encode_events",
-    "pack_ids", "pack_kind_times", "utf8", "varint",
+    "KeyCache", "Part", "any_value", "clean", "cut_utf8", "encode_attribute", "encode_events",
+    "join_rows", "join_rows_python", "utf8", "varint",
 ]
 
 AttrValue = str | int | float | bool | tuple[str, ...]
@@ -62,10 +69,6 @@ END_TAG = _tag(Span, end_time_unix_nano=1 << 62)
 KIND_SERVER = Span(kind=Span.SpanKind.SPAN_KIND_SERVER).SerializeToString()
 KIND_INTERNAL = Span(kind=Span.SpanKind.SPAN_KIND_INTERNAL).SerializeToString()
 KIND_CLIENT = Span(kind=Span.SpanKind.SPAN_KIND_CLIENT).SerializeToString()
-# trace_id + span_id, and kind + start + end, each packed by one C call per span.
-pack_ids = Struct(f"<{len(TRACE_ID_TAG)}s16s{len(SPAN_ID_TAG)}s8s").pack
-pack_kind_times = Struct(f"<{len(KIND_SERVER)}s{len(START_TAG)}sQ{len(END_TAG)}sQ").pack
-assert len(KIND_SERVER) == len(KIND_INTERNAL) == len(KIND_CLIENT)
 STATUS_ERROR = Span(status=Status(code=Status.StatusCode.STATUS_CODE_ERROR)).SerializeToString()
 SPANS_TAG = ScopeSpans(spans=[Span()]).SerializeToString()[:-1]  # tag of ScopeSpans.spans
 # A span's tag + length in ScopeSpans, for every 1- and 2-byte length (spans under 16 KiB).
@@ -74,6 +77,33 @@ SCOPE_SPANS_TAG = ResourceSpans(scope_spans=[ScopeSpans()]).SerializeToString()[
 RESOURCE_SPANS_TAG = ExportTraceServiceRequest(
     resource_spans=[ResourceSpans()]
 ).SerializeToString()[:-1]
+
+
+# A part of a batch's spans (join_rows): the same bytes in every row; a list of each row's
+# bytes; (width, ids): each cut or zero-padded to `width` bytes; (0, ints): each a fixed64.
+Part = bytes | list[bytes] | tuple[int, list[Any]]
+_FIXED64 = Struct("<Q").pack
+
+
+def join_rows(n: int, parts: list[Part]) -> list[bytes]:
+    """The n spans of a batch: row i's piece of every part, joined (one C pass where setup.py
+    built audit_guard._span_rows; `join_rows_python` otherwise, which defines the result)."""
+    if _join_native is not None:
+        return _join_native(n, parts)  # type: ignore[no-any-return]
+    return join_rows_python(n, parts)
+
+
+def join_rows_python(n: int, parts: list[Part]) -> list[bytes]:
+    columns: list[Any] = [repeat(b"", n)]  # n rows, whatever the parts
+    for part in parts:
+        if part.__class__ is bytes:
+            columns.append(repeat(part, n))
+        elif part.__class__ is tuple:
+            width, values = part  # type: ignore[misc]
+            columns.append(map(Struct(f"<{width}s").pack if width else _FIXED64, values))
+        else:
+            columns.append(part)
+    return list(map(b"".join, zip(*columns, strict=True)))
 
 
 def utf8(value: str) -> bytes:

@@ -44,12 +44,12 @@ from .span_encoding import (
     TRACE_ID_TAG,
     AttrValue,
     KeyCache,
+    Part,
     any_value,
     cut_utf8,
     encode_attribute,
     encode_events,
-    pack_ids,
-    pack_kind_times,
+    join_rows,
     utf8,
     varint,
 )
@@ -199,11 +199,11 @@ class SpanBuilder:
             raw = cut_utf8(raw, self.max_attribute_bytes)
         return Span(name=raw.decode()).SerializeToString()
 
-    def _kinds(self, batch: RecordBatch) -> object:
+    def _kinds(self, batch: RecordBatch) -> Part:
         if batch.source == "nginx":
-            return repeat(KIND_SERVER)
+            return KIND_SERVER
         if batch.source in _CLIENT_SOURCES:
-            return repeat(KIND_CLIENT)
+            return KIND_CLIENT
         return [KIND_SERVER if m else KIND_INTERNAL for m in batch.method]
 
     def _names_of(self, batch: RecordBatch, methods: list[str | None]) -> list[bytes]:
@@ -263,31 +263,26 @@ class SpanBuilder:
             for i in errors:
                 status[i] = STATUS_ERROR
             columns.append(status)
-        # repeat() columns are endless; every other column has exactly n rows.
-        return list(map(b"".join, zip(*columns, strict=False)))  # type: ignore[call-overload]
+        return join_rows(len(batch), columns)
 
     def _head_columns(self, batch: RecordBatch, methods: list[str | None], now_ns: int
-                      ) -> list[object]:
-        """trace_id + span_id, parent_span_id, name, kind + start + end."""
+                      ) -> list[Part]:
+        """trace_id, span_id, parent_span_id, name, kind, start, end."""
         starts, ends = _span_times(batch, now_ns)
-        columns: list[object] = [
-            map(pack_ids, repeat(TRACE_ID_TAG), batch.trace_id, repeat(SPAN_ID_TAG),
-                batch.span_id),
-        ]
+        # Ids zero-padded (or cut) to their size, as the span's fixed-size fields must be.
+        columns: list[Part] = [TRACE_ID_TAG, (16, batch.trace_id), SPAN_ID_TAG,
+                               (8, batch.span_id)]
         parents = batch.parent_span_id
         if any(parents):
             columns.append([PARENT_SPAN_ID_TAG + p if p else b"" for p in parents])
-        columns += [
-            self._names_of(batch, methods),
-            map(pack_kind_times, self._kinds(batch), repeat(START_TAG), starts, repeat(END_TAG),
-                ends),
-        ]
+        columns += [self._names_of(batch, methods), self._kinds(batch), START_TAG, (0, starts),
+                    END_TAG, (0, ends)]
         return columns
 
     def _attribute_columns(self, batch: RecordBatch, methods: list[str | None],
-                           truncated: Truncated) -> list[object]:
+                           truncated: Truncated) -> list[Part]:
         """The HTTP semantic-convention attributes, then the source's own (and the lag)."""
-        columns: list[object] = [repeat(self._cache("audit.source").one(batch.source))]
+        columns: list[Part] = [self._cache("audit.source").one(batch.source)]
         for key, values in (
             ("http.request.method", methods), ("url.path", batch.path),
             ("http.route", batch.route), ("http.response.status_code", batch.status),
