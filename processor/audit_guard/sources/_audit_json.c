@@ -126,6 +126,30 @@ static PyObject *cached(Slot *cache, const char *text, Py_ssize_t len, enum kind
     return value;
 }
 
+/* The first byte at or after p that may end a plain string (a quote, a backslash, a control
+   character or a non-ASCII byte), or `end`: eight bytes a step (the usual values are 10 to 40
+   plain bytes). Each mask flags, in its lowest set byte, the first such byte exactly (a borrow
+   only flags bytes above a true one), so the lowest of them all is the answer. */
+static inline const char *plain_run(const char *p, const char *end) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (end - p >= 8) {
+        uint64_t w, quote, slash;
+        memcpy(&w, p, 8);
+        quote = w ^ (ones * '"');
+        slash = w ^ (ones * '\\');
+        uint64_t found = (w & highs)                          /* >= 0x80 */
+                         | ((w - ones * 0x20) & ~w & highs)   /* < 0x20 */
+                         | ((quote - ones) & ~quote & highs)  /* '"' */
+                         | ((slash - ones) & ~slash & highs); /* '\\' */
+        if (found)
+            return p + (__builtin_ctzll(found) >> 3);
+        p += 8;
+    }
+#endif /* elsewhere the caller's byte loop does it all */
+    return p;
+}
+
 /* Parse one plain value at *pp. Returns a new reference, or NULL: with an exception set (out of
    memory) or without (not a plain value: the caller falls back). */
 static PyObject *plain_value(const char **pp, const char *end, Slot *cache, PyObject *prev) {
@@ -135,6 +159,7 @@ static PyObject *plain_value(const char **pp, const char *end, Slot *cache, PyOb
     char c = *p;
     if (c == '"') {
         const char *s = ++p;
+        p = plain_run(p, end);
         while (p < end) {
             unsigned char b = (unsigned char)*p;
             if (b == '"')

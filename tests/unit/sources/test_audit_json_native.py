@@ -132,6 +132,19 @@ def test_generated_values_agree_with_msgspec(values: dict[str, Any]) -> None:
     check_line(line.decode())
 
 
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(st.characters(codec="ascii"), max_size=40), st.integers(0, 40),
+       st.sampled_from(['"', "\\", "\n", "\x01", "\x7f", "é", "€", "\U0001f600"]))
+def test_a_string_ends_where_it_ends_eight_bytes_a_step(text: str, at: int, odd: str) -> None:
+    """The string scan takes eight bytes a step: a quote, backslash, control character or
+    non-ASCII byte anywhere in a string of any length is found where it is."""
+    for value in (text, text[:at] + odd + text[at:]):
+        plain = all(" " <= c < "\x80" and c not in '"\\' for c in value)
+        line = line_with(http_user_agent=value, request_uri=value)
+        assert check_line(line) == plain  # taken exactly when the string is plain
+        check_line(line.decode())
+
+
 def test_equal_values_of_a_column_are_one_object() -> None:
     lines = [line_with(request_id=f"{i:032x}", user_id=f"user-{i % 3}") for i in range(50)]
     columns, fallback = native.decode(lines, AUDIT_JSON_KEYS)
