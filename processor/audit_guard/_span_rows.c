@@ -2,6 +2,7 @@
    (issue #11's throughput target; audit_guard.spans is its Python side and its fallback).
 
    join(n, parts) -> list of n bytes
+   frame(tag, items) -> bytes   (the spans framed into their ScopeSpans; see frame below)
 
    Span i is the concatenation of every part's piece for row i, in order. A part is:
    - bytes: the same piece in every row (a field tag, a kind every span has);
@@ -158,9 +159,51 @@ error:
     return NULL;
 }
 
+/* frame(tag, items) -> bytes: each item as a length-delimited protobuf field (tag, varint
+   length, the item), all concatenated: a message's repeated field, e.g. ScopeSpans.spans. */
+static PyObject *frame(PyObject *self, PyObject *args) {
+    PyObject *tag, *items;
+    if (!PyArg_ParseTuple(args, "SO!:frame", &tag, &PyList_Type, &items))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items), tag_len = PyBytes_GET_SIZE(tag), size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyBytes_CheckExact(item)) {
+            PyErr_SetString(PyExc_TypeError, "frame: an item is not bytes");
+            return NULL;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(item), varint = 1;
+        for (size_t v = (size_t)len; v >= 0x80; v >>= 7)
+            varint++;
+        size += tag_len + varint + len;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    unsigned char *at = (unsigned char *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        size_t len = (size_t)PyBytes_GET_SIZE(item);
+        memcpy(at, PyBytes_AS_STRING(tag), (size_t)tag_len);
+        at += tag_len;
+        for (size_t v = len;; v >>= 7) {
+            if (v < 0x80) {
+                *at++ = (unsigned char)v;
+                break;
+            }
+            *at++ = (unsigned char)((v & 0x7f) | 0x80);
+        }
+        memcpy(at, PyBytes_AS_STRING(item), len);
+        at += len;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"join", join, METH_VARARGS,
      "join(n, parts) -> [bytes] * n: each row's pieces of every part, joined (see the source)."},
+    {"frame", frame, METH_VARARGS,
+     "frame(tag, items) -> bytes: each item as a length-delimited field (see the source)."},
     {NULL, NULL, 0, NULL},
 };
 

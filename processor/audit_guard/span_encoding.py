@@ -10,7 +10,7 @@ lengths and little-endian fixed64 timestamps. Tests decode every result with the
 
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import chain, repeat
 from struct import Struct
 from typing import Any
 
@@ -18,17 +18,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-try:  # setup.py builds it; where it could not be built, join_rows_python joins the spans
+try:  # setup.py builds it; where it could not be built, the *_python functions do the work
+    from ._span_rows import frame as _frame_native
     from ._span_rows import join as _join_native
 except ImportError:  # pragma: no cover - a setup without a C compiler
-    _join_native = None
+    _frame_native = _join_native = None
 
 __all__ = [
     "DEFAULT_MAX_ATTRIBUTE_BYTES", "END_TAG", "KIND_CLIENT", "KIND_INTERNAL", "KIND_SERVER",
     "MAX_UINT64", "PARENT_SPAN_ID_TAG", "RESOURCE_SPANS_TAG", "SCOPE_SPANS_TAG", "SPANS_TAG",
     "SPAN_FRAMES", "SPAN_ID_TAG", "START_TAG", "STATUS_ERROR", "TRACE_ID_TAG", "AttrValue",
     "KeyCache", "Part", "any_value", "clean", "cut_utf8", "encode_attribute", "encode_events",
-    "join_rows", "join_rows_python", "utf8", "varint",
+    "frame_spans", "frame_spans_python", "join_rows", "join_rows_python", "utf8", "varint",
 ]
 
 AttrValue = str | int | float | bool | tuple[str, ...]
@@ -104,6 +105,23 @@ def join_rows_python(n: int, parts: list[Part]) -> list[bytes]:
         else:
             columns.append(part)
     return list(map(b"".join, zip(*columns, strict=True)))
+
+
+def frame_spans(spans: list[bytes]) -> bytes:
+    """The spans as ScopeSpans.spans fields (each its tag, length and bytes), concatenated."""
+    if _frame_native is not None:
+        return _frame_native(SPANS_TAG, spans)  # type: ignore[no-any-return]
+    return frame_spans_python(spans)
+
+
+def frame_spans_python(spans: list[bytes]) -> bytes:
+    sizes = list(map(len, spans))
+    try:  # every span under 16 KiB: its field tag and length by one C-level lookup pass
+        frames = list(map(SPAN_FRAMES.__getitem__, sizes))
+    except KeyError:  # some span of 16 KiB or more
+        frames = [f if f is not None else SPANS_TAG + varint(n)
+                  for f, n in zip(map(SPAN_FRAMES.get, sizes), sizes, strict=True)]
+    return b"".join(chain.from_iterable(zip(frames, spans, strict=True)))
 
 
 def utf8(value: str) -> bytes:

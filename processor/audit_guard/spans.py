@@ -11,7 +11,7 @@ stubs.
 
 from __future__ import annotations
 
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from operator import sub
 
 from opentelemetry.proto.common.v1.common_pb2 import (
@@ -36,9 +36,7 @@ from .span_encoding import (
     PARENT_SPAN_ID_TAG,
     RESOURCE_SPANS_TAG,
     SCOPE_SPANS_TAG,
-    SPAN_FRAMES,
     SPAN_ID_TAG,
-    SPANS_TAG,
     START_TAG,
     STATUS_ERROR,
     TRACE_ID_TAG,
@@ -49,6 +47,7 @@ from .span_encoding import (
     cut_utf8,
     encode_attribute,
     encode_events,
+    frame_spans,
     join_rows,
     utf8,
     varint,
@@ -96,18 +95,11 @@ class SpanBatch:
         once (one copy of the whole request instead of one per nesting level)."""
         if not self.spans:
             return []
-        spans = self.spans
-        sizes = list(map(len, spans))
-        try:  # every span under 16 KiB: its field tag and length by one C-level lookup pass
-            frames = list(map(SPAN_FRAMES.__getitem__, sizes))
-        except KeyError:  # some span of 16 KiB or more
-            frames = [f if f is not None else SPANS_TAG + varint(n)
-                      for f, n in zip(map(SPAN_FRAMES.get, sizes), sizes, strict=True)]
-        scope_size = len(self._scope) + sum(sizes) + sum(map(len, frames))
+        framed = frame_spans(self.spans)
+        scope_size = len(self._scope) + len(framed)
         scope_head = b"".join((SCOPE_SPANS_TAG, varint(scope_size), self._scope))
         resource_size = len(self._resource) + scope_size + len(scope_head) - len(self._scope)
-        return [RESOURCE_SPANS_TAG, varint(resource_size), self._resource, scope_head,
-                *chain.from_iterable(zip(frames, spans, strict=True))]
+        return [RESOURCE_SPANS_TAG, varint(resource_size), self._resource, scope_head, framed]
 
 
 class SpanBuilder:

@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 from audit_guard import span_encoding
 from audit_guard.config import Settings
 from audit_guard.pipeline import Pipeline
-from audit_guard.span_encoding import join_rows, join_rows_python
+from audit_guard.span_encoding import (
+    frame_spans,
+    frame_spans_python,
+    join_rows,
+    join_rows_python,
+)
 from tests.support.otlp_doubles import logs_request
 
 
@@ -31,6 +36,14 @@ def test_join_as_python(case: tuple[int, list]) -> None:
     n, parts = case
     assert span_encoding._join_native is not None, "_span_rows was not built: pip install -e ."
     assert join_rows(n, parts) == join_rows_python(n, parts)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from([0, 1, 127, 128, 16383, 16384, 20000]).map(lambda n: b"s" * n)
+                | st.binary(max_size=300), max_size=8))
+def test_frame_as_python(spans: list[bytes]) -> None:
+    """Spans framed into ScopeSpans.spans fields: 1-, 2- and 3-byte lengths alike."""
+    assert frame_spans(spans) == frame_spans_python(spans)
 
 
 def test_a_part_of_another_length_is_refused() -> None:
