@@ -10,7 +10,8 @@ ratio to the unavoidable decode work.
 
 It measures on the same server, round after round (each with records of its own): `--rounds`
 rounds with one Export call in flight (the per-record CPU cost; their median is the figure of
-record, as this kind of machine varies by ±20 % within minutes), then one with 4 in flight, as
+record, as this kind of machine varies by ±20 % within minutes: five rounds by default, so that
+one or two rounds in a slow phase do not decide it), then one with 4 in flight, as
 the shipped collector config sends (num_consumers: 4), where calls contend for the one pinned
 core.
 
@@ -214,7 +215,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=2000, help="records per Export call")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="rounds with one call in flight (the figure is their median)")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="Export calls in flight for the second measurement")
