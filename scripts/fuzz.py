@@ -8,9 +8,9 @@ values and text tokens replaced by huge, negative and non-finite numbers, years 
 surrogates, NUL, invalid UTF-8, deep nesting and megabyte values; cuts, byte flips, insertions.
 Seeded: the same --seed gives the same lines, so a failure is replayed with its seed and batch.
 
-Each batch is one collector request through Pipeline.process_logs (reconciliation armed) and
-must raise nothing, make one span per record, decode as an ExportTraceServiceRequest and never
-need the pipeline's safety net; every --replay-every'th batch is also replayed as a file. It
+Each batch is one collector request (read from its bytes, as the gRPC server reads it) through
+Pipeline.process_logs (reconciliation armed) and must raise nothing, make one span per record,
+decode as an ExportTraceServiceRequest and never need the pipeline's safety net; every --replay-every'th batch is also replayed as a file. It
 prints the lines generated per source, exceptions (must be 0), records flagged and lines/s,
 and exits 1 on any exception or broken invariant.
 """

@@ -34,6 +34,7 @@ from audit_guard.pipeline import Pipeline
 from audit_guard.replay import replay
 from audit_guard.sources import container, nginx_error, pgaudit
 from audit_guard.telemetry import BatchStats
+from audit_guard.wire import read_logs_request
 from tests.support.otlp_doubles import logs_request
 
 __all__ = [
@@ -481,10 +482,11 @@ class _ErrorLog(logging.Handler):
 def run_service(pipeline: Pipeline, fmt: str, lines: list[bytes], now_ns: int, *,
                 bytes_bodies: frozenset[int] = frozenset(), stats: BatchStats | None = None
                 ) -> list[Span]:
-    """`lines` through Pipeline.process_logs, as one collector request. Error-log events wait
-    for their access record: a second, empty request after the join window flushes them."""
+    """`lines` through Pipeline.process_logs, as one collector request read as the gRPC server
+    reads it (audit_guard.wire: from its bytes). Error-log events wait for their access record:
+    a second, empty request after the join window flushes them."""
 
-    request = logs_request_for(fmt, lines, bytes_bodies)
+    request = read_logs_request(logs_request_for(fmt, lines, bytes_bodies).SerializeToString())
     with _ErrorLog() as errors:
         payload, count = pipeline.process_logs(request, now_ns, stats or BatchStats())
     if errors.messages:
