@@ -10,9 +10,10 @@ Seeded: the same --seed gives the same lines, so a failure is replayed with its 
 
 Each batch is one collector request (read from its bytes, as the gRPC server reads it) through
 Pipeline.process_logs (reconciliation armed) and must raise nothing, make one span per record,
-decode as an ExportTraceServiceRequest and never need the pipeline's safety net; every --replay-every'th batch is also replayed as a file. It
-prints the lines generated per source, exceptions (must be 0), records flagged and lines/s,
-and exits 1 on any exception or broken invariant.
+decode as an ExportTraceServiceRequest and never need the pipeline's safety net; every
+--replay-every'th batch is also replayed as a file. It prints the lines generated per source,
+exceptions (must be 0), records flagged and lines/s, and exits 1 on any exception or broken
+invariant.
 """
 
 from __future__ import annotations
