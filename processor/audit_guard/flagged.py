@@ -11,9 +11,9 @@ Cost: the kept rows are taken column by column, each column read by one C-level 
 itemgetter of the rows), and kept as one tuple a record (`FlaggedRows`); the dicts the API
 shows are made from it only when the API is read (`FlaggedRows.record`). The shipped nginx
 format's evidence comes from its decoded columns without making a row. Measured in the serve
-path on the bench's batches (8 % of records flagged): the two dicts a record made at once cost
-~11 µs a kept record (0.9 µs a record of the batch, with the cache cold by then); the tuples
-~0.6 µs a kept record.
+path on the bench's batches (8 % of records flagged, the GC set as serve sets it): ~2.6 µs a
+kept record (0.2 µs a record of the batch), and the admin's bookkeeping of them 0.27 → 0.10 µs
+a record of the batch against the two dicts a record made at once before.
 """
 
 from __future__ import annotations
