@@ -4,11 +4,11 @@ here). Sources are told apart by the `audit.source` attribute collector-config/ 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from itertools import accumulate, chain
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -18,10 +18,11 @@ from .sources import journald, syslog
 __all__ = [
     "APP", "NGINX", "NGINX_ERROR", "OFFSET_ATTRIBUTE", "Origin", "PARTIAL_ATTRIBUTE", "PGAUDIT",
     "SOURCES", "SOURCE_ALIASES", "SOURCE_ATTRIBUTE", "SourceRows", "WRAPPERS", "add_lines",
-    "any_value_to_python", "group_logs", "request_time",
+    "any_value_to_python", "file_runs", "group_logs", "request_time",
 ]
 
 SOURCE_ATTRIBUTE = "audit.source"
+T = TypeVar("T")
 # Set by collector-config/ on a container line whose 16 KiB pieces never completed.
 PARTIAL_ATTRIBUTE = "audit.partial"
 # Set by file_log (include_file_record_offset): where the record starts in its file. The same
@@ -205,24 +206,30 @@ def _file_path(record: Any) -> bytes | None:
 def _add_from_files(groups: dict[str, SourceRows], name: str, records: Any,
                     resource: Origin) -> None:
     """`_add_named`, noting the origin of the rows it adds: the resource, and the file when
-    the collector names it. A batch usually comes from one file: when its first, middle and
-    last records name the same one, all are taken to (reading every record's attributes
-    through protobuf costs ~1 µs a record); otherwise the records are split into runs of one
-    file each."""
-    first = _file_path(records[0])
-    if first == _file_path(records[len(records) // 2]) == _file_path(records[-1]):
-        _add_run(groups, name, records, resource + ((first,) if first else ()))
-        return
-    run: list[Any] = []
-    path = first
-    for record in records:
-        here = _file_path(record)
-        if here != path and run:
-            _add_run(groups, name, run, resource + ((path,) if path else ()))
-            run = []
-        path = here
-        run.append(record)
-    _add_run(groups, name, run, resource + ((path,) if path else ()))
+    the collector names it (see `file_runs`)."""
+    middle = _file_path(records[len(records) // 2])
+    for path, run in file_runs(records, _file_path, middle):
+        _add_run(groups, name, run, resource + ((path,) if path else ()))
+
+
+def file_runs(items: Sequence[T], path_of: Callable[[T], bytes | None],
+              middle: bytes | None) -> list[tuple[bytes | None, Sequence[T]]]:
+    """The runs of consecutive items (records, or runs of them) that name one file, with its
+    serialized `log.file.path` (None: not named); `middle`: the path of the batch's middle
+    record. A batch usually comes from one file: when its first, middle and last records name
+    the same one, all are taken to (reading every record's attributes through protobuf costs
+    ~1 µs a record); otherwise each item's path is read."""
+    first = path_of(items[0])
+    if first == middle == path_of(items[-1]):
+        return [(first, items)]
+    runs: list[tuple[bytes | None, list[T]]] = []
+    for item in items:
+        path = path_of(item)
+        if runs and runs[-1][0] == path:
+            runs[-1][1].append(item)
+        else:
+            runs.append((path, [item]))
+    return runs  # type: ignore[return-value]
 
 
 def _add_run(groups: dict[str, SourceRows], name: str, records: Any, origin: Origin) -> None:

@@ -18,11 +18,21 @@ the two agree whenever the offsets are those of consecutive lines of a file, as 
 from __future__ import annotations
 
 from itertools import chain
+from operator import itemgetter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from . import decode
-from .decode import APP, NGINX, SOURCE_ALIASES, WRAPPERS, Origin, SourceRows, add_lines
+from .decode import (
+    APP,
+    NGINX,
+    SOURCE_ALIASES,
+    WRAPPERS,
+    Origin,
+    SourceRows,
+    add_lines,
+    file_runs,
+)
 
 try:  # setup.py builds it; where it could not be built, upb parses every request
     from ._logs_wire import read as _read_wire
@@ -100,23 +110,14 @@ def group_logs(request: LogsRequest) -> dict[str, SourceRows]:
 
 def _add_gathered(groups: dict[str, SourceRows], key: tuple[str, Origin] | None,
                   pending: list[_Segment]) -> None:
-    """decode._add_from_files over segments: when the first, middle and last records name
-    the same file, all are taken to; otherwise each run of one file is added apart."""
+    """decode._add_from_files over segments: the runs of one file (decode.file_runs), each
+    added as its lines."""
     if key is None or not pending:
         return
     name, resource = key
     source = SOURCE_ALIASES.get(name, NGINX)
-    first, last = pending[0][1], pending[-1][1]
-    if first == _path_at(pending, sum(len(s[2]) for s in pending) // 2) == last:
-        runs = [(first, pending)]
-    else:
-        runs = []
-        for segment in pending:
-            if runs and runs[-1][0] == segment[1]:
-                runs[-1][1].append(segment)
-            else:
-                runs.append((segment[1], [segment]))
-    for path, segments in runs:
+    middle = _path_at(pending, sum(len(s[2]) for s in pending) // 2)
+    for path, segments in file_runs(pending, itemgetter(1), middle):
         if len(segments) == 1:
             lines, offsets = segments[0][2], segments[0][3]
         else:

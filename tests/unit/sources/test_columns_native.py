@@ -45,19 +45,11 @@ def test_the_c_extension_is_built() -> None:
 
 @COLUMNS
 @given(_COLUMN)
-def test_ints_as_python(col: list) -> None:
+def test_ints_and_seconds_as_python(col: list) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         for convert in (columns.ints, columns.last_ints,
-                        lambda c: columns.ints(c, few_distinct=True)):
-            native, python = _both(monkeypatch, convert, col)
-            assert _typed(native) == _typed(python)
-
-
-@COLUMNS
-@given(_COLUMN)
-def test_seconds_ns_as_python(col: list) -> None:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        for convert in (columns.seconds_ns, lambda c: columns.seconds_ns(c, few_distinct=True)):
+                        lambda c: columns.ints(c, few_distinct=True), columns.seconds_ns,
+                        lambda c: columns.seconds_ns(c, few_distinct=True)):
             native, python = _both(monkeypatch, convert, col)
             assert _typed(native) == _typed(python)
 
